@@ -1,0 +1,2 @@
+// Adapter for drizzle: see issue 3.
+export {};

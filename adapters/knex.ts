@@ -1,0 +1,2 @@
+// Adapter for knex: see issue 3.
+export {};

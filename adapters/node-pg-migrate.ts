@@ -1,0 +1,2 @@
+// Adapter for node-pg-migrate: see issue 3.
+export {};

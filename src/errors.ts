@@ -1,0 +1,39 @@
+import type { Holder } from './status.js';
+
+/** Base class of every error this library throws about the lock itself. */
+export class MigrationLockError extends Error {
+  /** The lock key. */
+  readonly key: bigint;
+  /** The session holding the lock, when it was known. */
+  readonly holder: Holder | null;
+
+  constructor(message: string, key: bigint, holder: Holder | null = null, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.key = key;
+    this.holder = holder;
+  }
+}
+
+/** `wait: false` and another session holds the lock. */
+export class MigrationLockBusyError extends MigrationLockError {}
+
+/** `timeoutMs` elapsed before the lock could be taken. */
+export class MigrationLockTimeoutError extends MigrationLockError {
+  /** How long the call waited, in milliseconds. */
+  readonly waitedMs: number;
+
+  constructor(message: string, key: bigint, holder: Holder | null, waitedMs: number) {
+    super(message, key, holder);
+    this.waitedMs = waitedMs;
+  }
+}
+
+/** The session holding the lock was lost while `fn` ran; `cause` is the connection's own error. */
+export class MigrationLockLostError extends MigrationLockError {}
+
+/** "pid 123 (app-name)": how messages name a holder. */
+export function describeHolder(holder: Holder | null): string {
+  if (!holder) return 'another session';
+  return holder.applicationName ? `pid ${holder.pid} (${holder.applicationName})` : `pid ${holder.pid}`;
+}

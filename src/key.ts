@@ -1,0 +1,71 @@
+import { createHash } from 'node:crypto';
+
+/** A lock key as callers may give it: a bigint, a safe-integer number or a decimal string. */
+export type LockKeyInput = bigint | number | string;
+
+const MIN = -(2n ** 63n);
+const MAX = 2n ** 63n - 1n;
+const ACCEPTED =
+  'a bigint, a safe-integer number or a decimal string (e.g. "-42") between -9223372036854775808 and 9223372036854775807; use lockKey("name") to derive one from a name';
+
+/**
+ * The advisory-lock key for a name: the first 64 bits of MD5(name), big-endian, signed.
+ * Equal to SQL `('x' || left(md5(name), 16))::bit(64)::bigint`, so the lock can be found from psql.
+ *
+ * @example lockKey('billing-service') // => a stable bigint
+ */
+export function lockKey(name: string): bigint {
+  if (typeof name !== 'string') {
+    throw new TypeError(`lockKey(name): expected a string, got ${describe(name)}`);
+  }
+  return createHash('md5').update(name, 'utf8').digest().readBigInt64BE(0);
+}
+
+/** `lockKey('pg-migration-lock')`: the default key of the CLI and of the knex and drizzle adapters. */
+export const DEFAULT_LOCK_KEY: bigint = lockKey('pg-migration-lock');
+
+/**
+ * Validates a key and returns it as a bigint. Throws before anything touches the database:
+ * `TypeError` for a value of the wrong kind, `RangeError` for a number outside what a bigint key can be.
+ */
+export function parseKey(key: unknown): bigint {
+  let value: bigint;
+  if (typeof key === 'bigint') {
+    value = key;
+  } else if (typeof key === 'number') {
+    if (!Number.isSafeInteger(key)) {
+      throw new RangeError(`Invalid lock key ${describe(key)}: expected ${ACCEPTED}`);
+    }
+    value = BigInt(key);
+  } else if (typeof key === 'string') {
+    if (!/^-?\d+$/.test(key)) {
+      throw new TypeError(`Invalid lock key ${describe(key)}: expected ${ACCEPTED}`);
+    }
+    value = BigInt(key);
+  } else {
+    throw new TypeError(`Invalid lock key ${describe(key)}: expected ${ACCEPTED}`);
+  }
+  if (value < MIN || value > MAX) {
+    throw new RangeError(`Invalid lock key ${describe(key)}: outside the signed 64-bit range; expected ${ACCEPTED}`);
+  }
+  return value;
+}
+
+/**
+ * How the key appears in `pg_locks`: `classid` = high 32 bits, `objid` = low 32 bits (both unsigned).
+ * The signed variants are the int4 arguments of the two-key advisory functions that hit the same row.
+ */
+export function keyParts(key: bigint): { classid: number; objid: number; hi: number; lo: number } {
+  const unsigned = BigInt.asUintN(64, key);
+  const classid = Number(unsigned >> 32n);
+  const objid = Number(unsigned & 0xffffffffn);
+  return { classid, objid, hi: classid | 0, lo: objid | 0 };
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === null) return 'null';
+  if (typeof value === 'object') return Array.isArray(value) ? 'an array' : 'an object';
+  return typeof value === 'number' ? String(value) : `a ${typeof value}`;
+}

@@ -1,0 +1,449 @@
+import type pg from 'pg';
+import { describeHolder, MigrationLockBusyError, MigrationLockLostError, MigrationLockTimeoutError } from './errors.js';
+import { keyParts, type LockKeyInput, parseKey } from './key.js';
+import { callSafely, errorMessage, type Logger, resolveLogger } from './logger.js';
+import { type ClientSource, checkSource, openSession, type Session } from './session.js';
+import { type Holder, queryLockStatus, waitingComment } from './status.js';
+
+/** What `fn` receives while it holds the lock. */
+export interface LockContext {
+  /** The very session that holds the lock: run the migration on it, so lock and migration share fate. */
+  client: pg.ClientBase;
+  key: bigint;
+  /** Aborts if the lock session is lost (terminated, network error) while `fn` runs. */
+  signal: AbortSignal;
+  /** How long acquiring took, in milliseconds (0 when the lock was free). */
+  waitedMs: number;
+}
+
+export interface WaitingInfo {
+  key: bigint;
+  /** The session holding the lock, when visible. */
+  holder: Holder | null;
+  /** How long this call has waited so far, in milliseconds. */
+  waitedMs: number;
+}
+
+export interface AcquiredInfo {
+  key: bigint;
+  /** Backend pid of the session now holding the lock. */
+  pid: number;
+  waitedMs: number;
+}
+
+export interface ReleasedInfo {
+  key: bigint;
+  pid: number;
+  /** How long the lock was held, in milliseconds. */
+  heldMs: number;
+}
+
+/** Lifecycle callbacks. A hook that throws (or rejects) is logged and never fails the run. */
+export interface LockHooks {
+  /** The lock is held by another session: called when waiting starts, then every `reportEveryMs`. */
+  onWaiting?(info: WaitingInfo): void;
+  onAcquired?(info: AcquiredInfo): void;
+  onReleased?(info: ReleasedInfo): void;
+  /** Unlocking failed; the call still succeeds (a pooled connection is destroyed instead). */
+  onUnlockError?(error: unknown): void;
+  /** The lock session was lost while `fn` ran; `ctx.signal` aborts with the same error. */
+  onLockLost?(error: MigrationLockLostError): void;
+}
+
+export interface MigrationLockOptions {
+  /**
+   * Wait for the lock when another session holds it. `false`: one try, then `MigrationLockBusyError`.
+   * @default true
+   */
+  wait?: boolean;
+  /**
+   * Give up waiting after this many milliseconds with `MigrationLockTimeoutError`.
+   * @default undefined (wait as long as it takes)
+   * @example { timeoutMs: 5 * 60_000 }
+   */
+  timeoutMs?: number;
+  /**
+   * Where to report waiting, holders and unlock problems: `console`, a pino logger, or `null` for silence.
+   * @default console, each line prefixed with `[pg-migration-lock]`
+   */
+  logger?: Logger | null;
+  /**
+   * While waiting, report who holds the lock (pid, application_name, how long we waited) this often.
+   * @default 10000
+   */
+  reportEveryMs?: number;
+  /** Lifecycle callbacks, see {@link LockHooks}. */
+  hooks?: LockHooks;
+  /**
+   * `application_name` of connections we open (connection string or config forms).
+   * @default `pg-migration-lock:<host>:<pid>`
+   */
+  applicationName?: string;
+  /**
+   * Stop waiting when this signal aborts; the call rejects with the signal's reason. It does not stop `fn`.
+   * @default undefined
+   */
+  signal?: AbortSignal;
+  /**
+   * While waiting, retry this often when no release notification arrives (a holder that died, or one
+   * that is not using this library, cannot notify).
+   * @default 250
+   */
+  pollIntervalMs?: number;
+}
+
+// Sessions inside a call right now. Advisory locks are re-entrant per session, so two calls sharing
+// one session would both "acquire" and exclude nothing.
+const busySessions = new WeakSet<pg.ClientBase>();
+
+/**
+ * Runs `fn` while holding a session-level PostgreSQL advisory lock on `key`, and releases it after.
+ *
+ * @param client a `pg.Pool`, a connected `pg.Client` / pool client, or a connection string / `pg` config.
+ * @param key a bigint, a safe-integer number or a decimal string; see `lockKey(name)`.
+ * @returns what `fn` returns; an error thrown by `fn` is rethrown as-is, after the lock is released.
+ *
+ * @example
+ * await withMigrationLock(pool, DEFAULT_LOCK_KEY, async ({ client }) => {
+ *   await runMigrations(client);
+ * });
+ */
+export async function withMigrationLock<T>(
+  client: ClientSource,
+  key: LockKeyInput,
+  fn: (ctx: LockContext) => T | Promise<T>,
+  options: MigrationLockOptions = {},
+): Promise<T> {
+  const k = parseKey(key);
+  if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
+  checkSource(client);
+  const opts = resolveOptions(options);
+  opts.signal?.throwIfAborted();
+  if (typeof client === 'object' && busySessions.has(client as pg.ClientBase)) {
+    throw new TypeError(
+      'This pg client is already inside withMigrationLock: advisory locks are re-entrant per session, so a second call on it would exclude nothing. Pass a pg.Pool or another client.',
+    );
+  }
+
+  const session = await openSession(client, { applicationName: opts.applicationName });
+  busySessions.add(session.client);
+  const watch = watchSession(session.client);
+  try {
+    const acquired = await acquire(session, k, opts, watch);
+    return await runLocked(session, k, fn, opts, watch, acquired);
+  } finally {
+    watch.dispose();
+    busySessions.delete(session.client);
+  }
+}
+
+type ResolvedOptions = Required<Pick<MigrationLockOptions, 'wait' | 'reportEveryMs' | 'pollIntervalMs'>> &
+  Pick<MigrationLockOptions, 'timeoutMs' | 'applicationName' | 'signal'> & { logger: Logger; hooks: LockHooks };
+
+function resolveOptions(options: MigrationLockOptions): ResolvedOptions {
+  if (options === null || typeof options !== 'object') {
+    throw new TypeError(`Expected \`options\` to be an object, got ${options === null ? 'null' : typeof options}`);
+  }
+  const { wait = true, timeoutMs, reportEveryMs = 10_000, pollIntervalMs = 250, hooks = {} } = options;
+  if (typeof wait !== 'boolean') throw new TypeError(`Expected \`wait\` to be a boolean, got ${typeof wait}`);
+  checkMs('timeoutMs', timeoutMs, 0, true);
+  checkMs('reportEveryMs', reportEveryMs, 1, false);
+  checkMs('pollIntervalMs', pollIntervalMs, 10, false);
+  if (hooks === null || typeof hooks !== 'object') throw new TypeError('Expected `hooks` to be an object of callbacks');
+  for (const [name, hook] of Object.entries(hooks)) {
+    if (hook !== undefined && typeof hook !== 'function') {
+      throw new TypeError(`Expected hook \`${name}\` to be a function, got ${typeof hook}`);
+    }
+  }
+  if (options.applicationName !== undefined && typeof options.applicationName !== 'string') {
+    throw new TypeError(`Expected \`applicationName\` to be a string, got ${typeof options.applicationName}`);
+  }
+  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
+    throw new TypeError('Expected `signal` to be an AbortSignal');
+  }
+  return {
+    wait,
+    timeoutMs,
+    reportEveryMs,
+    pollIntervalMs,
+    hooks,
+    logger: resolveLogger(options.logger),
+    applicationName: options.applicationName,
+    signal: options.signal,
+  };
+}
+
+function checkMs(name: string, value: unknown, min: number, optional: boolean): void {
+  if (value === undefined && optional) return;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
+    throw new TypeError(`Expected \`${name}\` to be a finite number of milliseconds >= ${min}, got ${String(value)}`);
+  }
+}
+
+/** Notices the session dying (backend terminated, socket closed) and remembers why. */
+function watchSession(client: pg.ClientBase) {
+  let lostError: unknown;
+  let onLost: ((error: unknown) => void) | undefined;
+  const lost = (error: unknown) => {
+    if (lostError !== undefined) return;
+    lostError = error;
+    onLost?.(error);
+  };
+  const onEnd = () => lost(new Error('Connection terminated unexpectedly'));
+  client.on('error', lost);
+  client.on('end', onEnd);
+  return {
+    get error() {
+      return lostError;
+    },
+    set onLost(callback: ((error: unknown) => void) | undefined) {
+      onLost = callback;
+    },
+    dispose() {
+      client.off('error', lost);
+      client.off('end', onEnd);
+    },
+  };
+}
+type Watch = ReturnType<typeof watchSession>;
+
+interface Acquired {
+  pid: number;
+  waitedMs: number;
+  /** The session LISTENs and sits in the waiters' registry: undone with the unlock, in the same round trip. */
+  registered: boolean;
+}
+
+// On connections we open, the server drops the session ~40 s after its client's host vanishes
+// (instead of the kernel's two hours), which releases the lock. Folded into the first query: no extra round trip.
+const KEEPALIVE_COLUMNS = `, set_config('tcp_keepalives_idle', '10', false), set_config('tcp_keepalives_interval', '5', false), set_config('tcp_keepalives_count', '6', false)`;
+
+const channelOf = (key: bigint) => `"pg_migration_lock_${key}"`;
+const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
+
+/*
+ * Waiting never blocks inside pg_advisory_lock(): a session blocked there holds a snapshot, and a
+ * holder running CREATE INDEX CONCURRENTLY waits for that snapshot while the waiter waits for the
+ * holder: "deadlock detected", and either side may be the victim. Waiters instead poll with
+ * pg_try_advisory_lock() and LISTEN on a per-key channel; the holder NOTIFYs in the same statement
+ * that unlocks, so the next waiter wakes within a round trip. Holders that die (or plain
+ * pg_advisory_lock users) cannot notify, so a waiter also retries every pollIntervalMs.
+ * Each waiter holds a shared two-key advisory lock on the same classid/objid (objsubid 2): a
+ * registry that never conflicts, so getLockStatus can list waiters. A try-lock never waits, so a
+ * role's statement_timeout / lock_timeout cannot cancel the wait, and no setting is changed.
+ */
+async function acquire(session: Session, key: bigint, opts: ResolvedOptions, watch: Watch): Promise<Acquired> {
+  const { client } = session;
+  const startedAt = performance.now();
+  const elapsed = () => performance.now() - startedAt;
+  const first = await client.query<{ locked: boolean; pid: number }>(
+    `SELECT pg_try_advisory_lock(${key}::bigint) AS locked, pg_backend_pid() AS pid${session.kind === 'own' ? KEEPALIVE_COLUMNS : ''}`,
+  );
+  const { pid } = first.rows[0]!;
+  if (first.rows[0]!.locked) return { pid, waitedMs: 0, registered: false };
+
+  if (!opts.wait) {
+    const { holder } = await queryLockStatus(client, key);
+    throw new MigrationLockBusyError(`Migration lock ${key} is held by ${describeHolder(holder)}`, key, holder);
+  }
+
+  const channel = channelOf(key);
+  const { hi, lo } = keyParts(key);
+  let notified = false;
+  let wake: (() => void) | undefined;
+  const onNotification = (message: pg.Notification) => {
+    if (message.channel !== channel.slice(1, -1)) return;
+    notified = true;
+    wake?.();
+  };
+  client.on('notification', onNotification);
+  const abort = () => wake?.();
+  opts.signal?.addEventListener('abort', abort);
+  let acquired = false;
+  try {
+    const registered = await client.query(
+      `LISTEN ${channel}; SELECT pg_try_advisory_lock_shared(${hi}, ${lo}), (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms`,
+    );
+    const sinceMs = Math.round((registered as unknown as pg.QueryResult[])[1]!.rows[0].now_ms);
+    const prefix = waitingComment(key, sinceMs);
+    let holder: Holder | null = null;
+    const report = async () => {
+      holder = (await queryLockStatus(client, key, prefix)).holder;
+      const waitedMs = elapsed();
+      opts.logger.info(
+        `Waiting for migration lock ${key}, held by ${describeHolder(holder)} (waited ${formatMs(waitedMs)})`,
+      );
+      callSafely(opts.logger, 'onWaiting', opts.hooks.onWaiting, { key, holder, waitedMs });
+    };
+    await report();
+    let nextReport = elapsed() + opts.reportEveryMs;
+    const deadline = opts.timeoutMs ?? Number.POSITIVE_INFINITY;
+
+    for (;;) {
+      notified = false;
+      const poll = await client.query<{ locked: boolean }>(
+        `${prefix}SELECT pg_try_advisory_lock(${key}::bigint) AS locked`,
+      );
+      if (poll.rows[0]!.locked) {
+        acquired = true;
+        return { pid, waitedMs: elapsed(), registered: true };
+      }
+      opts.signal?.throwIfAborted();
+      if (elapsed() >= deadline) {
+        holder = (await queryLockStatus(client, key, prefix)).holder;
+        throw new MigrationLockTimeoutError(
+          `Timed out after ${formatMs(elapsed())} waiting for migration lock ${key}, held by ${describeHolder(holder)}`,
+          key,
+          holder,
+          elapsed(),
+        );
+      }
+      if (elapsed() >= nextReport) {
+        await report();
+        nextReport = elapsed() + opts.reportEveryMs;
+      }
+      // A notification that arrived while the poll was in flight must not be slept through.
+      if (!notified) {
+        const ms = Math.min(sleepTimer(opts.pollIntervalMs), deadline - elapsed(), nextReport - elapsed());
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, Math.max(0, ms));
+          function done() {
+            clearTimeout(timer);
+            wake = undefined;
+            resolve();
+          }
+          wake = done;
+          if (opts.signal?.aborted) done();
+        });
+      }
+      opts.signal?.throwIfAborted();
+    }
+  } finally {
+    client.off('notification', onNotification);
+    opts.signal?.removeEventListener('abort', abort);
+    if (!acquired) await giveUp(session, key, watch);
+  }
+}
+
+/** Leaves the waiters' registry and the channel after a failed wait; a session in doubt is discarded. */
+async function giveUp(session: Session, key: bigint, watch: Watch): Promise<void> {
+  const { hi, lo } = keyParts(key);
+  let broken = watch.error !== undefined;
+  if (!broken) {
+    await session.client
+      .query(`UNLISTEN ${channelOf(key)}; SELECT pg_advisory_unlock_shared(${hi}, ${lo})`)
+      .catch(() => (broken = true));
+  }
+  await session.release(broken);
+}
+
+async function runLocked<T>(
+  session: Session,
+  key: bigint,
+  fn: (ctx: LockContext) => T | Promise<T>,
+  opts: ResolvedOptions,
+  watch: Watch,
+  acquired: Acquired,
+): Promise<T> {
+  const { logger, hooks } = opts;
+  const heldSince = performance.now();
+  const controller = new AbortController();
+  let lostDuringFn: MigrationLockLostError | undefined;
+  const loseLock = (cause: unknown) => {
+    lostDuringFn ??= new MigrationLockLostError(
+      `Lost the session holding migration lock ${key} (pid ${acquired.pid}): ${errorMessage(cause)}`,
+      key,
+      null,
+      { cause },
+    );
+    logger.warn(`${lostDuringFn.message}; signalling the migration to stop`);
+    controller.abort(lostDuringFn);
+    callSafely(logger, 'onLockLost', hooks.onLockLost, lostDuringFn);
+  };
+  if (watch.error !== undefined) loseLock(watch.error);
+  watch.onLost = loseLock;
+
+  logger.debug?.(`Acquired migration lock ${key} on pid ${acquired.pid} after ${formatMs(acquired.waitedMs)}`);
+  callSafely(logger, 'onAcquired', hooks.onAcquired, { key, pid: acquired.pid, waitedMs: acquired.waitedMs });
+
+  let value: T | undefined;
+  let fnFailed = false;
+  let fnError: unknown;
+  try {
+    value = await fn({ client: session.client, key, signal: controller.signal, waitedMs: acquired.waitedMs });
+  } catch (err) {
+    fnFailed = true;
+    fnError = err;
+  }
+  watch.onLost = undefined;
+
+  if (lostDuringFn) {
+    await session.release(true);
+    throw lostDuringFn;
+  }
+
+  const unlockError = await unlock(session, key, acquired, logger);
+  if (unlockError !== undefined) {
+    // fn failed and the session turned out dead: the failure was the lock session going away.
+    if (fnFailed && isSessionGone(unlockError, watch)) {
+      await session.release(true);
+      const lostError = new MigrationLockLostError(
+        `Lost the session holding migration lock ${key} (pid ${acquired.pid}): ${errorMessage(fnError)}`,
+        key,
+        null,
+        { cause: fnError },
+      );
+      callSafely(logger, 'onLockLost', hooks.onLockLost, lostError);
+      throw lostError;
+    }
+    logger.warn(
+      `Could not release migration lock ${key} on pid ${acquired.pid}: ${errorMessage(unlockError)}${UNLOCK_FAILURE_OUTCOME[session.kind]}`,
+    );
+    callSafely(logger, 'onUnlockError', hooks.onUnlockError, unlockError);
+  }
+  await session.release(unlockError !== undefined);
+  callSafely(logger, 'onReleased', hooks.onReleased, { key, pid: acquired.pid, heldMs: performance.now() - heldSince });
+  if (fnFailed) throw fnError;
+  return value as T;
+}
+
+const UNLOCK_FAILURE_OUTCOME = {
+  own: '; closing the connection releases it',
+  pooled: '; destroying the pooled connection so the lock dies with it',
+  borrowed: '; it stays held until that client disconnects',
+};
+
+/** Unlocks and wakes the next waiter in one round trip; returns the error instead of throwing it. */
+async function unlock(session: Session, key: bigint, acquired: Acquired, logger: Logger): Promise<unknown> {
+  const { hi, lo } = keyParts(key);
+  const channel = channelOf(key);
+  // pg_notify is delivered when this statement's implicit transaction commits, just after the unlock.
+  let sql = `SELECT pg_advisory_unlock(${key}::bigint) AS unlocked, pg_backend_pid() AS pid, pg_notify('${channel.slice(1, -1)}', '')`;
+  if (acquired.registered) sql += `, pg_advisory_unlock_shared(${hi}, ${lo}); UNLISTEN ${channel}`;
+  try {
+    const result = await session.client.query(sql);
+    const row = (Array.isArray(result) ? result[0] : result).rows[0] as { unlocked: boolean; pid: number };
+    if (!row.unlocked) {
+      logger.warn(
+        `Migration lock ${key} was no longer held by this session at release (pid ${row.pid}, locked on pid ${acquired.pid}). Behind a transaction-mode pooler session locks do not hold: connect directly or use session pooling.`,
+      );
+    }
+    return undefined;
+  } catch (err) {
+    return err;
+  }
+}
+
+function isSessionGone(error: unknown, watch: Watch): boolean {
+  if (watch.error !== undefined) return true;
+  const severity = (error as { severity?: string } | null)?.severity;
+  return (
+    severity === 'FATAL' || severity === 'PANIC' || /Connection terminated|not queryable/.test(errorMessage(error))
+  );
+}
+
+export function formatMs(ms: number): string {
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`;
+  return `${Math.floor(ms / 60_000)}m${Math.round((ms % 60_000) / 1000)}s`;
+}

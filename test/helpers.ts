@@ -1,0 +1,89 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { afterAll, inject } from 'vitest';
+
+/** Makes a fresh database for the calling test file (dropped after it) and returns its URL. */
+export async function createTestDatabase(): Promise<string> {
+  const admin = inject('adminUrl');
+  const name = `pgml_${randomBytes(5).toString('hex')}`;
+  await withClient(admin, (client) => client.query(`CREATE DATABASE ${name}`));
+  afterAll(async () => {
+    await withClient(admin, async (client) => {
+      await client.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [name]);
+      await client.query(`DROP DATABASE IF EXISTS ${name}`);
+    });
+  });
+  const url = new URL(admin);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+/** Runs `fn` on a fresh connection and closes it after. */
+export async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client(url);
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+export const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+
+export interface Exited {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Spawns a Node script as a real OS process and collects its output. */
+export function spawnNode(
+  script: string,
+  args: string[] = [],
+  env: Record<string, string> = {},
+): { child: ChildProcess; exited: Promise<Exited>; output: () => string } {
+  const child = spawn(process.execPath, [script, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (chunk) => (stdout += chunk));
+  child.stderr?.on('data', (chunk) => (stderr += chunk));
+  const exited = new Promise<Exited>((resolve) =>
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })),
+  );
+  return { child, exited, output: () => stdout };
+}
+
+/** Resolves once `check` returns a truthy value (polling every 10 ms), or rejects after `timeoutMs`. */
+export async function waitFor<T>(check: () => T | Promise<T>, timeoutMs = 10_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs}ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Rows of `pg_locks` for a key, as the SPEC describes them (classid = high 32 bits, objid = low 32 bits). */
+export async function lockRows(url: string, key: bigint) {
+  return withClient(url, async (client) => {
+    const { rows } = await client.query<{ pid: number; granted: boolean; objsubid: number }>(
+      `SELECT pid, granted, objsubid FROM pg_locks
+       WHERE locktype = 'advisory' AND objsubid = 1
+         AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+      [key.toString()],
+    );
+    return rows;
+  });
+}
