@@ -218,6 +218,8 @@ interface Acquired {
 // (instead of the kernel's two hours), which releases the lock. Folded into the first query: no extra round trip.
 const KEEPALIVE_COLUMNS = `, set_config('tcp_keepalives_idle', '10', false), set_config('tcp_keepalives_interval', '5', false), set_config('tcp_keepalives_count', '6', false)`;
 
+// Quoted: an unquoted -9223372036854775808 parses as minus an out-of-range 9223372036854775808.
+const sqlKey = (key: bigint) => `'${key}'::bigint`;
 const channelOf = (key: bigint) => `"pg_migration_lock_${key}"`;
 const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
 
@@ -237,7 +239,7 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
   const startedAt = performance.now();
   const elapsed = () => performance.now() - startedAt;
   const first = await client.query<{ locked: boolean; pid: number }>(
-    `SELECT pg_try_advisory_lock(${key}::bigint) AS locked, pg_backend_pid() AS pid${session.kind === 'own' ? KEEPALIVE_COLUMNS : ''}`,
+    `SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked, pg_backend_pid() AS pid${session.kind === 'own' ? KEEPALIVE_COLUMNS : ''}`,
   );
   const { pid } = first.rows[0]!;
   if (first.rows[0]!.locked) return { pid, waitedMs: 0, registered: false };
@@ -282,7 +284,7 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
     for (;;) {
       notified = false;
       const poll = await client.query<{ locked: boolean }>(
-        `${prefix}SELECT pg_try_advisory_lock(${key}::bigint) AS locked`,
+        `${prefix}SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked`,
       );
       if (poll.rows[0]!.locked) {
         acquired = true;
@@ -418,7 +420,7 @@ async function unlock(session: Session, key: bigint, acquired: Acquired, logger:
   const { hi, lo } = keyParts(key);
   const channel = channelOf(key);
   // pg_notify is delivered when this statement's implicit transaction commits, just after the unlock.
-  let sql = `SELECT pg_advisory_unlock(${key}::bigint) AS unlocked, pg_backend_pid() AS pid, pg_notify('${channel.slice(1, -1)}', '')`;
+  let sql = `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid, pg_notify('${channel.slice(1, -1)}', '')`;
   if (acquired.registered) sql += `, pg_advisory_unlock_shared(${hi}, ${lo}); UNLISTEN ${channel}`;
   try {
     const result = await session.client.query(sql);

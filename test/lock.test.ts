@@ -1,0 +1,282 @@
+import pg from 'pg';
+import { describe, expect, test, vi } from 'vitest';
+import {
+  getLockStatus,
+  type Logger,
+  MigrationLockBusyError,
+  MigrationLockTimeoutError,
+  withMigrationLock,
+} from '../src/index.js';
+import { createTestDatabase, lockRows, sleep, waitFor, withClient } from './helpers.js';
+
+const url = await createTestDatabase();
+const quiet = { logger: null };
+
+/** Holds `key` on a separate connection until the returned release() is called. */
+async function holdLock(key: bigint, options = {}) {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let acquired!: () => void;
+  const ready = new Promise<void>((resolve) => (acquired = resolve));
+  const done = withMigrationLock(
+    url,
+    key,
+    async () => {
+      acquired();
+      await released;
+    },
+    { ...quiet, ...options },
+  );
+  await ready;
+  return {
+    release: () => {
+      release();
+      return done;
+    },
+    done,
+  };
+}
+
+function recordingLogger() {
+  const lines: string[] = [];
+  const logger: Logger = {
+    info: (m) => lines.push(`info ${m}`),
+    warn: (m) => lines.push(`warn ${m}`),
+    error: (m) => lines.push(`error ${m}`),
+  };
+  return { logger, lines };
+}
+
+describe('client forms', () => {
+  test('connection string: fn runs on the locking session; the connection is named and closed after', async () => {
+    const seen = await withMigrationLock(
+      url,
+      11n,
+      async ({ client, key, signal, waitedMs }) => {
+        const { rows } = await client.query(
+          `SELECT pg_backend_pid() AS pid, current_setting('application_name') AS app,
+                current_setting('tcp_keepalives_idle') AS idle`,
+        );
+        const locks = await lockRows(url, key);
+        return { ...rows[0], locks, signal, waitedMs };
+      },
+      quiet,
+    );
+    expect(seen.locks).toEqual([{ pid: seen.pid, granted: true, objsubid: 1 }]);
+    expect(seen.app).toMatch(new RegExp(`^pg-migration-lock:.+:${process.pid}$`));
+    expect(seen.idle).toBe('10');
+    expect(seen.signal.aborted).toBe(false);
+    expect(seen.waitedMs).toBe(0);
+    await waitFor(
+      () =>
+        withClient(
+          url,
+          async (c) => (await c.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [seen.pid])).rowCount === 0,
+        ),
+      5000,
+      'the lock connection to close',
+    );
+  });
+
+  test('config object with applicationName option', async () => {
+    const app = await withMigrationLock(
+      { connectionString: url },
+      12n,
+      async ({ client }) => (await client.query(`SELECT current_setting('application_name') AS a`)).rows[0].a,
+      { ...quiet, applicationName: 'deploy-42' },
+    );
+    expect(app).toBe('deploy-42');
+  });
+
+  test('pool: one connection checked out for the call and given back', async () => {
+    const pool = new pg.Pool({ connectionString: url, max: 3 });
+    try {
+      const pid = await withMigrationLock(
+        pool,
+        13n,
+        async ({ client }) => {
+          expect(pool.totalCount - pool.idleCount).toBe(1);
+          return (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+        },
+        quiet,
+      );
+      expect(pool.idleCount).toBe(1);
+      expect(pid).toBeTypeOf('number');
+      expect(await lockRows(url, 13n)).toEqual([]);
+    } finally {
+      await pool.end();
+    }
+  });
+
+  test('connected client: used as-is, not ended, lock and waiter state cleaned up', async () => {
+    await withClient(url, async (client) => {
+      const { pid } = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0];
+      const held = await holdLock(14n);
+      const waiting = withMigrationLock(
+        client,
+        14n,
+        async (ctx) => {
+          expect(ctx.client).toBe(client);
+          return (await lockRows(url, 14n)).map((r) => r.pid);
+        },
+        quiet,
+      );
+      await waitFor(async () => (await getLockStatus(url, 14n)).waiters.length === 1);
+      await held.release();
+      expect(await waiting).toEqual([pid]);
+      const after = await client.query(
+        `SELECT (SELECT count(*)::int FROM pg_listening_channels()) AS channels,
+                (SELECT count(*)::int FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks`,
+      );
+      expect(after.rows[0]).toEqual({ channels: 0, locks: 0 });
+    });
+  });
+
+  test('two concurrent calls on one client are refused (advisory locks are re-entrant per session)', async () => {
+    await withClient(url, async (client) => {
+      await withMigrationLock(
+        client,
+        15n,
+        async () => {
+          await expect(withMigrationLock(client, 15n, () => {}, quiet)).rejects.toThrow(
+            /already inside withMigrationLock/,
+          );
+        },
+        quiet,
+      );
+    });
+  });
+});
+
+describe('results and errors', () => {
+  test("fn's value is returned and fn's error rethrown as the same object, after the lock is released", async () => {
+    expect(await withMigrationLock(url, 21n, () => 'value', quiet)).toBe('value');
+    const boom = new Error('boom');
+    const error = await withMigrationLock(
+      url,
+      21n,
+      async () => {
+        throw boom;
+      },
+      quiet,
+    ).catch((err: unknown) => err);
+    expect(error).toBe(boom);
+    expect(await lockRows(url, 21n)).toEqual([]);
+  });
+
+  test('wait: false rejects with MigrationLockBusyError naming the holder; fn is not called', async () => {
+    const held = await holdLock(22n);
+    const fn = vi.fn();
+    const error = await withMigrationLock(url, 22n, fn, { ...quiet, wait: false }).catch((err: unknown) => err);
+    await held.release();
+    expect(error).toBeInstanceOf(MigrationLockBusyError);
+    const busy = error as MigrationLockBusyError;
+    expect(busy.key).toBe(22n);
+    expect(busy.holder?.pid).toBeTypeOf('number');
+    expect(busy.holder?.applicationName).toMatch(/^pg-migration-lock:/);
+    expect(busy.message).toContain(`pid ${busy.holder?.pid}`);
+    expect(fn).not.toHaveBeenCalled();
+  });
+
+  test('timeoutMs rejects with MigrationLockTimeoutError and leaves no waiter behind', async () => {
+    const held = await holdLock(23n);
+    const error = await withMigrationLock(url, 23n, () => {}, { ...quiet, timeoutMs: 300 }).catch(
+      (err: unknown) => err,
+    );
+    expect(error).toBeInstanceOf(MigrationLockTimeoutError);
+    expect((error as MigrationLockTimeoutError).waitedMs).toBeGreaterThanOrEqual(300);
+    expect((error as MigrationLockTimeoutError).holder?.pid).toBeTypeOf('number');
+    expect((await getLockStatus(url, 23n)).waiters).toEqual([]);
+    await held.release();
+  });
+
+  test('an aborted signal stops the wait with its reason', async () => {
+    const held = await holdLock(24n);
+    const controller = new AbortController();
+    const waiting = withMigrationLock(url, 24n, () => {}, { ...quiet, signal: controller.signal });
+    await waitFor(async () => (await getLockStatus(url, 24n)).waiters.length === 1);
+    controller.abort(new Error('deploy cancelled'));
+    await expect(waiting).rejects.toThrow('deploy cancelled');
+    expect((await getLockStatus(url, 24n)).waiters).toEqual([]);
+    await held.release();
+  });
+});
+
+describe('waiting', () => {
+  test('a release wakes the next waiter by notification, not by polling', async () => {
+    const held = await holdLock(31n);
+    let started = 0;
+    const waiting = withMigrationLock(url, 31n, () => (started = performance.now()), {
+      ...quiet,
+      pollIntervalMs: 600_000,
+    });
+    await waitFor(async () => (await getLockStatus(url, 31n)).waiters.length === 1);
+    const releasedAt = performance.now();
+    await held.release();
+    await waiting;
+    // With a 10-minute poll interval only the NOTIFY can have woken it.
+    expect(started - releasedAt).toBeLessThan(5_000);
+  });
+
+  test('hooks and periodic reports; a throwing hook is logged and never fails the run', async () => {
+    const { logger, lines } = recordingLogger();
+    const events: string[] = [];
+    const held = await holdLock(32n);
+    const waiting = withMigrationLock(url, 32n, () => 'ok', {
+      logger,
+      reportEveryMs: 100,
+      hooks: {
+        onWaiting: (info) => {
+          events.push(`waiting ${info.holder?.pid}`);
+          throw new Error('hook bug');
+        },
+        onAcquired: (info) => events.push(`acquired ${info.waitedMs > 0}`),
+        onReleased: (info) => events.push(`released ${info.heldMs >= 0}`),
+      },
+    });
+    await sleep(450);
+    await held.release();
+    expect(await waiting).toBe('ok');
+    const waits = events.filter((e) => e.startsWith('waiting '));
+    expect(waits.length).toBeGreaterThanOrEqual(3);
+    expect(waits[0]).toMatch(/^waiting \d+$/);
+    expect(events.slice(-2)).toEqual(['acquired true', 'released true']);
+    expect(lines.some((l) => l.startsWith('warn onWaiting hook failed: hook bug'))).toBe(true);
+    expect(lines.some((l) => /^info Waiting for migration lock 32, held by pid \d+/.test(l))).toBe(true);
+  });
+});
+
+describe('unlock failures', () => {
+  test('are reported, never thrown; the pooled connection is destroyed so the lock dies with it', async () => {
+    const pool = new pg.Pool({ connectionString: url, max: 2 });
+    const { logger, lines } = recordingLogger();
+    const unlockErrors: unknown[] = [];
+    try {
+      // fn leaves its session in an aborted transaction: the unlock statement then fails for real.
+      const result = await withMigrationLock(
+        pool,
+        41n,
+        async ({ client }) => {
+          await client.query('BEGIN');
+          await client.query('SELECT 1/0').catch(() => {});
+          return 'migrated';
+        },
+        { logger, hooks: { onUnlockError: (err) => unlockErrors.push(err) } },
+      );
+      expect(result).toBe('migrated');
+      expect(unlockErrors).toHaveLength(1);
+      expect(String(unlockErrors[0])).toMatch(/current transaction is aborted/);
+      expect(
+        lines.some((l) => /^warn Could not release migration lock 41 .*destroying the pooled connection/.test(l)),
+      ).toBe(true);
+      expect(pool.totalCount).toBe(0);
+      await waitFor(
+        async () => (await lockRows(url, 41n)).length === 0,
+        5000,
+        'the destroyed session to drop the lock',
+      );
+    } finally {
+      await pool.end();
+    }
+  });
+});

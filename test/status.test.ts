@@ -1,0 +1,59 @@
+import { describe, expect, test } from 'vitest';
+import { getLockStatus, releaseLock, withMigrationLock } from '../src/index.js';
+import { createTestDatabase, sleep, waitFor, withClient } from './helpers.js';
+
+const url = await createTestDatabase();
+
+describe('getLockStatus', () => {
+  test('unlocked key', async () => {
+    expect(await getLockStatus(url, 61n)).toEqual({ key: 61n, locked: false, holder: null, waiters: [] });
+  });
+
+  test('holder and waiters, ours and plain pg_advisory_lock ones, with how long they wait', async () => {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let holderPid = 0;
+    const holder = withMigrationLock(
+      url,
+      '62',
+      async ({ client }) => {
+        holderPid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+        await released;
+      },
+      { logger: null },
+    );
+    await waitFor(() => holderPid);
+    const waiters = [1, 2, 3].map(() => withMigrationLock(url, 62, () => {}, { logger: null }));
+    await withClient(url, async (plain) => {
+      const blocked = plain.query('SELECT pg_advisory_lock(62)');
+      await waitFor(async () => (await getLockStatus(url, 62n)).waiters.length === 4, 10_000, '4 waiters');
+      await sleep(300);
+      const status = await getLockStatus(url, 62n);
+      expect(status.locked).toBe(true);
+      expect(status.holder).toMatchObject({
+        pid: holderPid,
+        applicationName: expect.stringMatching(/^pg-migration-lock:.+:\d+$/),
+        clientAddr: '127.0.0.1',
+        backendStart: expect.any(Date),
+        state: 'idle',
+      });
+      expect(status.waiters).toHaveLength(4);
+      for (const waiter of status.waiters) {
+        expect(waiter.pid).not.toBe(holderPid);
+        expect(waiter.waitingMs).toBeGreaterThanOrEqual(250);
+        expect(waiter.waitingMs).toBeLessThan(60_000);
+      }
+      release();
+      await holder;
+      // The plain session gets its turn among ours; once it has, it must let go for the rest to finish.
+      await blocked;
+      await plain.query('SELECT pg_advisory_unlock(62)');
+      await Promise.all(waiters);
+    });
+    expect(await getLockStatus(url, 62n)).toMatchObject({ locked: false, holder: null, waiters: [] });
+  });
+
+  test('releaseLock on a free key changes nothing', async () => {
+    expect(await releaseLock(url, 63n)).toEqual({ released: false, pid: null });
+  });
+});
