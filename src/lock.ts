@@ -220,7 +220,17 @@ const KEEPALIVE_COLUMNS = `, set_config('tcp_keepalives_idle', '10', false), set
 
 // Quoted: an unquoted -9223372036854775808 parses as minus an out-of-range 9223372036854775808.
 const sqlKey = (key: bigint) => `'${key}'::bigint`;
-const channelOf = (key: bigint) => `"pg_migration_lock_${key}"`;
+const channelOf = (key: bigint) => `pg_migration_lock_${key}`;
+
+// One registered waiter, picked at random (no waiter starves): the release wakes only it, so N
+// waiters do not stampede the server and the CPU at every hand-off. The others keep polling.
+const nextWaiterSql = (key: bigint) => {
+  const { classid, objid } = keyParts(key);
+  return `(SELECT l.pid::text FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.classid = ${classid} AND l.objid = ${objid}
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND l.pid <> pg_backend_pid()
+    ORDER BY random() LIMIT 1)`;
+};
 const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
 
 /*
@@ -254,7 +264,8 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
   let notified = false;
   let wake: (() => void) | undefined;
   const onNotification = (message: pg.Notification) => {
-    if (message.channel !== channel.slice(1, -1)) return;
+    // An empty payload wakes everyone; a pid wakes only that waiter.
+    if (message.channel !== channel || (message.payload && message.payload !== String(pid))) return;
     notified = true;
     wake?.();
   };
@@ -264,7 +275,7 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
   let acquired = false;
   try {
     const registered = await client.query(
-      `LISTEN ${channel}; SELECT pg_try_advisory_lock_shared(${hi}, ${lo}), (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms`,
+      `LISTEN "${channel}"; SELECT pg_try_advisory_lock_shared(${hi}, ${lo}), (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms`,
     );
     const sinceMs = Math.round((registered as unknown as pg.QueryResult[])[1]!.rows[0].now_ms);
     const prefix = waitingComment(key, sinceMs);
@@ -333,7 +344,7 @@ async function giveUp(session: Session, key: bigint, watch: Watch): Promise<void
   let broken = watch.error !== undefined;
   if (!broken) {
     await session.client
-      .query(`UNLISTEN ${channelOf(key)}; SELECT pg_advisory_unlock_shared(${hi}, ${lo})`)
+      .query(`UNLISTEN "${channelOf(key)}"; SELECT pg_advisory_unlock_shared(${hi}, ${lo})`)
       .catch(() => (broken = true));
   }
   await session.release(broken);
@@ -420,8 +431,9 @@ async function unlock(session: Session, key: bigint, acquired: Acquired, logger:
   const { hi, lo } = keyParts(key);
   const channel = channelOf(key);
   // pg_notify is delivered when this statement's implicit transaction commits, just after the unlock.
-  let sql = `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid, pg_notify('${channel.slice(1, -1)}', '')`;
-  if (acquired.registered) sql += `, pg_advisory_unlock_shared(${hi}, ${lo}); UNLISTEN ${channel}`;
+  let sql = `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid,
+    pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))`;
+  if (acquired.registered) sql += `, pg_advisory_unlock_shared(${hi}, ${lo}); UNLISTEN "${channel}"`;
   try {
     const result = await session.client.query(sql);
     const row = (Array.isArray(result) ? result[0] : result).rows[0] as { unlocked: boolean; pid: number };
