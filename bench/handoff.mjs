@@ -51,7 +51,17 @@ async function race(url, mode, replicas) {
   const released = new Promise((resolve) => (release = resolve));
   const holding =
     mode === 'library'
-      ? new Promise((held) => withMigrationLock(url, KEY, () => (held(), released), { logger: null }))
+      ? new Promise((held) =>
+          withMigrationLock(
+            url,
+            KEY,
+            () => {
+              held();
+              return released;
+            },
+            { logger: null },
+          ),
+        )
       : (async () => {
           const client = new pg.Client(url);
           await client.connect();
