@@ -294,12 +294,12 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
 
     for (;;) {
       notified = false;
-      const poll = await client.query<{ locked: boolean }>(
-        `${prefix}SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked`,
+      const poll = await client.query<{ locked: boolean; pid: number }>(
+        `${prefix}SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked, pg_backend_pid() AS pid`,
       );
       if (poll.rows[0]!.locked) {
         acquired = true;
-        return { pid, waitedMs: elapsed(), registered: true };
+        return { pid: poll.rows[0]!.pid, waitedMs: elapsed(), registered: true };
       }
       opts.signal?.throwIfAborted();
       if (elapsed() >= deadline) {
@@ -437,10 +437,19 @@ async function unlock(session: Session, key: bigint, acquired: Acquired, logger:
   try {
     const result = await session.client.query(sql);
     const row = (Array.isArray(result) ? result[0] : result).rows[0] as { unlocked: boolean; pid: number };
-    if (!row.unlocked) {
-      logger.warn(
-        `Migration lock ${key} was no longer held by this session at release (pid ${row.pid}, locked on pid ${acquired.pid}). Behind a transaction-mode pooler session locks do not hold: connect directly or use session pooling.`,
+    if (row.pid !== acquired.pid) {
+      // A transaction-mode pooler ran the unlock on another server connection: the lock still sits on
+      // the one that took it, which the pooler hands to other clients. End that backend so it cannot linger.
+      const { classid, objid } = keyParts(key);
+      await session.client.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted
+           AND classid = ${classid} AND objid = ${objid} AND pid = ${acquired.pid}`,
       );
+      logger.warn(
+        `Migration lock ${key} was taken on backend ${acquired.pid} but released from backend ${row.pid}: a transaction-mode pooler does not keep a session, so the lock did not exclude anyone. Backend ${acquired.pid} was terminated to free it. Connect directly or through a session-mode pooler.`,
+      );
+    } else if (!row.unlocked) {
+      logger.warn(`Migration lock ${key} was no longer held by this session (pid ${row.pid}) at release.`);
     }
     return undefined;
   } catch (err) {
