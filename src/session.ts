@@ -27,7 +27,14 @@ export function checkSource(source: unknown): asserts source is ClientSource {
     if (source.trim() === '') throw new TypeError('Expected a connection string, got an empty string');
     return;
   }
-  if (source !== null && typeof source === 'object' && !Array.isArray(source)) return;
+  if (source !== null && typeof source === 'object' && !Array.isArray(source)) {
+    // A pg.Client that was never connected would queue our first query forever.
+    const state = source as { _connected?: boolean; _connecting?: boolean; totalCount?: unknown };
+    if (isClient(source) && state.totalCount === undefined && state._connected === false && !state._connecting) {
+      throw new TypeError('Expected a connected pg.Client: call `await client.connect()` first, or pass a pg.Pool');
+    }
+    return;
+  }
   throw new TypeError(
     `Expected \`client\` to be a pg.Pool, a connected pg.Client, a connection string or a pg client config, got ${source === null ? 'null' : typeof source}`,
   );

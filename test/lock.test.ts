@@ -280,3 +280,8 @@ describe('unlock failures', () => {
     }
   });
 });
+
+test('a pg.Client that was never connected is refused instead of hanging', async () => {
+  const client = new pg.Client(url);
+  await expect(withMigrationLock(client, 16n, () => {}, quiet)).rejects.toThrow(/await client.connect\(\)/);
+});
