@@ -1,0 +1,41 @@
+import { expect, test } from 'vitest';
+import { appliedMigrations } from '../fixtures/adapters/race.mjs';
+import { createTestDatabase, fixture, spawnNode } from '../helpers.js';
+
+const [knexUrl, nodePgMigrateUrl, drizzleUrl] = await Promise.all([
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+]);
+
+const resultOf = (stdout: string) => {
+  const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
+  return line ? JSON.parse(line.slice(7)) : null;
+};
+
+test('with no migrator installed, everything loads, and an adapter names the package to install', async () => {
+  const { exited } = spawnNode(fixture('adapters/missing.mjs'), [], {
+    NODE_OPTIONS: `--import=${fixture('adapters/hide-migrators.mjs')}`,
+  });
+  const { code, stdout, stderr } = await exited;
+  expect(stderr).toBe('');
+  expect(code).toBe(0);
+  expect(resultOf(stdout)).toEqual({
+    loaded: ['function', 'function', 'function', 'function'],
+    'node-pg-migrate': 'pg-migration-lock/node-pg-migrate needs node-pg-migrate: npm install node-pg-migrate',
+    drizzle: 'pg-migration-lock/drizzle needs drizzle-orm: npm install drizzle-orm',
+  });
+});
+
+test('the adapters work through require() (the CJS build)', async () => {
+  const { exited } = spawnNode(fixture('adapters/require.cjs'), [], {
+    KNEX_URL: knexUrl,
+    NODE_PG_MIGRATE_URL: nodePgMigrateUrl,
+    DRIZZLE_URL: drizzleUrl,
+  });
+  const { code, stdout, stderr } = await exited;
+  expect(stderr).toBe('');
+  expect(code).toBe(0);
+  expect(resultOf(stdout)).toEqual({ knex: 3, 'node-pg-migrate': 3, drizzle: 'ok' });
+  expect(await appliedMigrations(drizzleUrl, 'drizzle')).toEqual({ total: 3, distinct: 3 });
+});

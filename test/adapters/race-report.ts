@@ -1,0 +1,28 @@
+import { expect } from 'vitest';
+import type { Migrator, race } from '../fixtures/adapters/race.mjs';
+
+type Outcome = Awaited<ReturnType<typeof race>>;
+
+/** Logs a race's figures (they go to the README), with the distinct reasons replicas failed. */
+export function report(migrator: Migrator, mode: 'bare' | 'locked', outcome: Outcome, note = ''): void {
+  const reasons = [...new Set(outcome.results.flatMap((r) => (r.code === 0 ? [] : [r.error])))];
+  console.info(
+    `[race] ${migrator} ${mode}${note}: ${outcome.failed}/${outcome.results.length} replicas failed, wall ${Math.round(outcome.wallMs)} ms${reasons.length ? ` — ${reasons.join(' | ')}` : ''}`,
+  );
+}
+
+/** Every replica exited 0 (on failure, the assertion shows their stderr). */
+export function expectAllSucceeded(outcome: Outcome): void {
+  expect(outcome.results.filter((r) => r.code !== 0).map((r) => r.stderr)).toEqual([]);
+}
+
+/**
+ * A bare race: how many replicas fail varies from run to run, so that is logged, not asserted. What is
+ * asserted: each replica either finished its run or failed for the migrator's own race (`reason`).
+ */
+export function expectBareOutcome(outcome: Outcome, reason: RegExp): void {
+  for (const replica of outcome.results) {
+    if (replica.code === 0) expect(replica.result).not.toBeNull();
+    else expect(replica.stderr).toMatch(reason);
+  }
+}
