@@ -1,5 +1,11 @@
 import type pg from 'pg';
-import { describeHolder, MigrationLockBusyError, MigrationLockLostError, MigrationLockTimeoutError } from './errors.js';
+import {
+  describeHolder,
+  MigrationLockBusyError,
+  MigrationLockError,
+  MigrationLockLostError,
+  MigrationLockTimeoutError,
+} from './errors.js';
 import { keyParts, type LockKeyInput, parseKey } from './key.js';
 import { callSafely, errorMessage, type Logger, resolveLogger } from './logger.js';
 import { type ClientSource, checkSource, openSession, type Session } from './session.js';
@@ -222,15 +228,17 @@ const KEEPALIVE_COLUMNS = `, set_config('tcp_keepalives_idle', '10', false), set
 const sqlKey = (key: bigint) => `'${key}'::bigint`;
 const channelOf = (key: bigint) => `pg_migration_lock_${key}`;
 
+/** The `pg_locks` rows of `key` in this database: `objsubid` 1 is the lock, 2 the waiters' registry. */
+const lockRowsOf = (key: bigint, objsubid: 1 | 2) => {
+  const { classid, objid } = keyParts(key);
+  return `locktype = 'advisory' AND objsubid = ${objsubid} AND classid = ${classid} AND objid = ${objid}
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
+};
+
 // One registered waiter, picked at random (no waiter starves): the release wakes only it, so N
 // waiters do not stampede the server and the CPU at every hand-off. The others keep polling.
-const nextWaiterSql = (key: bigint) => {
-  const { classid, objid } = keyParts(key);
-  return `(SELECT l.pid::text FROM pg_locks l
-    WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted AND l.classid = ${classid} AND l.objid = ${objid}
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND l.pid <> pg_backend_pid()
-    ORDER BY random() LIMIT 1)`;
-};
+const nextWaiterSql = (key: bigint) =>
+  `(SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1)`;
 const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
 
 /*
@@ -248,11 +256,22 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
   const { client } = session;
   const startedAt = performance.now();
   const elapsed = () => performance.now() - startedAt;
-  const first = await client.query<{ locked: boolean; pid: number }>(
-    `SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked, pg_backend_pid() AS pid${session.kind === 'own' ? KEEPALIVE_COLUMNS : ''}`,
+  // A session that already holds the key would "acquire" it again (advisory locks are re-entrant):
+  // that is a transaction-mode pooler sharing one server connection between clients, or a lock taken
+  // outside this library. Refuse instead of excluding nobody.
+  const first = await client.query<{ locked: boolean; held: boolean; pid: number }>(
+    `SELECT CASE WHEN s.held THEN false ELSE pg_try_advisory_lock(${sqlKey(key)}) END AS locked, s.held,
+       pg_backend_pid() AS pid${session.kind === 'own' ? KEEPALIVE_COLUMNS : ''}
+     FROM (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted AND pid = pg_backend_pid()) AS held) s`,
   );
-  const { pid } = first.rows[0]!;
-  if (first.rows[0]!.locked) return { pid, waitedMs: 0, registered: false };
+  const { pid, locked, held } = first.rows[0]!;
+  if (held) {
+    throw new MigrationLockError(
+      `This session (backend ${pid}) already holds migration lock ${key}, so taking it again would exclude nobody. Behind a transaction-mode pooler, clients share server connections: connect directly or through a session-mode pooler.`,
+      key,
+    );
+  }
+  if (locked) return { pid, waitedMs: 0, registered: false };
 
   if (!opts.wait) {
     const { holder } = await queryLockStatus(client, key);
@@ -275,10 +294,12 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
   let acquired = false;
   try {
     const registered = await client.query(
-      `LISTEN "${channel}"; SELECT pg_try_advisory_lock_shared(${hi}, ${lo}), (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms`,
+      `LISTEN "${channel}"; SELECT pg_try_advisory_lock_shared(${hi}, ${lo}), pg_backend_pid() AS pid,
+         (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms`,
     );
-    const sinceMs = Math.round((registered as unknown as pg.QueryResult[])[1]!.rows[0].now_ms);
-    const prefix = waitingComment(key, sinceMs);
+    const { now_ms: sinceMs, pid: registeredOn } = (registered as unknown as pg.QueryResult[])[1]!.rows[0];
+    checkSameSession(key, pid, registeredOn);
+    const prefix = waitingComment(key, Math.round(sinceMs));
     let holder: Holder | null = null;
     const report = async () => {
       holder = (await queryLockStatus(client, key, prefix)).holder;
@@ -297,9 +318,10 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
       const poll = await client.query<{ locked: boolean; pid: number }>(
         `${prefix}SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked, pg_backend_pid() AS pid`,
       );
+      checkSameSession(key, pid, poll.rows[0]!.pid);
       if (poll.rows[0]!.locked) {
         acquired = true;
-        return { pid: poll.rows[0]!.pid, waitedMs: elapsed(), registered: true };
+        return { pid, waitedMs: elapsed(), registered: true };
       }
       opts.signal?.throwIfAborted();
       if (elapsed() >= deadline) {
@@ -336,6 +358,15 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
     opts.signal?.removeEventListener('abort', abort);
     if (!acquired) await giveUp(session, key, watch);
   }
+}
+
+/** Waiting is only meaningful on one session; a pooler that moves us between server connections breaks it. */
+function checkSameSession(key: bigint, expectedPid: number, pid: number): void {
+  if (pid === expectedPid) return;
+  throw new MigrationLockError(
+    `The session waiting for migration lock ${key} moved from backend ${expectedPid} to ${pid}: a transaction-mode pooler does not keep a session, and session advisory locks need one. Connect directly or through a session-mode pooler.`,
+    key,
+  );
 }
 
 /** Leaves the waiters' registry and the channel after a failed wait; a session in doubt is discarded. */
@@ -440,10 +471,10 @@ async function unlock(session: Session, key: bigint, acquired: Acquired, logger:
     if (row.pid !== acquired.pid) {
       // A transaction-mode pooler ran the unlock on another server connection: the lock still sits on
       // the one that took it, which the pooler hands to other clients. End that backend so it cannot linger.
-      const { classid, objid } = keyParts(key);
+      // One statement: if the pooler hands us the locking backend now, it must unlock, not terminate itself.
       await session.client.query(
-        `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted
-           AND classid = ${classid} AND objid = ${objid} AND pid = ${acquired.pid}`,
+        `SELECT CASE WHEN pid = pg_backend_pid() THEN pg_advisory_unlock(${sqlKey(key)}) ELSE pg_terminate_backend(pid) END
+         FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted AND pid = ${acquired.pid}`,
       );
       logger.warn(
         `Migration lock ${key} was taken on backend ${acquired.pid} but released from backend ${row.pid}: a transaction-mode pooler does not keep a session, so the lock did not exclude anyone. Backend ${acquired.pid} was terminated to free it. Connect directly or through a session-mode pooler.`,
