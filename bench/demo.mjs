@@ -4,7 +4,7 @@
 // database. The migrations are the test suite's: a table, a slow step (~0.5 s, like a backfill), an index.
 import { parseArgs } from 'node:util';
 import { appliedMigrations, MIGRATORS, race } from '../test/fixtures/adapters/race.mjs';
-import { createDatabase, startPostgres } from './postgres.mjs';
+import { createDatabase, startPostgres } from '../test/postgres.mjs';
 
 let values;
 try {
@@ -25,7 +25,7 @@ if (!Number.isInteger(replicas) || replicas < 2 || replicas > 100) {
   process.exit(2);
 }
 
-const server = await startPostgres();
+const server = await startPostgres({ url: process.env.BENCH_DATABASE_URL });
 process.once('SIGINT', () => server.stop().finally(() => process.exit(130)));
 console.log(`PostgreSQL ${server.version}: ${replicas} replicas per run, started at once, on a fresh database each.\n`);
 

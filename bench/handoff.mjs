@@ -6,7 +6,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { withMigrationLock } from 'pg-migration-lock';
-import { createDatabase, startPostgres } from './postgres.mjs';
+import { createDatabase, startPostgres } from '../test/postgres.mjs';
 
 const KEY = 4242n;
 const HOLD_MS = 5;
@@ -138,7 +138,7 @@ const { values, positionals } = parseArgs({
 if (values.replica) {
   await replica(positionals[0], values.replica);
 } else {
-  const server = await startPostgres();
+  const server = await startPostgres({ url: process.env.BENCH_DATABASE_URL });
   try {
     const url = await createDatabase(server.url, 'pgml_bench');
     console.log(

