@@ -135,7 +135,19 @@ export async function withMigrationLock<T>(
   busySessions.add(session.client);
   const watch = watchSession(session.client);
   try {
-    const acquired = await acquire(session, k, opts, watch);
+    let acquired: Acquired;
+    try {
+      acquired = await acquire(session, k, opts, watch);
+    } catch (err) {
+      // Busy, timed out or aborted: the session is clean and goes back. Anything else (a failed query,
+      // a session that moved or already held the key) may have left it in doubt: a pooled one is destroyed.
+      const orderly =
+        err instanceof MigrationLockBusyError ||
+        err instanceof MigrationLockTimeoutError ||
+        (opts.signal?.aborted === true && err === opts.signal.reason);
+      await session.release(!orderly || watch.error !== undefined);
+      throw err;
+    }
     return await runLocked(session, k, fn, opts, watch, acquired);
   } finally {
     watch.dispose();
@@ -356,7 +368,11 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
   } finally {
     client.off('notification', onNotification);
     opts.signal?.removeEventListener('abort', abort);
-    if (!acquired) await giveUp(session, key, watch);
+    // Leave the waiters' registry and the channel. This fails only on a broken connection, which the
+    // watch has seen: the session is then discarded.
+    if (!acquired && watch.error === undefined) {
+      await client.query(`UNLISTEN "${channel}"; SELECT pg_advisory_unlock_shared(${hi}, ${lo})`).catch(() => {});
+    }
   }
 }
 
@@ -367,18 +383,6 @@ function checkSameSession(key: bigint, expectedPid: number, pid: number): void {
     `The session waiting for migration lock ${key} moved from backend ${expectedPid} to ${pid}: a transaction-mode pooler does not keep a session, and session advisory locks need one. Connect directly or through a session-mode pooler.`,
     key,
   );
-}
-
-/** Leaves the waiters' registry and the channel after a failed wait; a session in doubt is discarded. */
-async function giveUp(session: Session, key: bigint, watch: Watch): Promise<void> {
-  const { hi, lo } = keyParts(key);
-  let broken = watch.error !== undefined;
-  if (!broken) {
-    await session.client
-      .query(`UNLISTEN "${channelOf(key)}"; SELECT pg_advisory_unlock_shared(${hi}, ${lo})`)
-      .catch(() => (broken = true));
-  }
-  await session.release(broken);
 }
 
 async function runLocked<T>(

@@ -178,6 +178,43 @@ describe('results and errors', () => {
     expect(fn).not.toHaveBeenCalled();
   });
 
+  test('a refused or failed acquisition gives the session back: our own connection is closed, a pooled one returned', async () => {
+    const held = await holdLock(25n);
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    try {
+      await expect(withMigrationLock(pool, 25n, () => {}, { ...quiet, wait: false })).rejects.toThrow(
+        MigrationLockBusyError,
+      );
+      expect([pool.totalCount, pool.idleCount]).toEqual([1, 1]);
+      await expect(withMigrationLock(pool, 25n, () => {}, { ...quiet, timeoutMs: 50 })).rejects.toThrow(
+        MigrationLockTimeoutError,
+      );
+      expect([pool.totalCount, pool.idleCount]).toEqual([1, 1]);
+      const probe = { ...quiet, wait: false, applicationName: 'pgml-busy-probe' };
+      await expect(withMigrationLock(url, 25n, () => {}, probe)).rejects.toThrow(MigrationLockBusyError);
+      await waitFor(
+        () =>
+          withClient(
+            url,
+            async (c) =>
+              (await c.query(`SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgml-busy-probe'`)).rowCount ===
+              0,
+          ),
+        5000,
+        'the refused connection to close',
+      );
+      // A pooled session that already holds the key (taken outside the library) is refused and destroyed.
+      const client = await pool.connect();
+      await client.query('SELECT pg_advisory_lock(26)');
+      client.release();
+      await expect(withMigrationLock(pool, 26n, () => {}, quiet)).rejects.toThrow(/already holds migration lock 26/);
+      expect(pool.totalCount).toBe(0);
+    } finally {
+      await pool.end();
+      await held.release();
+    }
+  });
+
   test('timeoutMs rejects with MigrationLockTimeoutError and leaves no waiter behind', async () => {
     const held = await holdLock(23n);
     const error = await withMigrationLock(url, 23n, () => {}, { ...quiet, timeoutMs: 300 }).catch(
