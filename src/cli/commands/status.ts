@@ -1,0 +1,76 @@
+import type { Command } from 'commander';
+import { formatMs } from '../../lock.js';
+import { getLockStatus, type Holder, type LockStatus } from '../../status.js';
+import { clientConfig, createContext, databaseUrl } from '../context.js';
+import { ago, describeSession } from '../locking.js';
+import type { Output } from '../output.js';
+
+export function registerStatus(program: Command, out: Output): Command {
+  return program
+    .command('status')
+    .summary('show who holds the lock and who waits for it')
+    .description(
+      'Print LOCKED or UNLOCKED, the session holding the lock (pid, application_name, client address, since when, current query) and the sessions waiting for it. Exit 0 either way.',
+    )
+    .option('--json', 'print getLockStatus() as JSON (key as a string, dates as ISO 8601)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ pg-migration-lock status
+  $ pg-migration-lock status --name billing
+  $ pg-migration-lock status --json | jq .holder.pid`,
+    )
+    .action(async (flags: { json?: boolean }, command: Command) => {
+      const ctx = createContext(command, out);
+      const status = await getLockStatus(clientConfig(databaseUrl(command, out, true)), ctx.key);
+      out.data(flags.json ? statusJson(status) : formatStatus(out, status, ctx.keyLabel));
+    });
+}
+
+export function statusJson(status: LockStatus): string {
+  return JSON.stringify(status, (_name, value) => (typeof value === 'bigint' ? value.toString() : value), 2);
+}
+
+export function formatStatus(out: Output, status: LockStatus, keyLabel: string): string {
+  const c = out.out;
+  const lines = [
+    `${status.locked ? c.bold(c.red('LOCKED')) : c.bold(c.green('UNLOCKED'))}  migration lock ${keyLabel}`,
+  ];
+  if (status.holder) lines.push(...formatHolder(out, status.holder));
+  lines.push(`  ${'waiters'.padEnd(LABEL)}${status.waiters.length === 0 ? c.dim('none') : status.waiters.length}`);
+  for (const waiter of status.waiters) {
+    const waited = waiter.waitingMs === undefined ? '' : `, waiting ${formatMs(waiter.waitingMs)}`;
+    lines.push(`    ${describeSession(waiter)}${waited}`);
+  }
+  return lines.join('\n');
+}
+
+const LABEL = 'application  '.length;
+
+export function formatHolder(out: Output, holder: Holder): string[] {
+  const c = out.out;
+  const row = (label: string, value: string) => `  ${label.padEnd(LABEL)}${value}`;
+  const rows = [
+    row('holder', c.bold(`pid ${holder.pid}`)),
+    row('application', holder.applicationName || c.dim('(none)')),
+    row('client', holder.clientAddr ?? c.dim('local socket (or not visible to this role)')),
+  ];
+  if (holder.backendStart) {
+    rows.push(row('connected', `${holder.backendStart.toISOString()} (${ago(holder.backendStart)})`));
+  }
+  if (holder.state) rows.push(row('state', holder.state));
+  // For an idle session pg_stat_activity shows the last query, often the lock acquisition itself.
+  if (holder.query)
+    rows.push(row(holder.state === 'active' ? 'query' : 'last query', describeQuery(out, holder.query)));
+  return rows;
+}
+
+/** A query on one line: whitespace collapsed, long ones cut; our own lock acquisition named as such. */
+function describeQuery(out: Output, query: string): string {
+  if (/^(\/\* pg-migration-lock:[^*]*\*\/\s*)?SELECT[^;]*pg_try_advisory_lock\(/i.test(query)) {
+    return out.out.dim('taking this lock (pg_try_advisory_lock)');
+  }
+  const text = query.replace(/\s+/g, ' ').trim();
+  return text.length > 160 ? `${text.slice(0, 159)}…` : text;
+}

@@ -1,0 +1,109 @@
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import type pg from 'pg';
+import { DEFAULT_LOCK_KEY, lockKey, parseKey } from '../key.js';
+import { redactConnectionString } from '../session.js';
+import { UsageError } from './errors.js';
+import type { Output } from './output.js';
+
+/** Options every command accepts (before or after the command name). */
+export interface GlobalOptions {
+  databaseUrl?: string;
+  key?: bigint;
+  name?: string;
+  quiet?: boolean;
+}
+
+/** What a command needs, resolved from its flags and the environment. */
+export interface Context {
+  out: Output;
+  key: bigint;
+  /** How messages name the lock: `42`, `"billing" (key 123…)`. */
+  keyLabel: string;
+}
+
+export function addGlobalOptions(command: Command): Command {
+  return command
+    .optionsGroup('Global options:')
+    .option('--database-url <url>', 'PostgreSQL connection string (default: $DATABASE_URL)')
+    .addOption(
+      new Option('--key <n>', 'lock key, a signed 64-bit integer (default: lockKey("pg-migration-lock"))').argParser(
+        parseKeyArg,
+      ),
+    )
+    .option('--name <name>', 'use lockKey(name) as the key, e.g. one lock per service')
+    .option('-q, --quiet', 'print only errors (and what status prints)');
+}
+
+function parseKeyArg(value: string): bigint {
+  try {
+    return parseKey(value.trim());
+  } catch {
+    throw new InvalidArgumentError(
+      'Expected an integer between -9223372036854775808 and 9223372036854775807 (or use --name NAME).',
+    );
+  }
+}
+
+/** `1500ms`, `30s`, `5m`, `1h`, `1.5s` → milliseconds. A bare number is refused: its unit would be a guess. */
+export function parseDurationArg(value: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(value.trim());
+  if (!match) throw new InvalidArgumentError('Expected a duration like 1500ms, 30s, 5m or 1h.');
+  return Math.round(Number(match[1]) * UNITS[match[2]!]!);
+}
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+export function createContext(command: Command, out: Output): Context {
+  const opts = command.optsWithGlobals<GlobalOptions>();
+  out.quiet = Boolean(opts.quiet);
+  if (opts.key !== undefined && opts.name !== undefined) {
+    throw new UsageError('--key and --name both choose the lock: give one of them');
+  }
+  if (opts.key !== undefined) return { out, key: opts.key, keyLabel: String(opts.key) };
+  if (opts.name !== undefined) {
+    if (opts.name === '') throw new UsageError('--name must not be empty');
+    const key = lockKey(opts.name);
+    return { out, key, keyLabel: `"${opts.name}" (key ${key})` };
+  }
+  return { out, key: DEFAULT_LOCK_KEY, keyLabel: `${DEFAULT_LOCK_KEY} (default key)` };
+}
+
+/**
+ * The connection string from --database-url or DATABASE_URL, checked before any network access.
+ * Its password is registered with the output, so no error message can echo it.
+ */
+export function databaseUrl(command: Command, out: Output, required: true): string;
+export function databaseUrl(command: Command, out: Output, required: false): string | undefined;
+export function databaseUrl(command: Command, out: Output, required: boolean): string | undefined {
+  const url = command.optsWithGlobals<GlobalOptions>().databaseUrl ?? (process.env.DATABASE_URL || undefined);
+  if (url === undefined) {
+    if (!required) return undefined;
+    throw new UsageError(
+      'No database URL: pass --database-url or set DATABASE_URL',
+      'Example: DATABASE_URL=postgres://user:password@host:5432/db pg-migration-lock status',
+    );
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new UsageError(
+      `Invalid database URL ${redactConnectionString(url)}`,
+      'Expected postgres://user:password@host:5432/database (percent-encode special characters in the password).',
+    );
+  }
+  out.target = redactConnectionString(url);
+  out.addSecret(parsed.password);
+  out.addSecret(parsed.searchParams.get('password'));
+  if (!['postgres:', 'postgresql:', 'socket:'].includes(parsed.protocol)) {
+    throw new UsageError(
+      `Invalid database URL ${redactConnectionString(url)}: expected a postgres:// or postgresql:// URL`,
+    );
+  }
+  return url;
+}
+
+/** A pg config for connections we open: a bounded connect time, so an unreachable server fails instead of hanging. */
+export function clientConfig(url: string): pg.ClientConfig {
+  return { connectionString: url, connectionTimeoutMillis: 30_000 };
+}

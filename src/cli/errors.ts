@@ -1,0 +1,62 @@
+import { constants } from 'node:os';
+import { MigrationLockBusyError, MigrationLockTimeoutError } from '../errors.js';
+import { errorMessage } from '../logger.js';
+
+/** The SPEC's exit codes. */
+export const EXIT = {
+  ok: 0,
+  failure: 1,
+  usage: 2,
+  /** EX_TEMPFAIL from sysexits.h: the lock was not acquired, try again later. */
+  notAcquired: 75,
+} as const;
+
+/** A failure the CLI explains itself: the message is printed as-is and the process exits with `exitCode`. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number = EXIT.failure,
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+/** Bad flags or configuration: anything the user can fix without the database being involved. */
+export class UsageError extends CliError {
+  constructor(message: string, hint?: string) {
+    super(message, EXIT.usage, hint);
+  }
+}
+
+/** A SIGINT/SIGTERM that stopped the command; exits like a shell would report it (128 + signal number). */
+export class InterruptedError extends CliError {
+  constructor(readonly signal: NodeJS.Signals) {
+    super(`Interrupted by ${signal}`, signalExitCode(signal));
+  }
+}
+
+export function signalExitCode(signal: NodeJS.Signals): number {
+  return 128 + (constants.signals[signal] ?? 0);
+}
+
+// Errors raised while opening a connection: network errno codes, and SQLSTATE classes 08 (connection
+// exception), 28 (authentication), 3D000 (no such database), 57P03 (server starting up).
+const CONNECT_CODES =
+  /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|08...|28...|3D000|57P03)$/;
+
+export function isConnectError(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && CONNECT_CODES.test(code)) return true;
+  return /connection timeout|Connection terminated unexpectedly|self[- ]signed certificate|does not support SSL/i.test(
+    errorMessage(err),
+  );
+}
+
+/** Maps any error to the SPEC's exit code. */
+export function exitCodeOf(err: unknown): number {
+  if (err instanceof CliError) return err.exitCode;
+  if (err instanceof MigrationLockBusyError || err instanceof MigrationLockTimeoutError) return EXIT.notAcquired;
+  return EXIT.failure;
+}

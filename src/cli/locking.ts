@@ -1,0 +1,146 @@
+import { type Command, Option } from 'commander';
+import { formatMs, type MigrationLockOptions } from '../lock.js';
+import type { Logger } from '../logger.js';
+import type { Holder } from '../status.js';
+import { type Context, parseDurationArg } from './context.js';
+import { InterruptedError } from './errors.js';
+import type { Output } from './output.js';
+
+export interface LockFlags {
+  /** Milliseconds, parsed from a duration. */
+  timeout?: number;
+  wait: boolean;
+}
+
+export function addLockFlags(command: Command): Command {
+  return command
+    .addOption(
+      new Option(
+        '--timeout <duration>',
+        'give up waiting for the lock after this long (exit 75), e.g. 30s, 5m',
+      ).argParser(parseDurationArg),
+    )
+    .option('--no-wait', 'do not wait: exit 75 at once if another process holds the lock');
+}
+
+/** "pid 4242 (app) from 10.0.0.5, connected 3m10s ago": how the CLI names a session. */
+export function describeSession(holder: Holder | null): string {
+  if (!holder) return 'another session (not visible to this role)';
+  let text = `pid ${holder.pid}`;
+  if (holder.applicationName) text += ` (${holder.applicationName})`;
+  if (holder.clientAddr) text += ` from ${holder.clientAddr}`;
+  if (holder.backendStart) text += `, connected ${ago(holder.backendStart)}`;
+  return text;
+}
+
+export function ago(date: Date): string {
+  return `${formatMs(Math.max(0, Date.now() - date.getTime()))} ago`;
+}
+
+// The core logs each waiting report at info level; the CLI shows the same from the onWaiting hook instead.
+const WAITING_REPORT = /^Waiting for migration lock /;
+
+/**
+ * The options for `withMigrationLock` (or an adapter's `lock`) that make the wait visible: a live line
+ * on a terminal, a plain line every 10 s otherwise (CI logs), library messages through the CLI's output.
+ * SIGINT/SIGTERM while waiting abort the wait; `onSignalWhileLocked` decides what they do after.
+ */
+export function lockOptions(
+  ctx: Context,
+  flags: LockFlags,
+  onSignalWhileLocked: (signal: NodeJS.Signals) => void,
+): { options: MigrationLockOptions; dispose: () => void } {
+  const { out, keyLabel } = ctx;
+  const timeoutMs = flags.timeout;
+  const abort = new AbortController();
+  let locked = false;
+  let waitStart = 0;
+  let holder: Holder | null = null;
+  let ticker: NodeJS.Timeout | undefined;
+
+  const render = () => {
+    const waited = Math.floor((performance.now() - waitStart) / 1000);
+    const clock = waited < 60 ? `${waited}s` : `${Math.floor(waited / 60)}m${String(waited % 60).padStart(2, '0')}s`;
+    const limit = timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`;
+    const by = holder
+      ? `pid ${holder.pid}${holder.applicationName ? ` (${holder.applicationName})` : ''}`
+      : 'another session';
+    out.status(`${out.err.yellow('⏳')} Waiting ${clock}${limit} for the migration lock, held by ${by}`);
+  };
+
+  const stopTicker = () => {
+    clearInterval(ticker);
+    ticker = undefined;
+    out.clearStatus();
+  };
+
+  let interrupted: NodeJS.Signals | undefined;
+  const disposeSignals = trapSignals((signal) => {
+    if (locked) return onSignalWhileLocked(signal);
+    interrupted ??= signal;
+    abort.abort(new InterruptedError(signal));
+  });
+
+  const options: MigrationLockOptions = {
+    wait: flags.wait,
+    timeoutMs,
+    signal: abort.signal,
+    // On a terminal the holder shown in the live line is refreshed every 2 s; CI logs get a line every 10 s.
+    reportEveryMs: out.live ? 2000 : 10_000,
+    logger: cliLogger(out),
+    hooks: {
+      onWaiting(info) {
+        holder = info.holder;
+        if (!out.live) {
+          out.info(
+            `Waiting for migration lock ${keyLabel}, held by ${describeSession(info.holder)} (waited ${formatMs(info.waitedMs)}${timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`})`,
+          );
+          return;
+        }
+        if (!ticker) {
+          waitStart = performance.now() - info.waitedMs;
+          ticker = setInterval(render, 1000);
+        }
+        render();
+      },
+      onAcquired(info) {
+        locked = true;
+        stopTicker();
+        const waited = info.waitedMs > 0 ? ` after waiting ${formatMs(info.waitedMs)}` : '';
+        out.info(`Acquired migration lock ${keyLabel}${waited} (session pid ${info.pid})`);
+        // A signal that came while connecting (before the wait could be aborted) still counts.
+        if (interrupted) onSignalWhileLocked(interrupted);
+      },
+      onReleased(info) {
+        out.info(`Released migration lock ${keyLabel} (held ${formatMs(info.heldMs)})`);
+      },
+    },
+  };
+  return {
+    options,
+    dispose: () => {
+      stopTicker();
+      disposeSignals();
+    },
+  };
+}
+
+/** Routes library messages through the CLI's output (stderr; --quiet keeps warnings and errors). */
+export function cliLogger(out: Output): Logger {
+  return {
+    info: (message) => {
+      if (!WAITING_REPORT.test(message)) out.info(message);
+    },
+    warn: (message) => out.warn(message),
+    error: (message) => out.error(message),
+  };
+}
+
+/** Handles SIGINT and SIGTERM instead of dying at once; returns the function that restores the default. */
+export function trapSignals(handler: (signal: NodeJS.Signals) => void): () => void {
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
+  for (const signal of signals) process.on(signal, handler);
+  return () => {
+    for (const signal of signals) process.off(signal, handler);
+  };
+}

@@ -1,0 +1,69 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import type { Logger as DrizzleLogger } from 'drizzle-orm';
+import type { drizzle as drizzleFn } from 'drizzle-orm/node-postgres';
+import pg from 'pg';
+import { connectionConfig } from '../../session.js';
+import { clientConfig, databaseUrl } from '../context.js';
+import { UsageError } from '../errors.js';
+import type { Output } from '../output.js';
+import { existingDir, importFromProject } from './project.js';
+import type { AdapterLock, Applied } from './types.js';
+
+export interface DrizzleFlags {
+  migrationsFolder: string;
+  migrationsTable: string;
+  migrationsSchema: string;
+}
+
+/** drizzle's `migrate()` (what `drizzle-kit migrate` does) under the lock, with drizzle's config names. */
+export async function migrateDrizzle(
+  command: Command,
+  out: Output,
+  flags: DrizzleFlags,
+  lock: AdapterLock,
+): Promise<Applied> {
+  const url = databaseUrl(command, out, true);
+  const folder = existingDir(flags.migrationsFolder, 'drizzle migrations folder', '--migrations-folder');
+  const journalPath = join(folder, 'meta', '_journal.json');
+  if (!existsSync(journalPath)) {
+    throw new UsageError(
+      `No meta/_journal.json in ${folder}: not a drizzle-kit migrations folder`,
+      'Point --migrations-folder at drizzle-kit\'s "out" folder (default ./drizzle).',
+    );
+  }
+  const journal = JSON.parse(readFileSync(journalPath, 'utf8')) as { entries: { when: number; tag: string }[] };
+  const tagOf = new Map(journal.entries.map((entry) => [String(entry.when), entry.tag]));
+
+  // drizzle prints nothing and returns nothing: its query log says which migrations this run recorded.
+  const applied: string[] = [];
+  const recordInsert = new RegExp(
+    `^insert into "${flags.migrationsSchema.replace(/"/g, '""')}"\\."${flags.migrationsTable.replace(/"/g, '""')}" \\("hash", "created_at"\\)`,
+  );
+  const logger: DrizzleLogger = {
+    logQuery(query, params) {
+      if (recordInsert.test(query)) applied.push(tagOf.get(String(params[1])) ?? `migration created at ${params[1]}`);
+    },
+  };
+
+  const { drizzle } = await importFromProject<{ drizzle: typeof drizzleFn }>(
+    'drizzle-orm/node-postgres',
+    process.cwd(),
+  );
+  // One connection, named and kept alive like the ones the core opens: the adapter takes the lock on it.
+  const pool = new pg.Pool({ ...connectionConfig(clientConfig(url)), max: 1 });
+  pool.on('error', () => {}); // a lost session is reported by the lock (MigrationLockLostError)
+  try {
+    const { migrate } = await import('../../../adapters/drizzle.js');
+    await migrate(drizzle({ client: pool, logger }), {
+      migrationsFolder: folder,
+      migrationsTable: flags.migrationsTable,
+      migrationsSchema: flags.migrationsSchema,
+      lock,
+    });
+  } finally {
+    await pool.end();
+  }
+  return { migrator: 'drizzle', applied };
+}

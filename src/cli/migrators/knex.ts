@@ -1,0 +1,124 @@
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Command } from 'commander';
+import type { Knex } from 'knex';
+import { clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
+import { UsageError } from '../errors.js';
+import type { Output } from '../output.js';
+import { existingDir, importFromProject } from './project.js';
+import type { AdapterLock, Applied } from './types.js';
+
+export interface KnexFlags {
+  knexfile?: string;
+  env?: string;
+}
+
+const KNEXFILES = ['knexfile.js', 'knexfile.cjs', 'knexfile.mjs'];
+
+/** `knex migrate:latest` under the lock, configured by the project's knexfile like knex's own CLI. */
+export async function migrateKnex(
+  command: Command,
+  out: Output,
+  flags: KnexFlags,
+  lock: AdapterLock,
+): Promise<Applied> {
+  const knexfile = findKnexfile(flags.knexfile);
+  // Like knex's CLI: paths in the knexfile (migrations.directory…) are relative to the knexfile.
+  process.chdir(dirname(knexfile));
+  const envName = flags.env ?? (process.env.NODE_ENV || 'development');
+  const config = await loadKnexfile(knexfile, envName);
+
+  if (command.optsWithGlobals<GlobalOptions>().databaseUrl || !config.connection) {
+    // --database-url wins over the knexfile; DATABASE_URL fills in when the knexfile has no connection.
+    config.connection = clientConfig(databaseUrl(command, out, true)) as Knex.PgConnectionConfig;
+  } else {
+    registerSecrets(out, config.connection);
+  }
+  config.client ??= 'pg';
+  // knex logs to the console (stdout); ours keeps stdout for the summary.
+  config.log ??= {
+    warn: (message) => out.detail(`knex: ${message}`),
+    error: (message) => out.detail(`knex: ${message}`),
+    deprecate: (method, alternative) => out.warn(`knex: ${method} is deprecated, use ${alternative}`),
+    debug: () => {},
+  };
+  if (typeof config.client !== 'string' || !['pg', 'postgres', 'postgresql'].includes(config.client)) {
+    throw new UsageError(`The knexfile's client is ${JSON.stringify(config.client)}: pg-migration-lock needs 'pg'`);
+  }
+  if (!config.migrations?.migrationSource) {
+    const dirs = config.migrations?.directory ?? './migrations';
+    for (const dir of Array.isArray(dirs) ? dirs : [dirs]) {
+      existingDir(dir, 'knex migrations directory', `migrations.directory in ${knexfile}`);
+    }
+  }
+
+  const knexModule = await importFromProject<{ default: (config: Knex.Config) => Knex }>('knex', dirname(knexfile));
+  const knex = knexModule.default(config);
+  try {
+    const { latest } = await import('../../../adapters/knex.js');
+    const [batchNo, log] = await latest(knex, { lock });
+    return { migrator: 'knex', applied: log, note: log.length > 0 ? `batch ${batchNo}` : undefined };
+  } finally {
+    await knex.destroy();
+  }
+}
+
+function findKnexfile(given: string | undefined): string {
+  if (given !== undefined) {
+    const path = resolve(given);
+    if (!existsSync(path)) throw new UsageError(`knexfile not found: ${path}`);
+    if (/\.[cm]?ts$/.test(path)) throw typescriptKnexfile(path);
+    return path;
+  }
+  // Like knex: the nearest knexfile from the working directory up.
+  for (let dir = process.cwd(); ; dir = dirname(dir)) {
+    const found = KNEXFILES.map((name) => join(dir, name)).find((path) => existsSync(path));
+    if (found) return found;
+    if (existsSync(join(dir, 'knexfile.ts'))) throw typescriptKnexfile(join(dir, 'knexfile.ts'));
+    if (dirname(dir) === dir) break;
+  }
+  throw new UsageError(
+    `No knexfile found (${KNEXFILES.join(', ')}) in ${process.cwd()} or above`,
+    'Pass one with --knexfile path/to/knexfile.js',
+  );
+}
+
+function typescriptKnexfile(path: string): UsageError {
+  return new UsageError(
+    `${path} is TypeScript, which Node cannot load as-is`,
+    "Compile it to .js, or wrap knex's own CLI: pg-migration-lock run -- npx knex migrate:latest",
+  );
+}
+
+/** The knexfile's config for `envName`, as knex's CLI reads it (default export, function, environments). */
+async function loadKnexfile(path: string, envName: string): Promise<Knex.Config> {
+  const ns = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  let all = (ns.default ?? { ...ns }) as unknown;
+  if (typeof all === 'function') all = await all();
+  if (!all || typeof all !== 'object') throw new UsageError(`${path} does not export a knex config`);
+  const configs = all as Record<string, Knex.Config>;
+  if (configs[envName]) return { ...configs[envName] };
+  if ('client' in configs || 'connection' in configs) return { ...(configs as Knex.Config) };
+  throw new UsageError(
+    `${path} has no "${envName}" environment (it has: ${Object.keys(configs).join(', ')})`,
+    'Choose one with --env NAME (default: $NODE_ENV, else development).',
+  );
+}
+
+function registerSecrets(out: Output, connection: unknown): void {
+  const strings: unknown[] = [connection];
+  if (connection && typeof connection === 'object') {
+    const settings = connection as { password?: unknown; connectionString?: unknown };
+    if (typeof settings.password === 'string') out.addSecret(settings.password);
+    strings.push(settings.connectionString);
+  }
+  for (const value of strings) {
+    if (typeof value !== 'string') continue;
+    try {
+      out.addSecret(new URL(value).password);
+    } catch {
+      // not a URL: nothing to extract
+    }
+  }
+}

@@ -1,0 +1,120 @@
+import pc from 'picocolors';
+
+type Colors = ReturnType<typeof pc.createColors>;
+
+/** Color only where it renders: a terminal (or CI logs, as picocolors does), never with NO_COLOR or TERM=dumb. */
+function colorsFor(stream: NodeJS.WriteStream): Colors {
+  const { env } = process;
+  const enabled =
+    !env.NO_COLOR && (Boolean(env.FORCE_COLOR) || Boolean(env.CI) || (stream.isTTY === true && env.TERM !== 'dumb'));
+  return pc.createColors(enabled);
+}
+
+/** Passwords in URLs (`scheme://user:secret@`) and in `password=…` / `password: '…'` settings. */
+export function redact(text: string, secrets: Iterable<string> = []): string {
+  let out = text
+    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:\s/@]*:)[^@\s]*@/gi, '$1***@')
+    .replace(/(password["']?\s*[=:]\s*)(["'])(?:(?!\2).)*\2/gi, '$1$2***$2')
+    .replace(/(password\s*=\s*)(?!\*\*\*)[^\s&"',}]+/gi, '$1***');
+  for (const secret of secrets) {
+    if (secret) out = out.split(secret).join('***');
+  }
+  return out;
+}
+
+/**
+ * Everything the CLI prints goes through here: results on stdout, diagnostics on stderr (so
+ * `status --json | jq` stays clean), colors per stream, `--quiet`, and a live line on a terminal.
+ */
+export class Output {
+  readonly out: Colors = colorsFor(process.stdout);
+  readonly err: Colors = colorsFor(process.stderr);
+  /** --quiet: only errors, and the results that were asked for. */
+  quiet = false;
+  /** The database this run talks to, password redacted: named in connection errors. */
+  target?: string;
+  private liveText = '';
+  /** Passwords known to this run: erased from error messages, which may come from third-party code. */
+  private readonly secrets = new Set<string>();
+
+  /** Whether a line can be redrawn in place: stderr is a terminal, and not --quiet. */
+  get live(): boolean {
+    return process.stderr.isTTY === true && !this.quiet && process.env.TERM !== 'dumb';
+  }
+
+  addSecret(secret: string | undefined | null): void {
+    if (!secret) return;
+    this.secrets.add(secret);
+    try {
+      this.secrets.add(decodeURIComponent(secret));
+      this.secrets.add(encodeURIComponent(secret));
+    } catch {
+      // not percent-encoded: the raw form is enough
+    }
+  }
+
+  /** Redacts URLs and every known password: for text that did not come from this CLI. */
+  scrub(text: string): string {
+    return redact(text, this.secrets);
+  }
+
+  /** What was explicitly asked for (status), on stdout: printed even with --quiet. */
+  data(text: string): void {
+    this.write(process.stdout, `${redact(text)}\n`);
+  }
+
+  /** The outcome of a command (what was applied), on stdout. */
+  result(text: string): void {
+    if (!this.quiet) this.write(process.stdout, `${redact(text)}\n`);
+  }
+
+  info(message: string): void {
+    if (!this.quiet) this.write(process.stderr, `${this.err.dim('[pg-migration-lock]')} ${redact(message)}\n`);
+  }
+
+  success(message: string): void {
+    if (!this.quiet) this.write(process.stderr, `${this.err.green('✔')} ${redact(message)}\n`);
+  }
+
+  /** Context for an error (e.g. the failing SQL), as-is on stderr, even with --quiet. */
+  detail(text: string): void {
+    this.write(process.stderr, `${this.scrub(text)}\n`);
+  }
+
+  warn(message: string): void {
+    this.write(process.stderr, `${this.err.yellow('warning:')} ${this.scrub(message)}\n`);
+  }
+
+  error(message: string, hint?: string): void {
+    let text = `${this.err.red(this.err.bold('error:'))} ${this.scrub(message)}\n`;
+    if (hint) text += `${this.err.dim(this.scrub(hint))}\n`;
+    this.write(process.stderr, text);
+  }
+
+  /** Shows (or replaces) the live status line; a no-op when stderr is not a terminal. */
+  status(text: string): void {
+    if (!this.live) return;
+    const width = process.stderr.columns || 80;
+    // One physical line: a wrapped line could not be redrawn in place.
+    this.liveText = text.length >= width ? `${text.slice(0, width - 2)}…` : text;
+    process.stderr.write(`\r\x1b[2K${this.liveText}`);
+  }
+
+  clearStatus(): void {
+    if (!this.liveText) return;
+    this.liveText = '';
+    process.stderr.write('\r\x1b[2K');
+  }
+
+  /** Writes a full line, keeping the live line below it. */
+  private write(stream: NodeJS.WriteStream, text: string): void {
+    if (!this.liveText) {
+      stream.write(text);
+      return;
+    }
+    const live = this.liveText;
+    this.clearStatus();
+    stream.write(text);
+    this.status(live);
+  }
+}
