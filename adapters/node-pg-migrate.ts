@@ -1,6 +1,7 @@
 import type { runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
 import { type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import { keyParts } from '../src/key.js';
 
 /** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x). */
 const PG_MIGRATE_LOCK_ID = 7241865325823964;
@@ -61,10 +62,31 @@ export async function runner(
   if (source == null)
     throw new TypeError('pg-migration-lock/node-pg-migrate: you must provide either a databaseUrl or a dbClient');
   const { runner: run } = await importNodePgMigrate();
+  const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
   return withMigrationLock(
     source,
     key,
-    ({ client }) => run({ ...(rest as RunnerOption), dbClient: client as never }),
+    async ({ client, key: lockKey }) => {
+      // Holding node-pg-migrate's own key already, its own (re-entrant) lock would add nothing but a hold
+      // that a failed run cannot release (its unlock then runs in an aborted transaction).
+      const noLock = rest.noLock || lockKey === ownLock;
+      try {
+        return await run({ ...(rest as RunnerOption), noLock, dbClient: client as never });
+      } catch (err) {
+        // node-pg-migrate leaves a failed migration's transaction open on a dbClient it was given: roll it
+        // back, and drop its own lock if its unlock failed there, so the session can be given back clean.
+        await client.query('ROLLBACK').catch(() => {});
+        if (!noLock) {
+          await client
+            .query(
+              `SELECT pg_advisory_unlock(${ownLock}) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
+                 AND pid = pg_backend_pid() AND classid = ${keyParts(ownLock).classid} AND objid = ${keyParts(ownLock).objid}`,
+            )
+            .catch(() => {});
+        }
+        throw err;
+      }
+    },
     lockOptions,
   );
 }

@@ -139,3 +139,36 @@ test('rejects missing connection options before connecting', async () => {
   const { databaseUrl, ...rest } = options(clientUrl);
   await expect(runner(rest as never)).rejects.toThrow('you must provide either a databaseUrl or a dbClient');
 });
+
+test.each([
+  ['the default key', undefined],
+  ['a key of its own (node-pg-migrate then takes its own lock too)', 999n],
+])(
+  'a failing migration rejects with its own error; the session is rolled back, unlocked and given back: %s',
+  async (_, key) => {
+    const url = await createTestDatabase();
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    const warnings: string[] = [];
+    try {
+      const error = await runner({
+        dbClient: pool as never,
+        dir: fixture('node-pg-migrate/migrations-failing'),
+        direction: 'up',
+        migrationsTable: 'pgmigrations',
+        log: () => {},
+        lock: { key, logger: { ...silent, warn: (m: string) => warnings.push(m) } },
+      }).catch((err: unknown) => err);
+      expect(String(error)).toMatch(/division by zero/);
+      expect(warnings).toEqual([]);
+      // Not destroyed: the unlock went through on a clean session.
+      expect([pool.totalCount, pool.idleCount]).toEqual([1, 1]);
+      expect(await lockRows(url, PG_MIGRATE_LOCK_ID)).toEqual([]);
+      expect(await lockRows(url, 999n)).toEqual([]);
+      await withClient(url, async (client) => {
+        expect((await client.query(`SELECT to_regclass('half_done') AS t`)).rows[0].t).toBeNull();
+      });
+    } finally {
+      await pool.end();
+    }
+  },
+);
