@@ -16,4 +16,4 @@ export {
 } from './lock.js';
 export type { Logger } from './logger.js';
 export type { ClientSource } from './session.js';
-export { getLockStatus, type Holder, type LockStatus, releaseLock } from './status.js';
+export { getLockStatus, type Holder, type LockStatus, type ReleaseLockOptions, releaseLock } from './status.js';

@@ -102,24 +102,41 @@ export async function getLockStatus(client: ClientSource, key: LockKeyInput): Pr
   return withSession(client, (session) => queryLockStatus(session, k));
 }
 
+export interface ReleaseLockOptions {
+  /**
+   * Terminate the holder only if it is still this backend: what you looked at in `getLockStatus`,
+   * not whoever took the lock since.
+   * @default undefined (whichever session holds the lock)
+   * @example await releaseLock(pool, key, { pid: status.holder.pid })
+   */
+  pid?: number;
+}
+
 /**
  * Terminates the backend that holds the lock on `key` (and nothing else), and waits until the
  * lock is gone. A running migration on that session is interrupted: use it for stale holders.
  *
- * @returns `{ released: true, pid }` when a holder was terminated, `{ released: false, pid: null }` when none held it.
+ * @returns `{ released: true, pid }` when a holder was terminated, `{ released: false, pid: null }` when none held it
+ *   (or, with `options.pid`, when that backend no longer holds it).
  */
 export async function releaseLock(
   client: ClientSource,
   key: LockKeyInput,
+  options: ReleaseLockOptions = {},
 ): Promise<{ released: boolean; pid: number | null }> {
   const k = parseKey(key);
+  const { pid: onlyPid } = options;
+  if (onlyPid !== undefined && !(Number.isSafeInteger(onlyPid) && onlyPid > 0)) {
+    throw new TypeError(`Expected \`pid\` to be a backend pid (a positive integer), got ${String(onlyPid)}`);
+  }
   const { classid, objid } = keyParts(k);
   const match = `locktype = 'advisory' AND objsubid = 1 AND granted AND classid = $1::oid AND objid = $2::oid
     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
   return withSession(client, async (session) => {
     const { rows } = await session.query<{ pid: number }>(
-      `SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE ${match} AND pid <> pg_backend_pid()`,
-      [classid, objid],
+      `SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE ${match} AND pid <> pg_backend_pid()
+         AND ($3::int IS NULL OR pid = $3)`,
+      [classid, objid, onlyPid ?? null],
     );
     const pid = rows[0]?.pid;
     if (pid === undefined) return { released: false, pid: null };

@@ -76,6 +76,17 @@ describe('lock loss while fn runs', () => {
     expect(await releaseLock(url, 53n)).toEqual({ released: false, pid: null });
   });
 
+  test('releaseLock with { pid } terminates only that backend, not whoever holds the lock now', async () => {
+    const holder = spawnNode(fixture('lock-worker.mjs'), ['hold', url, '56']);
+    await waitFor(() => holder.output().includes('acquired'), 10_000, 'the holder');
+    const holderPid = Number(/acquired (\d+)/.exec(holder.output())![1]);
+    expect(await releaseLock(url, 56n, { pid: holderPid + 100_000 })).toEqual({ released: false, pid: null });
+    expect(await lockRows(url, 56n)).toEqual([{ pid: holderPid, granted: true, objsubid: 1 }]);
+    expect(await releaseLock(url, 56n, { pid: holderPid })).toEqual({ released: true, pid: holderPid });
+    expect((await holder.exited).code).toBe(3);
+    await expect(releaseLock(url, 56n, { pid: -1 })).rejects.toThrow(TypeError);
+  });
+
   test('a holder killed with SIGKILL frees the lock; a waiter proceeds within about a second', async () => {
     const holder = spawnNode(fixture('lock-worker.mjs'), ['hold', url, '55']);
     await waitFor(() => holder.output().includes('acquired'), 10_000, 'the holder');

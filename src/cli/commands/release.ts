@@ -55,22 +55,21 @@ Examples:
         if (!(await confirm(`Terminate pid ${pid} and release the lock? [y/N] `))) {
           throw new CliError('Not released: nothing was terminated');
         }
-        // A human may take a while to answer: never terminate a session other than the one shown.
-        const now = await getLockStatus(connection, ctx.key);
-        if (!now.holder) {
-          out.success(`No lock to release: pid ${pid} released it meanwhile`);
-          return;
-        }
-        if (now.holder.pid !== pid) {
-          throw new CliError(
-            `Not released: the lock changed hands while you answered; it is now held by ${describeSession(now.holder)}. Run the command again.`,
-          );
-        }
       }
 
-      const result = await releaseLock(connection, ctx.key);
-      if (result.released) out.success(`Released migration lock ${ctx.keyLabel}: terminated pid ${result.pid}`);
-      else out.success(`No lock to release: pid ${pid} released it meanwhile`);
+      // Only the session shown: a human may take a while to answer, and the lock may change hands meanwhile.
+      const result = await releaseLock(connection, ctx.key, { pid });
+      if (result.released) {
+        out.success(`Released migration lock ${ctx.keyLabel}: terminated pid ${result.pid}`);
+        return;
+      }
+      const now = await getLockStatus(connection, ctx.key);
+      if (now.holder) {
+        throw new CliError(
+          `Not released: the lock changed hands; it is now held by ${describeSession(now.holder)}. Run the command again.`,
+        );
+      }
+      out.success(`No lock to release: pid ${pid} released it meanwhile`);
     });
 }
 
