@@ -1,7 +1,7 @@
 import type { runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
 import { type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
-import { keyParts } from '../src/key.js';
+import { lockRowsOf } from '../src/status.js';
 
 /** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x). */
 const PG_MIGRATE_LOCK_ID = 7241865325823964;
@@ -79,8 +79,7 @@ export async function runner(
         if (!noLock) {
           await client
             .query(
-              `SELECT pg_advisory_unlock(${ownLock}) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1
-                 AND pid = pg_backend_pid() AND classid = ${keyParts(ownLock).classid} AND objid = ${keyParts(ownLock).objid}`,
+              `SELECT pg_advisory_unlock(${ownLock}) FROM pg_locks WHERE ${lockRowsOf(ownLock, 1)} AND pid = pg_backend_pid()`,
             )
             .catch(() => {});
         }

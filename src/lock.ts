@@ -9,7 +9,7 @@ import {
 import { keyParts, type LockKeyInput, parseKey } from './key.js';
 import { callSafely, errorMessage, type Logger, resolveLogger } from './logger.js';
 import { type ClientSource, checkSource, openSession, type Session } from './session.js';
-import { type Holder, queryLockStatus, waitingComment } from './status.js';
+import { type Holder, lockRowsOf, queryLockStatus, waitingComment } from './status.js';
 
 /** What `fn` receives while it holds the lock. */
 export interface LockContext {
@@ -240,13 +240,6 @@ const KEEPALIVE_COLUMNS = `, set_config('tcp_keepalives_idle', '10', false), set
 const sqlKey = (key: bigint) => `'${key}'::bigint`;
 const channelOf = (key: bigint) => `pg_migration_lock_${key}`;
 
-/** The `pg_locks` rows of `key` in this database: `objsubid` 1 is the lock, 2 the waiters' registry. */
-const lockRowsOf = (key: bigint, objsubid: 1 | 2) => {
-  const { classid, objid } = keyParts(key);
-  return `locktype = 'advisory' AND objsubid = ${objsubid} AND classid = ${classid} AND objid = ${objid}
-    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
-};
-
 // One registered waiter, picked at random (no waiter starves): the release wakes only it, so N
 // waiters do not stampede the server and the CPU at every hand-off. The others keep polling.
 const nextWaiterSql = (key: bigint) =>
@@ -257,8 +250,8 @@ const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
  * Waiting never blocks inside pg_advisory_lock(): a session blocked there holds a snapshot, and a
  * holder running CREATE INDEX CONCURRENTLY waits for that snapshot while the waiter waits for the
  * holder: "deadlock detected", and either side may be the victim. Waiters instead poll with
- * pg_try_advisory_lock() and LISTEN on a per-key channel; the holder NOTIFYs in the same statement
- * that unlocks, so the next waiter wakes within a round trip. Holders that die (or plain
+ * pg_try_advisory_lock() and LISTEN on a per-key channel; the holder NOTIFYs one of them in the
+ * statement that unlocks, so it wakes within a round trip. Holders that die (or plain
  * pg_advisory_lock users) cannot notify, so a waiter also retries every pollIntervalMs.
  * Each waiter holds a shared two-key advisory lock on the same classid/objid (objsubid 2): a
  * registry that never conflicts, so getLockStatus can list waiters. A try-lock never waits, so a

@@ -25,6 +25,13 @@ export interface LockStatus {
   waiters: Holder[];
 }
 
+/** The `pg_locks` rows of `key` in this database: `objsubid` 1 is the lock, 2 the waiters' registry. */
+export function lockRowsOf(key: bigint, objsubid: 1 | 2): string {
+  const { classid, objid } = keyParts(key);
+  return `locktype = 'advisory' AND objsubid = ${objsubid} AND classid = ${classid} AND objid = ${objid}
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
+}
+
 /**
  * Waiting sessions put this breadcrumb, with the server time they started, at the head of every
  * query they send, so `pg_stat_activity` (and so `getLockStatus`) can tell how long each has waited.
@@ -129,20 +136,18 @@ export async function releaseLock(
   if (onlyPid !== undefined && !(Number.isSafeInteger(onlyPid) && onlyPid > 0)) {
     throw new TypeError(`Expected \`pid\` to be a backend pid (a positive integer), got ${String(onlyPid)}`);
   }
-  const { classid, objid } = keyParts(k);
-  const match = `locktype = 'advisory' AND objsubid = 1 AND granted AND classid = $1::oid AND objid = $2::oid
-    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
+  const match = `${lockRowsOf(k, 1)} AND granted`;
   return withSession(client, async (session) => {
     const { rows } = await session.query<{ pid: number }>(
       `SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE ${match} AND pid <> pg_backend_pid()
-         AND ($3::int IS NULL OR pid = $3)`,
-      [classid, objid, onlyPid ?? null],
+         AND ($1::int IS NULL OR pid = $1)`,
+      [onlyPid ?? null],
     );
     const pid = rows[0]?.pid;
     if (pid === undefined) return { released: false, pid: null };
     // pg_terminate_backend only signals; the lock is gone once the backend has exited.
     for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
-      const gone = await session.query(`SELECT 1 FROM pg_locks WHERE ${match} AND pid = $3`, [classid, objid, pid]);
+      const gone = await session.query(`SELECT 1 FROM pg_locks WHERE ${match} AND pid = $1`, [pid]);
       if (gone.rowCount === 0) break;
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
