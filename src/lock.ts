@@ -130,8 +130,16 @@ export async function withMigrationLock<T>(
       'This pg client is already inside withMigrationLock: advisory locks are re-entrant per session, so a second call on it would exclude nothing. Pass a pg.Pool or another client.',
     );
   }
+  // Marked before the first await, so two calls started in the same tick cannot both get past the check.
+  if (typeof client === 'object') busySessions.add(client as pg.ClientBase);
 
-  const session = await openSession(client, { applicationName: opts.applicationName });
+  let session: Session;
+  try {
+    session = await openSession(client, { applicationName: opts.applicationName });
+  } catch (err) {
+    busySessions.delete(client as pg.ClientBase);
+    throw err;
+  }
   busySessions.add(session.client);
   const watch = watchSession(session.client);
   try {
@@ -152,6 +160,7 @@ export async function withMigrationLock<T>(
   } finally {
     watch.dispose();
     busySessions.delete(session.client);
+    busySessions.delete(client as pg.ClientBase);
   }
 }
 
@@ -208,8 +217,15 @@ function watchSession(client: pg.ClientBase) {
     onLost?.(error);
   };
   const onEnd = () => lost(new Error('Connection terminated unexpectedly'));
+  // A FATAL error (pg_terminate_backend, shutdown) rejects the running query before the socket's 'end'
+  // arrives; seeing it here, in the same dispatch, lets fn's own catch find the signal already aborted.
+  const onMessage = (message: { severity?: string }) => {
+    if (message.severity === 'FATAL' || message.severity === 'PANIC') lost(message);
+  };
+  const connection = (client as { connection?: NodeJS.EventEmitter }).connection;
   client.on('error', lost);
   client.on('end', onEnd);
+  connection?.on('errorMessage', onMessage);
   return {
     get error() {
       return lostError;
@@ -220,6 +236,7 @@ function watchSession(client: pg.ClientBase) {
     dispose() {
       client.off('error', lost);
       client.off('end', onEnd);
+      connection?.off('errorMessage', onMessage);
     },
   };
 }
@@ -422,27 +439,11 @@ async function runLocked<T>(
     await session.release(true);
     throw lostDuringFn;
   }
-
-  const unlockError = await unlock(session, key, acquired, logger);
-  if (unlockError !== undefined) {
-    // fn failed and the session turned out dead: the failure was the lock session going away.
-    if (fnFailed && isSessionGone(unlockError, watch)) {
-      await session.release(true);
-      const lostError = new MigrationLockLostError(
-        `Lost the session holding migration lock ${key} (pid ${acquired.pid}): ${errorMessage(fnError)}`,
-        key,
-        null,
-        { cause: fnError },
-      );
-      callSafely(logger, 'onLockLost', hooks.onLockLost, lostError);
-      throw lostError;
-    }
-    logger.warn(
-      `Could not release migration lock ${key} on pid ${acquired.pid}: ${errorMessage(unlockError)}${UNLOCK_FAILURE_OUTCOME[session.kind]}`,
-    );
-    callSafely(logger, 'onUnlockError', hooks.onUnlockError, unlockError);
+  const lost = await release(session, key, acquired, opts, watch, fnFailed ? fnError : undefined);
+  if (lost) {
+    callSafely(logger, 'onLockLost', hooks.onLockLost, lost);
+    throw lost;
   }
-  await session.release(unlockError !== undefined);
   callSafely(logger, 'onReleased', hooks.onReleased, { key, pid: acquired.pid, heldMs: performance.now() - heldSince });
   if (fnFailed) throw fnError;
   return value as T;
@@ -454,35 +455,101 @@ const UNLOCK_FAILURE_OUTCOME = {
   borrowed: '; it stays held until that client disconnects',
 };
 
-/** Unlocks and wakes the next waiter in one round trip; returns the error instead of throwing it. */
-async function unlock(session: Session, key: bigint, acquired: Acquired, logger: Logger): Promise<unknown> {
+/**
+ * Unlocks, wakes the next waiter and gives the session back. Returns the MigrationLockLostError to
+ * throw when it turns out the lock was lost before fn settled; an unlock failure is only reported.
+ */
+async function release(
+  session: Session,
+  key: bigint,
+  acquired: Acquired,
+  { logger, hooks }: ResolvedOptions,
+  watch: Watch,
+  fnError: unknown,
+): Promise<MigrationLockLostError | undefined> {
+  const lostLock = (message: string, cause: unknown) => new MigrationLockLostError(message, key, null, { cause });
+  let row: UnlockRow | undefined;
+  let unlockError: unknown;
+  try {
+    row = await unlockAfter(session, key, acquired, logger);
+  } catch (err) {
+    unlockError = err;
+  }
+  await session.release(unlockError !== undefined);
+  if (unlockError === undefined) {
+    // Same session, lock gone: fn (or its migrator) released it, e.g. DISCARD ALL or pg_advisory_unlock_all().
+    if (row && row.pid === acquired.pid && !row.unlocked) {
+      return lostLock(
+        `Lost migration lock ${key} while fn ran: its session (pid ${acquired.pid}) no longer held it at release (DISCARD ALL or pg_advisory_unlock_all() in fn?)`,
+        null,
+      );
+    }
+    return undefined;
+  }
+  // fn failed and the session turned out dead: the failure was the lock session going away.
+  if (fnError !== undefined && isSessionGone(unlockError, watch)) {
+    return lostLock(
+      `Lost the session holding migration lock ${key} (pid ${acquired.pid}): ${errorMessage(fnError)}`,
+      fnError,
+    );
+  }
+  logger.warn(
+    `Could not release migration lock ${key} on pid ${acquired.pid}: ${errorMessage(unlockError)}${UNLOCK_FAILURE_OUTCOME[session.kind]}`,
+  );
+  callSafely(logger, 'onUnlockError', hooks.onUnlockError, unlockError);
+  return undefined;
+}
+
+interface UnlockRow {
+  unlocked: boolean;
+  pid: number;
+  /** fn left a transaction block open: the unlock took effect, the wake-up NOTIFY waits for its end. */
+  in_transaction: boolean;
+}
+
+/** Unlocks after fn, ending a transaction fn left behind where that is ours to end. */
+async function unlockAfter(session: Session, key: bigint, acquired: Acquired, logger: Logger): Promise<UnlockRow> {
+  let row: UnlockRow;
+  try {
+    row = await unlock(session, key, acquired, logger);
+  } catch (err) {
+    // in_failed_sql_transaction: fn left its transaction aborted. Nothing in it can commit and nothing
+    // else can run until it ends, so roll it back and unlock again.
+    if ((err as { code?: string }).code !== '25P02') throw err;
+    await session.client.query('ROLLBACK');
+    row = await unlock(session, key, acquired, logger);
+  }
+  if (row.in_transaction && session.kind !== 'borrowed') {
+    // Going back to the pool (or closed) with it open would hand it to the next user (or cut it anyway).
+    logger.warn('fn left a transaction open on the lock session: rolling it back before giving the session back');
+    await session.client.query('ROLLBACK');
+  }
+  return row;
+}
+
+/** Unlocks and wakes the next waiter in one round trip. */
+async function unlock(session: Session, key: bigint, acquired: Acquired, logger: Logger): Promise<UnlockRow> {
   const { hi, lo } = keyParts(key);
   const channel = channelOf(key);
   // pg_notify is delivered when this statement's implicit transaction commits, just after the unlock.
   let sql = `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid,
-    pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))`;
+    now() <> statement_timestamp() AS in_transaction, pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))`;
   if (acquired.registered) sql += `, pg_advisory_unlock_shared(${hi}, ${lo}); UNLISTEN "${channel}"`;
-  try {
-    const result = await session.client.query(sql);
-    const row = (Array.isArray(result) ? result[0] : result).rows[0] as { unlocked: boolean; pid: number };
-    if (row.pid !== acquired.pid) {
-      // A transaction-mode pooler ran the unlock on another server connection: the lock still sits on
-      // the one that took it, which the pooler hands to other clients. End that backend so it cannot linger.
-      // One statement: if the pooler hands us the locking backend now, it must unlock, not terminate itself.
-      await session.client.query(
-        `SELECT CASE WHEN pid = pg_backend_pid() THEN pg_advisory_unlock(${sqlKey(key)}) ELSE pg_terminate_backend(pid) END
-         FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted AND pid = ${acquired.pid}`,
-      );
-      logger.warn(
-        `Migration lock ${key} was taken on backend ${acquired.pid} but released from backend ${row.pid}: a transaction-mode pooler does not keep a session, so the lock did not exclude anyone. Backend ${acquired.pid} was terminated to free it. Connect directly or through a session-mode pooler.`,
-      );
-    } else if (!row.unlocked) {
-      logger.warn(`Migration lock ${key} was no longer held by this session (pid ${row.pid}) at release.`);
-    }
-    return undefined;
-  } catch (err) {
-    return err;
+  const result = await session.client.query(sql);
+  const row = (Array.isArray(result) ? result[0] : result).rows[0] as UnlockRow;
+  if (row.pid !== acquired.pid) {
+    // A transaction-mode pooler ran the unlock on another server connection: the lock still sits on
+    // the one that took it, which the pooler hands to other clients. End that backend so it cannot linger.
+    // One statement: if the pooler hands us the locking backend now, it must unlock, not terminate itself.
+    await session.client.query(
+      `SELECT CASE WHEN pid = pg_backend_pid() THEN pg_advisory_unlock(${sqlKey(key)}) ELSE pg_terminate_backend(pid) END
+       FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted AND pid = ${acquired.pid}`,
+    );
+    logger.warn(
+      `Migration lock ${key} was taken on backend ${acquired.pid} but released from backend ${row.pid}: a transaction-mode pooler does not keep a session, so the lock did not exclude anyone. Backend ${acquired.pid} was terminated to free it. Connect directly or through a session-mode pooler.`,
+    );
   }
+  return row;
 }
 
 function isSessionGone(error: unknown, watch: Watch): boolean {
@@ -496,5 +563,6 @@ function isSessionGone(error: unknown, watch: Watch): boolean {
 export function formatMs(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)}ms`;
   if (ms < 60_000) return `${(ms / 1000).toFixed(1)}s`;
-  return `${Math.floor(ms / 60_000)}m${Math.round((ms % 60_000) / 1000)}s`;
+  const seconds = Math.round(ms / 1000);
+  return `${Math.floor(seconds / 60)}m${seconds % 60}s`;
 }

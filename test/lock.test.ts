@@ -285,24 +285,28 @@ describe('waiting', () => {
 
 describe('unlock failures', () => {
   test('are reported, never thrown; the pooled connection is destroyed so the lock dies with it', async () => {
+    // A real failure of the release statement: the role fn switches to may not call pg_notify.
+    await withClient(url, (c) =>
+      c.query(`DROP ROLE IF EXISTS pgml_no_notify; CREATE ROLE pgml_no_notify;
+               REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC`),
+    );
     const pool = new pg.Pool({ connectionString: url, max: 2 });
     const { logger, lines } = recordingLogger();
     const unlockErrors: unknown[] = [];
+    const released: unknown[] = [];
     try {
-      // fn leaves its session in an aborted transaction: the unlock statement then fails for real.
       const result = await withMigrationLock(
         pool,
         41n,
         async ({ client }) => {
-          await client.query('BEGIN');
-          await client.query('SELECT 1/0').catch(() => {});
+          await client.query('SET ROLE pgml_no_notify');
           return 'migrated';
         },
-        { logger, hooks: { onUnlockError: (err) => unlockErrors.push(err) } },
+        { logger, hooks: { onUnlockError: (err) => unlockErrors.push(err), onReleased: (i) => released.push(i) } },
       );
       expect(result).toBe('migrated');
       expect(unlockErrors).toHaveLength(1);
-      expect(String(unlockErrors[0])).toMatch(/current transaction is aborted/);
+      expect(String(unlockErrors[0])).toMatch(/permission denied for function pg_notify/);
       expect(
         lines.some((l) => /^warn Could not release migration lock 41 .*destroying the pooled connection/.test(l)),
       ).toBe(true);
@@ -314,11 +318,52 @@ describe('unlock failures', () => {
       );
     } finally {
       await pool.end();
+      await withClient(url, (c) => c.query('GRANT EXECUTE ON FUNCTION pg_notify(text, text) TO PUBLIC'));
     }
   });
-});
 
-test('a pg.Client that was never connected is refused instead of hanging', async () => {
-  const client = new pg.Client(url);
-  await expect(withMigrationLock(client, 16n, () => {}, quiet)).rejects.toThrow(/await client.connect\(\)/);
+  test("a transaction fn left aborted is rolled back, so the lock is released and fn's error rethrown", async () => {
+    await withClient(url, async (client) => {
+      const failure = new Error('migration failed');
+      const error = await withMigrationLock(
+        client,
+        42n,
+        async ({ client: session }) => {
+          await session.query('BEGIN');
+          await session.query('SELECT 1/0').catch(() => {});
+          throw failure;
+        },
+        quiet,
+      ).catch((err: unknown) => err);
+      expect(error).toBe(failure);
+      expect(await lockRows(url, 42n)).toEqual([]);
+      expect(client.getTransactionStatus()).toBe('I');
+    });
+  });
+
+  test('a transaction fn left open on a pooled session is rolled back (with a warning) before it goes back', async () => {
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    const { logger, lines } = recordingLogger();
+    try {
+      await withMigrationLock(
+        pool,
+        43n,
+        async ({ client }) => {
+          await client.query('BEGIN');
+          await client.query('CREATE TABLE left_open (id int)');
+        },
+        { logger },
+      );
+      expect(lines).toContain(
+        'warn fn left a transaction open on the lock session: rolling it back before giving the session back',
+      );
+      expect(await lockRows(url, 43n)).toEqual([]);
+      const client = await pool.connect();
+      expect(client.getTransactionStatus()).toBe('I');
+      expect((await client.query(`SELECT to_regclass('left_open') AS t`)).rows[0].t).toBeNull();
+      client.release();
+    } finally {
+      await pool.end();
+    }
+  });
 });

@@ -56,6 +56,33 @@ describe('lock loss while fn runs', () => {
     }
   });
 
+  test('a killed backend fails the query fn is awaiting; fn may catch it, the call still rejects', async () => {
+    let abortedInCatch: boolean | undefined;
+    const error = await withMigrationLock(
+      url,
+      57n,
+      async ({ client, signal }) => {
+        const { pid } = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0];
+        setTimeout(() => terminate(pid), 100);
+        await client.query('SELECT pg_sleep(30)').catch(() => {
+          abortedInCatch = signal.aborted;
+        });
+        return 'carried on';
+      },
+      quiet,
+    ).catch((err: unknown) => err);
+    expect(abortedInCatch).toBe(true);
+    expect(error).toBeInstanceOf(MigrationLockLostError);
+  });
+
+  test('a lock that fn itself dropped (DISCARD ALL) is a lost lock, not a success', async () => {
+    const error = await withMigrationLock(url, 58n, ({ client }) => client.query('DISCARD ALL'), quiet).catch(
+      (err: unknown) => err,
+    );
+    expect(error).toBeInstanceOf(MigrationLockLostError);
+    expect(String(error)).toMatch(/no longer held it at release/);
+  });
+
   test('releaseLock terminates only the holder, whose call then fails with MigrationLockLostError', async () => {
     const holder = spawnNode(fixture('lock-worker.mjs'), ['hold', url, '53']);
     await waitFor(() => holder.output().includes('acquired'), 10_000, 'the holder');
