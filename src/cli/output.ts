@@ -10,10 +10,14 @@ function colorsFor(stream: NodeJS.WriteStream): Colors {
   return pc.createColors(enabled);
 }
 
-/** Passwords in URLs (`scheme://user:secret@`) and in `password=…` / `password: '…'` settings. */
+/**
+ * Passwords in URLs (`scheme://user:secret@`), in `password=…` / `password: '…'` settings, and in SQL
+ * (`ALTER ROLE … PASSWORD '…'`, which a holder's current query may well be).
+ */
 export function redact(text: string, secrets: Iterable<string> = []): string {
   let out = text
     .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:\s/@]*:)[^@\s]*@/gi, '$1***@')
+    .replace(/(\bPASSWORD\s+)'(?:[^']|'')*'/gi, "$1'***'")
     .replace(/(password["']?\s*[=:]\s*)(["'])(?:(?!\2).)*\2/gi, '$1$2***$2')
     .replace(/(password\s*=\s*)(?!\*\*\*)[^\s&"',}]+/gi, '$1***');
   for (const secret of secrets) {
@@ -61,6 +65,16 @@ export class Output {
   /** What was explicitly asked for (status), on stdout: printed even with --quiet. */
   data(text: string): void {
     this.write(process.stdout, `${redact(text)}\n`);
+  }
+
+  /** A value as JSON on stdout (bigint as a string), every string in it redacted before it is serialised. */
+  json(value: unknown): void {
+    const text = JSON.stringify(
+      value,
+      (_name, v) => (typeof v === 'bigint' ? v.toString() : typeof v === 'string' ? redact(v) : v),
+      2,
+    );
+    this.write(process.stdout, `${text}\n`);
   }
 
   /** The outcome of a command (what was applied), on stdout. */

@@ -25,6 +25,25 @@ describe('status', () => {
     expect(JSON.parse(stdout)).toEqual({ key: DEFAULT_LOCK_KEY.toString(), locked: false, holder: null, waiters: [] });
   });
 
+  test("a password in the holder's query is redacted, and --json stays valid JSON", async () => {
+    const key = lockKey('status-redaction');
+    await withClient(url, async (holder) => {
+      await holder.query(`DROP ROLE IF EXISTS pgml_app; CREATE ROLE pgml_app; SELECT pg_advisory_lock(${key})`);
+      // The holder's last query is what status shows.
+      for (const sql of [`ALTER ROLE pgml_app PASSWORD 'hunter2'`, `SELECT 1 /* password = "hunter2" */`]) {
+        await holder.query(sql);
+        for (const args of [['status'], ['status', '--json']]) {
+          const { code, stdout } = await cli([...args, '--name', 'status-redaction'], { env });
+          expect(code).toBe(0);
+          expect(stdout).toContain('***');
+          expect(stdout).not.toContain('hunter2');
+          if (args.includes('--json')) expect(JSON.parse(stdout).holder.pid).toBeTypeOf('number');
+        }
+      }
+      await holder.query('DROP ROLE pgml_app');
+    });
+  });
+
   test('LOCKED: the holder (pid, application_name, client address, since when, query) and the waiters', async () => {
     const holder = await holdLock(url, DEFAULT_LOCK_KEY);
     const waiter = start(['run', '--', 'true'], { env });

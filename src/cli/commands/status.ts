@@ -24,12 +24,9 @@ Examples:
     .action(async (flags: { json?: boolean }, command: Command) => {
       const ctx = createContext(command, out);
       const status = await getLockStatus(clientConfig(databaseUrl(command, out, true)), ctx.key);
-      out.data(flags.json ? statusJson(status) : formatStatus(out, status, ctx.keyLabel));
+      if (flags.json) out.json(status);
+      else out.data(formatStatus(out, status, ctx.keyLabel));
     });
-}
-
-export function statusJson(status: LockStatus): string {
-  return JSON.stringify(status, (_name, value) => (typeof value === 'bigint' ? value.toString() : value), 2);
 }
 
 export function formatStatus(out: Output, status: LockStatus, keyLabel: string): string {
