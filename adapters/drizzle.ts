@@ -1,6 +1,7 @@
 import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
 import type pg from 'pg';
+import { missingMigrator } from '../src/errors.js';
 import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
 
 /**
@@ -75,6 +76,6 @@ async function importDrizzle() {
   } catch (err) {
     if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '') || !String(err).includes("'drizzle-orm"))
       throw err;
-    throw new Error('pg-migration-lock/drizzle needs drizzle-orm: npm install drizzle-orm', { cause: err });
+    throw missingMigrator('drizzle', 'drizzle-orm', err);
   }
 }

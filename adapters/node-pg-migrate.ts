@@ -1,5 +1,6 @@
 import type { runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
+import { missingMigrator } from '../src/errors.js';
 import { type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
 import { lockRowsOf } from '../src/status.js';
 
@@ -96,8 +97,6 @@ async function importNodePgMigrate(): Promise<{ runner: typeof nodePgMigrateRunn
   } catch (err) {
     if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '') || !String(err).includes("'node-pg-migrate'"))
       throw err;
-    throw new Error('pg-migration-lock/node-pg-migrate needs node-pg-migrate: npm install node-pg-migrate', {
-      cause: err,
-    });
+    throw missingMigrator('node-pg-migrate', 'node-pg-migrate', err);
   }
 }

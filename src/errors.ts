@@ -37,3 +37,13 @@ export function describeHolder(holder: Holder | null): string {
   if (!holder) return 'another session';
   return holder.applicationName ? `pid ${holder.pid} (${holder.applicationName})` : `pid ${holder.pid}`;
 }
+
+/** `code` of the error an adapter throws when its migrator is not installed (the CLI exits 2 on it). */
+export const MISSING_MIGRATOR = 'ERR_PG_MIGRATION_LOCK_MISSING_MIGRATOR';
+
+/** The error for a migrator that is not installed: it names the package to install. */
+export function missingMigrator(adapter: string, pkg: string, cause: unknown): Error {
+  return Object.assign(new Error(`pg-migration-lock/${adapter} needs ${pkg}: npm install ${pkg}`, { cause }), {
+    code: MISSING_MIGRATOR,
+  });
+}

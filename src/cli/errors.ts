@@ -1,5 +1,5 @@
 import { constants } from 'node:os';
-import { MigrationLockBusyError, MigrationLockTimeoutError } from '../errors.js';
+import { MISSING_MIGRATOR, MigrationLockBusyError, MigrationLockTimeoutError } from '../errors.js';
 import { errorMessage } from '../logger.js';
 
 /** The SPEC's exit codes. */
@@ -58,5 +58,7 @@ export function isConnectError(err: unknown): boolean {
 export function exitCodeOf(err: unknown): number {
   if (err instanceof CliError) return err.exitCode;
   if (err instanceof MigrationLockBusyError || err instanceof MigrationLockTimeoutError) return EXIT.notAcquired;
+  // A migrator that is not installed is a set-up problem, like a missing migrations folder.
+  if ((err as { code?: unknown } | null)?.code === MISSING_MIGRATOR) return EXIT.usage;
   return EXIT.failure;
 }

@@ -85,6 +85,18 @@ describe('usage errors exit 2', () => {
     expect(stderr).not.toContain(SECRET);
   });
 
+  test.each([
+    ['node-pg-migrate', ['-m', fixture('node-pg-migrate')], 'node-pg-migrate'],
+    ['drizzle', ['--migrations-folder', fixture('drizzle')], 'drizzle-orm'],
+  ])('migrate %s with the migrator not installed', async (migrator, flags, pkg) => {
+    const hide = new URL('../fixtures/adapters/hide-migrators.mjs', import.meta.url).pathname;
+    const { code, stderr } = await cli(['migrate', migrator, ...flags, '--database-url', NOWHERE], {
+      env: { NODE_OPTIONS: `--import=${hide}` },
+    });
+    expect(stderr).toContain(`npm install ${pkg}`);
+    expect(code).toBe(2);
+  });
+
   test('a URL that is not PostgreSQL', async () => {
     const { code, stderr } = await cli(['status', '--database-url', `mysql://root:${SECRET}@db/app`]);
     expect(code).toBe(2);
