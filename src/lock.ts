@@ -245,6 +245,8 @@ type Watch = ReturnType<typeof watchSession>;
 interface Acquired {
   pid: number;
   waitedMs: number;
+  /** performance.now() when the lock was taken. */
+  at: number;
   /** The session LISTENs and sits in the waiters' registry: undone with the unlock, in the same round trip. */
   registered: boolean;
 }
@@ -293,7 +295,7 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
       key,
     );
   }
-  if (locked) return { pid, waitedMs: 0, registered: false };
+  if (locked) return { pid, waitedMs: 0, at: performance.now(), registered: false };
 
   if (!opts.wait) {
     const { holder } = await queryLockStatus(client, key);
@@ -343,7 +345,7 @@ async function acquire(session: Session, key: bigint, opts: ResolvedOptions, wat
       checkSameSession(key, pid, poll.rows[0]!.pid);
       if (poll.rows[0]!.locked) {
         acquired = true;
-        return { pid, waitedMs: elapsed(), registered: true };
+        return { pid, waitedMs: elapsed(), at: performance.now(), registered: true };
       }
       opts.signal?.throwIfAborted();
       if (elapsed() >= deadline) {
@@ -404,7 +406,6 @@ async function runLocked<T>(
   acquired: Acquired,
 ): Promise<T> {
   const { logger, hooks } = opts;
-  const heldSince = performance.now();
   const controller = new AbortController();
   let lostDuringFn: MigrationLockLostError | undefined;
   const loseLock = (cause: unknown) => {
@@ -444,7 +445,6 @@ async function runLocked<T>(
     callSafely(logger, 'onLockLost', hooks.onLockLost, lost);
     throw lost;
   }
-  callSafely(logger, 'onReleased', hooks.onReleased, { key, pid: acquired.pid, heldMs: performance.now() - heldSince });
   if (fnFailed) throw fnError;
   return value as T;
 }
@@ -467,6 +467,7 @@ async function release(
   watch: Watch,
   fnError: unknown,
 ): Promise<MigrationLockLostError | undefined> {
+  const heldSince = acquired.at;
   const lostLock = (message: string, cause: unknown) => new MigrationLockLostError(message, key, null, { cause });
   let row: UnlockRow | undefined;
   let unlockError: unknown;
@@ -476,6 +477,12 @@ async function release(
     unlockError = err;
   }
   await session.release(unlockError !== undefined);
+  const released = () =>
+    callSafely(logger, 'onReleased', hooks.onReleased, {
+      key,
+      pid: acquired.pid,
+      heldMs: performance.now() - heldSince,
+    });
   if (unlockError === undefined) {
     // Same session, lock gone: fn (or its migrator) released it, e.g. DISCARD ALL or pg_advisory_unlock_all().
     if (row && row.pid === acquired.pid && !row.unlocked) {
@@ -484,6 +491,7 @@ async function release(
         null,
       );
     }
+    released();
     return undefined;
   }
   // fn failed and the session turned out dead: the failure was the lock session going away.
@@ -497,6 +505,8 @@ async function release(
     `Could not release migration lock ${key} on pid ${acquired.pid}: ${errorMessage(unlockError)}${UNLOCK_FAILURE_OUTCOME[session.kind]}`,
   );
   callSafely(logger, 'onUnlockError', hooks.onUnlockError, unlockError);
+  // Closing or destroying the connection released the lock; the caller's own client still holds it.
+  if (session.kind !== 'borrowed') released();
   return undefined;
 }
 
