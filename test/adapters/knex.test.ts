@@ -5,7 +5,7 @@ import { latest } from '../../adapters/knex.js';
 import { DEFAULT_LOCK_KEY, MigrationLockLostError } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, report } from './race-report.js';
+import { expectAllSucceeded, expectBareOutcome, expectCicRace, report } from './race-report.js';
 
 const REPLICAS = 12;
 const [lockedUrl, bareUrl, cicUrl, staleUrl, settingsUrl, lostUrl, externalPoolUrl] = await Promise.all([
@@ -47,21 +47,7 @@ test(`the same race with bare knex (a demonstration: its failures are logged, no
 });
 
 test('CREATE INDEX CONCURRENTLY in a `transaction: false` migration, while the other replicas wait', async () => {
-  const outcome = await race({
-    migrator: 'knex',
-    mode: 'locked',
-    replicas: 6,
-    databaseUrl: cicUrl,
-    args: () => ['migrations-cic'],
-  });
-  report('knex', 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
-  expectAllSucceeded(outcome);
-  expect(outcome.results.filter((r) => (r.result?.waitedMs ?? 0) > 0).length).toBeGreaterThan(0);
-  expect(await appliedMigrations(cicUrl, 'knex')).toEqual({ total: 2, distinct: 2 });
-  await withClient(cicUrl, async (client) => {
-    const index = await client.query(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'gadgets_name_idx'::regclass`);
-    expect(index.rows).toEqual([{ indisvalid: true }]);
-  });
+  await expectCicRace('knex', cicUrl);
 });
 
 test('a knex_migrations_lock row left at is_locked = 1 is freed with a warning, instead of failing', async () => {

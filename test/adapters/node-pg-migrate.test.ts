@@ -4,7 +4,7 @@ import { expect, test } from 'vitest';
 import { runner } from '../../adapters/node-pg-migrate.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, report } from './race-report.js';
+import { expectAllSucceeded, expectBareOutcome, expectCicRace, report } from './race-report.js';
 
 const REPLICAS = 12;
 const PG_MIGRATE_LOCK_ID = 7241865325823964n;
@@ -57,21 +57,7 @@ test('the same race with bare node-pg-migrate (a demonstration: its failures are
 });
 
 test('CREATE INDEX CONCURRENTLY in a noTransaction() migration, while the other replicas wait', async () => {
-  const outcome = await race({
-    migrator: 'node-pg-migrate',
-    mode: 'locked',
-    replicas: 6,
-    databaseUrl: cicUrl,
-    args: () => ['migrations-cic'],
-  });
-  report('node-pg-migrate', 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
-  expectAllSucceeded(outcome);
-  expect(outcome.results.filter((r) => (r.result?.waitedMs ?? 0) > 0).length).toBeGreaterThan(0);
-  expect(await appliedMigrations(cicUrl, 'node-pg-migrate')).toEqual({ total: 2, distinct: 2 });
-  await withClient(cicUrl, async (client) => {
-    const index = await client.query(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'gadgets_name_idx'::regclass`);
-    expect(index.rows).toEqual([{ indisvalid: true }]);
-  });
+  await expectCicRace('node-pg-migrate', cicUrl);
 });
 
 test('node-pg-migrate 8.x: the same adapter, with `node-pg-migrate` resolving to 8.x', async () => {

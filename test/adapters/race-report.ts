@@ -1,5 +1,6 @@
 import { expect } from 'vitest';
-import type { Migrator, race } from '../fixtures/adapters/race.mjs';
+import { appliedMigrations, type Migrator, race } from '../fixtures/adapters/race.mjs';
+import { withClient } from '../helpers.js';
 
 type Outcome = Awaited<ReturnType<typeof race>>;
 
@@ -25,4 +26,20 @@ export function expectBareOutcome(outcome: Outcome, reason: RegExp): void {
     if (replica.code === 0) expect(replica.result).not.toBeNull();
     else expect(replica.stderr).toMatch(reason);
   }
+}
+
+/**
+ * 6 replicas race on two migrations, the second a `CREATE INDEX CONCURRENTLY` outside a transaction
+ * (`migrations-cic`): all succeed, some waited while it ran, and the index is valid.
+ */
+export async function expectCicRace(migrator: Migrator, databaseUrl: string): Promise<void> {
+  const outcome = await race({ migrator, mode: 'locked', replicas: 6, databaseUrl, args: () => ['migrations-cic'] });
+  report(migrator, 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
+  expectAllSucceeded(outcome);
+  expect(outcome.results.filter((r) => (r.result?.waitedMs ?? 0) > 0).length).toBeGreaterThan(0);
+  expect(await appliedMigrations(databaseUrl, migrator)).toEqual({ total: 2, distinct: 2 });
+  await withClient(databaseUrl, async (client) => {
+    const index = await client.query(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'gadgets_name_idx'::regclass`);
+    expect(index.rows).toEqual([{ indisvalid: true }]);
+  });
 }
