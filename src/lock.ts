@@ -8,7 +8,7 @@ import {
 } from './errors.js';
 import { keyParts, type LockKeyInput, parseKey } from './key.js';
 import { callSafely, errorMessage, type Logger, resolveLogger } from './logger.js';
-import { type ClientSource, checkSource, openSession, type Session } from './session.js';
+import { type ClientSource, checkSource, isConnectedClient, openSession, type Session } from './session.js';
 import { type Holder, lockRowsOf, queryLockStatus, waitingComment } from './status.js';
 
 /** What `fn` receives while it holds the lock. */
@@ -125,19 +125,21 @@ export async function withMigrationLock<T>(
   checkSource(client);
   const opts = resolveOptions(options);
   opts.signal?.throwIfAborted();
-  if (typeof client === 'object' && busySessions.has(client as pg.ClientBase)) {
+  // A caller's client is marked before the first await, so two calls started in the same tick on it
+  // cannot both get past the check (a pool hands each call a session of its own).
+  const borrowed = isConnectedClient(client) ? client : undefined;
+  if (borrowed && busySessions.has(borrowed)) {
     throw new TypeError(
       'This pg client is already inside withMigrationLock: advisory locks are re-entrant per session, so a second call on it would exclude nothing. Pass a pg.Pool or another client.',
     );
   }
-  // Marked before the first await, so two calls started in the same tick cannot both get past the check.
-  if (typeof client === 'object') busySessions.add(client as pg.ClientBase);
+  if (borrowed) busySessions.add(borrowed);
 
   let session: Session;
   try {
     session = await openSession(client, { applicationName: opts.applicationName });
   } catch (err) {
-    busySessions.delete(client as pg.ClientBase);
+    if (borrowed) busySessions.delete(borrowed);
     throw err;
   }
   busySessions.add(session.client);
@@ -160,7 +162,6 @@ export async function withMigrationLock<T>(
   } finally {
     watch.dispose();
     busySessions.delete(session.client);
-    busySessions.delete(client as pg.ClientBase);
   }
 }
 

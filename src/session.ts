@@ -40,6 +40,11 @@ export function checkSource(source: unknown): asserts source is ClientSource {
   );
 }
 
+/** A client used as-is (not a pool, not a config to connect with). */
+export function isConnectedClient(source: ClientSource): source is pg.ClientBase {
+  return typeof source === 'object' && isClient(source) && !isPool(source);
+}
+
 function isPool(source: object): source is pg.Pool {
   return typeof (source as pg.Pool).connect === 'function' && typeof (source as pg.Pool).totalCount === 'number';
 }

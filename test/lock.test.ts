@@ -108,6 +108,32 @@ describe('client forms', () => {
     }
   });
 
+  test('one pool serves concurrent calls, each on a session of its own', async () => {
+    const pool = new pg.Pool({ connectionString: url, max: 4 });
+    try {
+      const order: string[] = [];
+      const call = (key: bigint, name: string) =>
+        withMigrationLock(
+          pool,
+          key,
+          async () => {
+            order.push(`${name} in`);
+            await sleep(50);
+            order.push(`${name} out`);
+          },
+          quiet,
+        );
+      await Promise.all([call(17n, 'a'), call(17n, 'b'), call(18n, 'c')]);
+      // Same key: one after the other; another key: alongside.
+      expect(order.indexOf('a out') < order.indexOf('b in') || order.indexOf('b out') < order.indexOf('a in')).toBe(
+        true,
+      );
+      expect(order).toHaveLength(6);
+    } finally {
+      await pool.end();
+    }
+  });
+
   test('connected client: used as-is, not ended, lock and waiter state cleaned up', async () => {
     await withClient(url, async (client) => {
       const { pid } = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0];
