@@ -4,8 +4,8 @@ import { expect, test } from 'vitest';
 import { migrate } from '../../adapters/drizzle.js';
 import { DEFAULT_LOCK_KEY, lockKey } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
-import { createTestDatabase, fixture, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, report } from './race-report.js';
+import { createTestDatabase, fixture } from '../helpers.js';
+import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
 
 const REPLICAS = 12;
 const [lockedUrl, bareUrl, poolUrl, clientUrl] = await Promise.all([
@@ -27,15 +27,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/drizzle (half over a Pool, 
   report('drizzle', 'locked', outcome);
   expectAllSucceeded(outcome);
   expect(await appliedMigrations(lockedUrl, 'drizzle')).toEqual({ total: 3, distinct: 3 });
-  await withClient(lockedUrl, async (client) => {
-    const columns = await client.query(
-      `SELECT column_name FROM information_schema.columns WHERE table_name = 'widgets' ORDER BY column_name`,
-    );
-    expect(columns.rows.map((r) => r.column_name)).toEqual(['id', 'name', 'size']);
-    expect((await client.query(`SELECT to_regclass('widgets_name_idx') AS idx`)).rows[0].idx).toBe('widgets_name_idx');
-    const session = await client.query('SELECT advisory_keys FROM migration_session');
-    expect(session.rows[0].advisory_keys).toEqual([DEFAULT_LOCK_KEY.toString()]);
-  });
+  await expectMigratedOnLockSession(lockedUrl, DEFAULT_LOCK_KEY);
 });
 
 test('the same race with bare drizzle (a demonstration: its failures are logged, not asserted)', async () => {

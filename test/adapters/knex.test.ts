@@ -5,7 +5,13 @@ import { latest } from '../../adapters/knex.js';
 import { DEFAULT_LOCK_KEY, MigrationLockLostError } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, expectCicRace, report } from './race-report.js';
+import {
+  expectAllSucceeded,
+  expectBareOutcome,
+  expectCicRace,
+  expectMigratedOnLockSession,
+  report,
+} from './race-report.js';
 
 const REPLICAS = 12;
 const [lockedUrl, bareUrl, cicUrl, staleUrl, settingsUrl, lostUrl, externalPoolUrl] = await Promise.all([
@@ -28,16 +34,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/knex all succeed and apply 
   // One replica ran the three migrations; the others waited, then found nothing pending.
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
   expect(await appliedMigrations(lockedUrl, 'knex')).toEqual({ total: 3, distinct: 3 });
-  await withClient(lockedUrl, async (client) => {
-    const columns = await client.query(
-      `SELECT column_name FROM information_schema.columns WHERE table_name = 'widgets' ORDER BY column_name`,
-    );
-    expect(columns.rows.map((r) => r.column_name)).toEqual(['id', 'name', 'size']);
-    expect((await client.query(`SELECT to_regclass('widgets_name_idx') AS idx`)).rows[0].idx).toBe('widgets_name_idx');
-    // The session that ran the migration held the lock: lock and migration share fate.
-    const session = await client.query('SELECT advisory_keys FROM migration_session');
-    expect(session.rows[0].advisory_keys).toContain(DEFAULT_LOCK_KEY.toString());
-  });
+  await expectMigratedOnLockSession(lockedUrl, DEFAULT_LOCK_KEY);
 });
 
 test(`the same race with bare knex (a demonstration: its failures are logged, not asserted)`, async () => {

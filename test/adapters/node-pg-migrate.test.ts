@@ -4,7 +4,13 @@ import { expect, test } from 'vitest';
 import { runner } from '../../adapters/node-pg-migrate.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, expectCicRace, report } from './race-report.js';
+import {
+  expectAllSucceeded,
+  expectBareOutcome,
+  expectCicRace,
+  expectMigratedOnLockSession,
+  report,
+} from './race-report.js';
 
 const REPLICAS = 12;
 const PG_MIGRATE_LOCK_ID = 7241865325823964n;
@@ -38,16 +44,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/node-pg-migrate all succeed
   expectAllSucceeded(outcome);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
   expect(await appliedMigrations(lockedUrl, 'node-pg-migrate')).toEqual({ total: 3, distinct: 3 });
-  await withClient(lockedUrl, async (client) => {
-    const columns = await client.query(
-      `SELECT column_name FROM information_schema.columns WHERE table_name = 'widgets' ORDER BY column_name`,
-    );
-    expect(columns.rows.map((r) => r.column_name)).toEqual(['id', 'name', 'size']);
-    expect((await client.query(`SELECT to_regclass('widgets_name_idx') AS idx`)).rows[0].idx).toBe('widgets_name_idx');
-    // The migration ran on the session holding the lock, under node-pg-migrate's own key.
-    const session = await client.query('SELECT advisory_keys FROM migration_session');
-    expect(session.rows[0].advisory_keys).toEqual([PG_MIGRATE_LOCK_ID.toString()]);
-  });
+  await expectMigratedOnLockSession(lockedUrl, PG_MIGRATE_LOCK_ID);
 });
 
 test('the same race with bare node-pg-migrate (a demonstration: its failures are logged, not asserted)', async () => {

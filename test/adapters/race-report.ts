@@ -43,3 +43,19 @@ export async function expectCicRace(migrator: Migrator, databaseUrl: string): Pr
     expect(index.rows).toEqual([{ indisvalid: true }]);
   });
 }
+
+/**
+ * The three race migrations were applied (widgets with a size column and a name index), and the session
+ * that ran them held exactly the lock `key`: lock and migration share fate.
+ */
+export async function expectMigratedOnLockSession(databaseUrl: string, key: bigint): Promise<void> {
+  await withClient(databaseUrl, async (client) => {
+    const columns = await client.query(
+      `SELECT column_name FROM information_schema.columns WHERE table_name = 'widgets' ORDER BY column_name`,
+    );
+    expect(columns.rows.map((r) => r.column_name)).toEqual(['id', 'name', 'size']);
+    expect((await client.query(`SELECT to_regclass('widgets_name_idx') AS idx`)).rows[0].idx).toBe('widgets_name_idx');
+    const session = await client.query('SELECT advisory_keys FROM migration_session');
+    expect(session.rows[0].advisory_keys).toEqual([key.toString()]);
+  });
+}
