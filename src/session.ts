@@ -142,15 +142,3 @@ function withSearchParam(connectionString: string, param: string, value: string,
   url.searchParams.set(param, value);
   return url.toString();
 }
-
-/** A connection string with its password replaced by `***`, safe to print. */
-export function redactConnectionString(connectionString: string): string {
-  try {
-    const url = new URL(connectionString);
-    if (url.password) url.password = '***';
-    if (url.searchParams.has('password')) url.searchParams.set('password', '***');
-    return url.toString();
-  } catch {
-    return connectionString.replace(/(password\s*=\s*)\S+/gi, '$1***').replace(/(:\/\/[^:/@]*:)[^@]*@/, '$1***@');
-  }
-}

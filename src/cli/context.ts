@@ -1,9 +1,8 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type pg from 'pg';
 import { DEFAULT_LOCK_KEY, lockKey, parseKey } from '../key.js';
-import { redactConnectionString } from '../session.js';
 import { UsageError } from './errors.js';
-import type { Output } from './output.js';
+import { type Output, redact } from './output.js';
 
 /** Options every command accepts (before or after the command name). */
 export interface GlobalOptions {
@@ -88,17 +87,15 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
     parsed = new URL(url);
   } catch {
     throw new UsageError(
-      `Invalid database URL ${redactConnectionString(url)}`,
+      `Invalid database URL ${redact(url)}`,
       'Expected postgres://user:password@host:5432/database (percent-encode special characters in the password).',
     );
   }
-  out.target = redactConnectionString(url);
+  out.target = redact(url);
   out.addSecret(parsed.password);
   out.addSecret(parsed.searchParams.get('password'));
   if (!['postgres:', 'postgresql:', 'socket:'].includes(parsed.protocol)) {
-    throw new UsageError(
-      `Invalid database URL ${redactConnectionString(url)}: expected a postgres:// or postgresql:// URL`,
-    );
+    throw new UsageError(`Invalid database URL ${redact(url)}: expected a postgres:// or postgresql:// URL`);
   }
   return url;
 }
