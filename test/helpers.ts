@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { afterAll, inject } from 'vitest';
+import { afterAll, expect, inject } from 'vitest';
 
 /** Makes a fresh database for the calling test file (dropped after it) and returns its URL. */
 export async function createTestDatabase(): Promise<string> {
@@ -85,5 +85,28 @@ export async function lockRows(url: string, key: bigint) {
       [key.toString()],
     );
     return rows;
+  });
+}
+
+/** The tables `lock-worker.mjs section` writes to, empty, with the counter at 0. */
+export async function resetSectionTables(url: string): Promise<void> {
+  await withClient(url, (client) =>
+    client.query(`CREATE TABLE IF NOT EXISTS counter (n int NOT NULL);
+                  CREATE TABLE IF NOT EXISTS sections (pid int, started_at timestamptz, ended_at timestamptz);
+                  TRUNCATE counter, sections; INSERT INTO counter VALUES (0)`),
+  );
+}
+
+/** `count` sections ran one at a time: no update of the counter was lost, and no two intervals overlap. */
+export async function expectSerialSections(url: string, count: number): Promise<void> {
+  await withClient(url, async (client) => {
+    expect((await client.query('SELECT n FROM counter')).rows[0].n).toBe(count);
+    const { rows } = await client.query<{ started_at: Date; ended_at: Date }>(
+      'SELECT started_at, ended_at FROM sections ORDER BY started_at',
+    );
+    expect(rows).toHaveLength(count);
+    for (let i = 1; i < rows.length; i++) {
+      expect(rows[i]!.started_at.getTime()).toBeGreaterThanOrEqual(rows[i - 1]!.ended_at.getTime());
+    }
   });
 }

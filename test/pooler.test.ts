@@ -11,7 +11,17 @@ import {
   withMigrationLock,
 } from '../src/index.js';
 import { findPgbouncer, type Pgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.js';
-import { createTestDatabase, fixture, lockRows, sleep, spawnNode, waitFor, withClient } from './helpers.js';
+import {
+  createTestDatabase,
+  expectSerialSections,
+  fixture,
+  lockRows,
+  resetSectionTables,
+  sleep,
+  spawnNode,
+  waitFor,
+  withClient,
+} from './helpers.js';
 
 const binary = findPgbouncer();
 const skipped = binary ? '' : ' [SKIPPED: pgbouncer is not installed; apt-get install -y pgbouncer]';
@@ -90,26 +100,14 @@ describe(`PgBouncer, pool_mode = session${skipped}`, () => {
   pgbouncerTest(
     '8 OS processes contending through it: critical sections never overlap, no update is lost',
     async () => {
-      await withClient(url, (client) =>
-        client.query(`CREATE TABLE counter (n int NOT NULL); INSERT INTO counter VALUES (0);
-                    CREATE TABLE sections (pid int, started_at timestamptz, ended_at timestamptz)`),
-      );
+      await resetSectionTables(url);
       const replicas = Array.from({ length: 8 }, () =>
         spawnNode(fixture('lock-worker.mjs'), ['section', session.url(), '101', '40']),
       );
       const exits = await Promise.all(replicas.map((r) => r.exited));
       expect(exits.map((e) => [e.code, e.stderr])).toEqual(exits.map(() => [0, '']));
 
-      await withClient(url, async (client) => {
-        expect((await client.query('SELECT n FROM counter')).rows[0].n).toBe(8);
-        const { rows } = await client.query<{ started_at: Date; ended_at: Date }>(
-          'SELECT started_at, ended_at FROM sections ORDER BY started_at',
-        );
-        expect(rows).toHaveLength(8);
-        for (let i = 1; i < rows.length; i++) {
-          expect(rows[i]!.started_at.getTime()).toBeGreaterThanOrEqual(rows[i - 1]!.ended_at.getTime());
-        }
-      });
+      await expectSerialSections(url, 8);
       expect(await keyRows(101n)).toEqual([]);
     },
   );

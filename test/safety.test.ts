@@ -1,16 +1,14 @@
 import { describe, expect, test } from 'vitest';
 import { getLockStatus, withMigrationLock } from '../src/index.js';
-import { createTestDatabase, fixture, spawnNode, waitFor, withClient } from './helpers.js';
+import { createTestDatabase, fixture, resetSectionTables, spawnNode, waitFor, withClient } from './helpers.js';
 
 const url = await createTestDatabase();
 const quiet = { logger: null };
 
 async function setUp() {
+  await resetSectionTables(url);
   await withClient(url, (client) =>
-    client.query(`CREATE TABLE IF NOT EXISTS counter (n int NOT NULL);
-                  CREATE TABLE IF NOT EXISTS sections (pid int, started_at timestamptz, ended_at timestamptz);
-                  CREATE TABLE IF NOT EXISTS big AS SELECT g AS id FROM generate_series(1, 20000) g;
-                  TRUNCATE counter; INSERT INTO counter VALUES (0)`),
+    client.query('CREATE TABLE IF NOT EXISTS big AS SELECT g AS id FROM generate_series(1, 20000) g'),
   );
 }
 
