@@ -3,7 +3,8 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
 import type pg from 'pg';
 import { missingMigrator } from '../src/errors.js';
-import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
+import { lockUnlessDone } from '../src/pending.js';
 import { withSession } from '../src/session.js';
 
 /**
@@ -49,15 +50,17 @@ export async function migrate(
   const client = checkArguments(db, config);
   const { lock: lockInConfig, ...migrateConfig } = config;
   const { key = DEFAULT_LOCK_KEY, ...lockOptions } = lock ?? lockInConfig ?? {};
-  const { drizzle, run } = await importDrizzle();
+  const { drizzle, run, readMigrationFiles } = await importDrizzle();
   // Keep the query logger of the caller's db, if it has one (drizzle({ logger: true })).
   const logger = (db as { session?: { options?: { logger?: DrizzleLogger } } }).session?.options?.logger;
-  await withMigrationLock(
+  // Nothing to apply: drizzle's no-op resolves undefined too, and this one queues for no lock.
+  await lockUnlessDone(
     client,
     key,
     ({ client: session }) =>
       run(drizzle({ client: session as pg.PoolClient, ...(logger ? { logger } : {}) }), migrateConfig),
     lockOptions,
+    async (session) => (await toApply(session, migrateConfig, readMigrationFiles)).length === 0,
   );
 }
 
@@ -82,7 +85,7 @@ export async function pending(
 ): Promise<string[]> {
   const client = checkArguments(db, config);
   const { readMigrationFiles } = await importDrizzle();
-  return withSession(client, (session) => toApply(session, config, readMigrationFiles));
+  return withSession(client, (session) => toApply(session.client as pg.ClientBase, config, readMigrationFiles));
 }
 
 function checkArguments(db: unknown, config: unknown): pg.Pool | pg.ClientBase {

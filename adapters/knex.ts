@@ -1,8 +1,9 @@
 import { promisify } from 'node:util';
 import type { Knex } from 'knex';
 import type pg from 'pg';
-import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
+import { lockUnlessDone, SKIPPED } from '../src/pending.js';
 import type { ClientSource } from '../src/session.js';
 
 /**
@@ -57,16 +58,31 @@ export async function latest(
    * our own, made from knex's connection settings, and knex migrates through a copy of your knex whose
    * "pool" is that one connection. Your pool is never touched, so a pool of max 1 cannot deadlock.
    */
-  return withMigrationLock(
+  const merged = { ...client.config.migrations, ...migratorConfig };
+  // One knex per session, made once: the check and the migration then share its setup (search path, afterCreate).
+  const onSessions = new WeakMap<pg.ClientBase, Promise<Knex>>();
+  const knexOn = (session: pg.ClientBase) => {
+    if (!onSessions.has(session)) onSessions.set(session, onSession(knex, session));
+    return onSessions.get(session)!;
+  };
+  let batchNo = 0;
+  const result = await lockUnlessDone(
     await lockSource(client),
     key,
     async ({ client: session }) => {
-      const locked = await onSession(knex, session);
-      await freeStaleLockRow(locked, { ...client.config.migrations, ...migratorConfig }, logger);
+      const locked = await knexOn(session);
+      await freeStaleLockRow(locked, merged, logger);
       return locked.migrate.latest(migratorConfig);
     },
     lockOptions,
+    // Up to date (and no stale knex_migrations_lock row to free): what knex returns for a no-op, no lock taken.
+    async (session) => {
+      const state = await inspect(await knexOn(session), migratorConfig);
+      batchNo = state.batchNo;
+      return state.pending.length === 0 && !state.lockRowStuck;
+    },
   );
+  return result === SKIPPED ? [batchNo, []] : result;
 }
 
 /**

@@ -3,7 +3,8 @@ import { resolve } from 'node:path';
 import type { Migration, runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
 import { missingMigrator } from '../src/errors.js';
-import { type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import type { LockKeyInput, MigrationLockOptions } from '../src/index.js';
+import { lockUnlessDone, SKIPPED } from '../src/pending.js';
 import { type ClientSource, withSession } from '../src/session.js';
 import { lockRowsOf } from '../src/status.js';
 
@@ -67,8 +68,8 @@ export async function runner(
     throw new TypeError('pg-migration-lock/node-pg-migrate: you must provide either a databaseUrl or a dbClient');
   const { runner: run } = await importNodePgMigrate();
   const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
-  return withMigrationLock(
-    source,
+  const result = await lockUnlessDone(
+    source as ClientSource,
     key,
     async ({ client, key: lockKey }) => {
       // Holding node-pg-migrate's own key already, its own (re-entrant) lock would add nothing but a hold
@@ -91,7 +92,10 @@ export async function runner(
       }
     },
     lockOptions,
+    // Nothing to run: what runner returns for a no-op, without queueing for the lock.
+    async (client) => (await toRun(client, rest as RunnerOption)).length === 0,
   );
+  return result === SKIPPED ? [] : result;
 }
 
 /**
@@ -110,7 +114,7 @@ export async function runner(
  */
 export async function pending(options: NodePgMigrateRunnerOption): Promise<string[]> {
   const { runnerOptions, source } = checkOptions(options);
-  return withSession(source, (client) => toRun(client, runnerOptions));
+  return withSession(source, (session) => toRun(session.client as pg.ClientBase, runnerOptions));
 }
 
 function checkOptions(options: NodePgMigrateRunnerOption) {
