@@ -3,11 +3,12 @@ import { dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type { Knex } from 'knex';
+import type pg from 'pg';
 import { clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { existingDir, importFromProject } from './project.js';
-import type { AdapterLock, Applied } from './types.js';
+import type { AdapterLock, Applied, PendingCheck } from './types.js';
 
 export interface KnexFlags {
   knexfile?: string;
@@ -16,6 +17,13 @@ export interface KnexFlags {
 
 const KNEXFILES = ['knexfile.js', 'knexfile.cjs', 'knexfile.mjs'];
 
+/** The flags of `migrate knex` and `pending knex`. */
+export function knexFlags(command: Command): Command {
+  return command
+    .option('--knexfile <path>', 'knexfile (.js, .cjs or .mjs) (default: the nearest knexfile.js/.cjs/.mjs)')
+    .option('--env <name>', 'knexfile environment (default: $NODE_ENV, else development)');
+}
+
 /** `knex migrate:latest` under the lock, configured by the project's knexfile like knex's own CLI. */
 export async function migrateKnex(
   command: Command,
@@ -23,6 +31,31 @@ export async function migrateKnex(
   flags: KnexFlags,
   lock: AdapterLock,
 ): Promise<Applied> {
+  const { knex } = await openKnex(command, out, flags);
+  try {
+    const { latest } = await import('../../../adapters/knex.js');
+    const [batchNo, log] = await latest(knex, { lock });
+    return { migrator: 'knex', applied: log, note: log.length > 0 ? `batch ${batchNo}` : undefined };
+  } finally {
+    await knex.destroy();
+  }
+}
+
+/** What `migrate knex` would apply, by the same knexfile: the adapter's `pending`. */
+export async function pendingKnex(command: Command, out: Output, flags: KnexFlags): Promise<PendingCheck> {
+  const { knex, config } = await openKnex(command, out, flags);
+  const { pending } = await import('../../../adapters/knex.js');
+  const connection = typeof config.connection === 'function' ? await config.connection() : config.connection;
+  return {
+    migrator: 'knex',
+    check: () => pending(knex),
+    database: (typeof connection === 'string' ? clientConfig(connection) : connection) as pg.ClientConfig,
+    close: () => knex.destroy(),
+  };
+}
+
+/** A knex instance from the project's knexfile (environment, connection, paths), like knex's own CLI makes it. */
+async function openKnex(command: Command, out: Output, flags: KnexFlags): Promise<{ knex: Knex; config: Knex.Config }> {
   const knexfile = findKnexfile(flags.knexfile);
   // Like knex's CLI: paths in the knexfile (migrations.directory…) are relative to the knexfile.
   process.chdir(dirname(knexfile));
@@ -54,14 +87,7 @@ export async function migrateKnex(
   }
 
   const knexModule = await importFromProject<{ default: (config: Knex.Config) => Knex }>('knex', dirname(knexfile));
-  const knex = knexModule.default(config);
-  try {
-    const { latest } = await import('../../../adapters/knex.js');
-    const [batchNo, log] = await latest(knex, { lock });
-    return { migrator: 'knex', applied: log, note: log.length > 0 ? `batch ${batchNo}` : undefined };
-  } finally {
-    await knex.destroy();
-  }
+  return { knex: knexModule.default(config), config };
 }
 
 function findKnexfile(given: string | undefined): string {

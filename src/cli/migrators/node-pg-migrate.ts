@@ -1,8 +1,10 @@
 import type { Command } from 'commander';
+import type { RunnerOption } from 'node-pg-migrate';
+import pg from 'pg';
 import { clientConfig, databaseUrl } from '../context.js';
 import type { Output } from '../output.js';
 import { existingDir } from './project.js';
-import type { AdapterLock, Applied } from './types.js';
+import type { AdapterLock, Applied, PendingCheck } from './types.js';
 
 export interface NodePgMigrateFlags {
   migrationsDir: string;
@@ -14,6 +16,18 @@ export interface NodePgMigrateFlags {
   checkOrder: boolean;
 }
 
+/** The flags of `migrate node-pg-migrate` and `pending node-pg-migrate`: node-pg-migrate's own names and defaults. */
+export function nodePgMigrateFlags(command: Command): Command {
+  return command
+    .option('-m, --migrations-dir <dir>', 'migrations directory', 'migrations')
+    .option('-t, --migrations-table <table>', 'table recording the applied migrations', 'pgmigrations')
+    .option('-s, --schema <schema>', 'schema to migrate (search_path)')
+    .option('--migrations-schema <schema>', 'schema of the migrations table (default: --schema)')
+    .option('--create-schema', 'create --schema if missing')
+    .option('--create-migrations-schema', 'create --migrations-schema if missing')
+    .option('--no-check-order', 'do not check that applied migrations come before new ones');
+}
+
 /** `node-pg-migrate up` under the lock, with node-pg-migrate's own flag names and defaults. */
 export async function migrateNodePgMigrate(
   command: Command,
@@ -21,20 +35,10 @@ export async function migrateNodePgMigrate(
   flags: NodePgMigrateFlags,
   lock: AdapterLock,
 ): Promise<Applied> {
-  const url = databaseUrl(command, out, true);
-  const dir = existingDir(flags.migrationsDir, 'node-pg-migrate migrations directory', '--migrations-dir');
+  const options = upOptions(command, out, flags);
   const { runner } = await import('../../../adapters/node-pg-migrate.js');
   const ran = await runner({
-    databaseUrl: clientConfig(url),
-    dir,
-    migrationsTable: flags.migrationsTable,
-    schema: flags.schema,
-    migrationsSchema: flags.migrationsSchema,
-    createSchema: flags.createSchema,
-    createMigrationsSchema: flags.createMigrationsSchema,
-    checkOrder: flags.checkOrder,
-    direction: 'up',
-    count: Number.POSITIVE_INFINITY,
+    ...options,
     // Progress on stderr, one line per migration (the summary lists them again); on failure it logs the failing SQL.
     logger: {
       debug: () => {},
@@ -48,4 +52,41 @@ export async function migrateNodePgMigrate(
     lock,
   });
   return { migrator: 'node-pg-migrate', applied: ran.map((migration) => migration.name) };
+}
+
+/** What `migrate node-pg-migrate` would apply, with the same flags: the adapter's `pending`. */
+export async function pendingNodePgMigrate(
+  command: Command,
+  out: Output,
+  flags: NodePgMigrateFlags,
+): Promise<PendingCheck> {
+  const options = upOptions(command, out, flags);
+  const database = (options as { databaseUrl: pg.ClientConfig }).databaseUrl;
+  const { pending } = await import('../../../adapters/node-pg-migrate.js');
+  // One connection, kept for every check of a --wait.
+  const pool = new pg.Pool({ ...database, max: 1 });
+  pool.on('error', () => {}); // a check on a broken connection fails with the connection's own error
+  return {
+    migrator: 'node-pg-migrate',
+    check: () =>
+      pending({ ...options, databaseUrl: undefined, dbClient: pool as never, log: () => {} } as RunnerOption),
+    database,
+    close: () => pool.end(),
+  };
+}
+
+/** `node-pg-migrate up` (all pending migrations) from the flags. */
+function upOptions(command: Command, out: Output, flags: NodePgMigrateFlags): RunnerOption {
+  return {
+    databaseUrl: clientConfig(databaseUrl(command, out, true)),
+    dir: existingDir(flags.migrationsDir, 'node-pg-migrate migrations directory', '--migrations-dir'),
+    migrationsTable: flags.migrationsTable,
+    schema: flags.schema,
+    migrationsSchema: flags.migrationsSchema,
+    createSchema: flags.createSchema,
+    createMigrationsSchema: flags.createMigrationsSchema,
+    checkOrder: flags.checkOrder,
+    direction: 'up',
+    count: Number.POSITIVE_INFINITY,
+  };
 }
