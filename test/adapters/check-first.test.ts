@@ -1,10 +1,15 @@
 // Check before queueing, with real replica processes: on an up-to-date database no replica takes (or even
 // waits for) the lock; with migrations pending, one replica applies them once and the others find nothing
 // left to do, whether they checked before queueing or re-checked when the holder released.
+import { drizzle } from 'drizzle-orm/node-postgres';
+import { migrate as bareDrizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
 import knexFactory from 'knex';
 import { runner as bareRunner } from 'node-pg-migrate';
 import pg from 'pg';
 import { describe, expect, test } from 'vitest';
+import { migrate as drizzleMigrate } from '../../adapters/drizzle.js';
+import { latest } from '../../adapters/knex.js';
+import { runner } from '../../adapters/node-pg-migrate.js';
 import { DEFAULT_LOCK_KEY } from '../../src/index.js';
 import { appliedMigrations, type Migrator, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, withClient } from '../helpers.js';
@@ -68,6 +73,7 @@ async function holdLock(url: string, key: bigint) {
 
 const MIGRATORS = Object.keys(SETUPS) as Migrator[];
 const urls = await Promise.all(MIGRATORS.flatMap(() => [createTestDatabase(), createTestDatabase()]));
+const noOpUrl = await createTestDatabase();
 
 describe.each(MIGRATORS)('%s', (migrator) => {
   const setup = SETUPS[migrator];
@@ -112,4 +118,49 @@ describe.each(MIGRATORS)('%s', (migrator) => {
     );
     expect(await appliedMigrations(url, migrator)).toEqual({ total: 3, distinct: 3 });
   });
+});
+
+test("an up-to-date database: each adapter returns exactly the bare migrator's no-op, without the lock", async () => {
+  // The lock is held elsewhere and the calls may not wait: touching the lock would throw MigrationLockBusyError.
+  const calls: string[] = [];
+  const lock = {
+    wait: false,
+    logger: null,
+    hooks: { onWaiting: () => calls.push('waiting'), onAcquired: () => calls.push('acquired') },
+  };
+  const knex = knexFactory({ client: 'pg', connection: noOpUrl });
+  const pool = new pg.Pool({ connectionString: noOpUrl, max: 1 });
+  const npmOptions = {
+    databaseUrl: noOpUrl,
+    dir: fixture('node-pg-migrate/migrations'),
+    direction: 'up' as const,
+    migrationsTable: 'pgmigrations',
+    log: () => {},
+  };
+  const knexConfig = { directory: fixture('knex/migrations') };
+  const drizzleConfig = { migrationsFolder: fixture('drizzle/migrations') };
+  try {
+    await knex.migrate.latest(knexConfig);
+    await withClient(noOpUrl, (client) => client.query('DROP TABLE widgets, migration_session'));
+    await bareRunner(npmOptions);
+    await withClient(noOpUrl, (client) => client.query('DROP TABLE widgets, migration_session'));
+    await bareDrizzleMigrate(drizzle({ client: pool }), drizzleConfig);
+
+    const release = await holdLock(noOpUrl, DEFAULT_LOCK_KEY);
+    const releaseOwn = await holdLock(noOpUrl, NODE_PG_MIGRATE_KEY);
+    try {
+      const bareKnex = await knex.migrate.latest(knexConfig);
+      expect(bareKnex).toEqual([1, []]);
+      expect(await latest(knex, { ...knexConfig, lock })).toEqual(bareKnex);
+      expect(await runner({ ...npmOptions, lock })).toEqual([]);
+      expect(await drizzleMigrate(drizzle({ client: pool }), { ...drizzleConfig, lock })).toBeUndefined();
+    } finally {
+      await release();
+      await releaseOwn();
+    }
+    expect(calls).toEqual([]);
+  } finally {
+    await knex.destroy();
+    await pool.end();
+  }
 });
