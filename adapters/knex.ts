@@ -57,6 +57,7 @@ export async function latest(
    * so is the migration's connection (its transaction rolls back). The lock is taken on a connection of
    * our own, made from knex's connection settings, and knex migrates through a copy of your knex whose
    * "pool" is that one connection. Your pool is never touched, so a pool of max 1 cannot deadlock.
+   * The pending check runs first on that same connection; with nothing to do, no lock is taken.
    */
   const merged = { ...client.config.migrations, ...migratorConfig };
   // One knex per session, made once: the check and the migration then share its setup (search path, afterCreate).
