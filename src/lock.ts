@@ -423,7 +423,7 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 // Server-side TCP keepalive for the lock session, so the server drops a holder whose host vanished
-// (no FIN, no RST) in about 10 + 5 × 6 = 40 s instead of the kernel's two hours, and with it the lock.
+// (no FIN, no RST) in about 10 + 5 × 4 = 30 s instead of the kernel's two hours, and with it the lock.
 // tcp_user_timeout covers a server with unacknowledged data in flight (keepalive only probes an idle
 // socket); client_connection_check_interval (PostgreSQL 14+) lets a backend busy in a long statement
 // notice. The settings in force before are read first (OFFSET 0 keeps that subquery from being
@@ -431,9 +431,9 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 const KEEPALIVE: [name: string, value: string][] = [
   ['tcp_keepalives_idle', '10'],
   ['tcp_keepalives_interval', '5'],
-  ['tcp_keepalives_count', '6'],
-  ['tcp_user_timeout', '40000'],
-  ['client_connection_check_interval', '10000'],
+  ['tcp_keepalives_count', '4'],
+  ['tcp_user_timeout', '30000'],
+  ['client_connection_check_interval', '5000'],
 ];
 // A setting this server does not have (client_connection_check_interval before 14) is skipped.
 const NEW_SETTINGS = KEEPALIVE.map(
@@ -642,7 +642,7 @@ async function acquire(
  * LISTEN/NOTIFY and, unless enabled, no advisory locks. "Locking" there would exclude nobody.
  */
 function refuseUnsupported(key: bigint, version: string, cause?: unknown): void {
-  const server = /CockroachDB/i.test(version) ? 'CockroachDB' : /-YB-/.test(version) ? 'YugabyteDB' : undefined;
+  const server = unsupportedServer(version);
   if (!server) return;
   throw new MigrationLockError(
     `${server} cannot hold a PostgreSQL session advisory lock the way pg-migration-lock needs (session-level pg_advisory_lock shared by every session, and LISTEN/NOTIFY), so the lock would exclude nobody. Use the migrator's own locking there, or run migrations from a single job. (server: ${version.slice(0, 80)})`,
@@ -650,6 +650,11 @@ function refuseUnsupported(key: bigint, version: string, cause?: unknown): void 
     null,
     cause === undefined ? undefined : { cause },
   );
+}
+
+/** The name of a PostgreSQL look-alike whose `version()` this is, when its locks cannot be relied on. */
+export function unsupportedServer(version: string): string | undefined {
+  return /CockroachDB/i.test(version) ? 'CockroachDB' : /-YB-/.test(version) ? 'YugabyteDB' : undefined;
 }
 
 /** What to do about a transaction-mode pooler, with the likely culprit named when the endpoint shows it. */
@@ -782,7 +787,7 @@ async function release(
   if (unlockError instanceof UnansweredError) {
     // Say what really happens: the client side is gone, but the server keeps the lock until it notices.
     logger.warn(
-      `Could not release migration lock ${key} on pid ${acquired.pid}: ${unlockError.message}. The server keeps the lock until it notices the connection is gone: within about 40 s, by the TCP keepalive set on this session.`,
+      `Could not release migration lock ${key} on pid ${acquired.pid}: ${unlockError.message}. The server keeps the lock until it notices the connection is gone: within about 30 s, by the TCP keepalive set on this session.`,
     );
   } else {
     logger.warn(
