@@ -141,7 +141,7 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       () => 'ran',
       quiet,
       async () => Promise.reject(corrupt),
-    );
+    ).catch((err: unknown) => err);
     await waitFor(
       async () =>
         (
