@@ -455,14 +455,17 @@ const quote = (text: string) => `'${text.replace(/'/g, "''")}'`;
 const sqlKey = (key: bigint) => `'${key}'::bigint`;
 const channelOf = (key: bigint) => `pg_migration_lock_${key}`;
 
-// One registered waiter, picked at random (no waiter starves): the release wakes only it, so N
-// waiters do not stampede the server and the CPU at every hand-off. The others keep polling.
-// The exclusive try-lock on the registry key succeeds only when nobody is registered: then the
-// pg_locks scan (which reads every lock of the server) is skipped, which is the common, uncontended case.
-const nextWaiterSql = (key: bigint) => {
+// Wakes one registered waiter, picked at random (no waiter starves), so N waiters do not stampede the
+// server and the CPU at every hand-off; the others keep polling. Nobody registered (the exclusive
+// try-lock on the registry key succeeds, and is dropped at once) is the common, uncontended case: then
+// neither the pg_locks scan (which reads every lock of the server) nor the NOTIFY runs. A NOTIFY makes
+// its transaction take a transaction id, and so a commit record the server must flush to disk.
+const wakeNextWaiterSql = (key: bigint) => {
   const { hi, lo } = keyParts(key);
-  return `CASE WHEN pg_try_advisory_lock(${hi}, ${lo}) THEN (SELECT '' FROM pg_advisory_unlock(${hi}, ${lo}))
-    ELSE (SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END`;
+  return `(SELECT pg_notify('${channelOf(key)}', next.pid) FROM (SELECT
+      CASE WHEN pg_try_advisory_lock(${hi}, ${lo}) THEN (SELECT NULL::text FROM pg_advisory_unlock(${hi}, ${lo}))
+      ELSE (SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END
+    AS pid OFFSET 0) next WHERE next.pid IS NOT NULL)`;
 };
 const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
 
@@ -578,7 +581,7 @@ async function acquire(
         chosen = false;
         if (await isDone(session.client).catch((error) => Promise.reject(new IsDoneFailure(error)))) {
           // The release that woke us chose us: pass its wake-up on, or a plain waiter would sleep until its poll.
-          if (handedToUs) await query(`SELECT pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))`);
+          if (handedToUs) await query(`SELECT ${wakeNextWaiterSql(key)}`);
           return SKIPPED;
         }
       }
@@ -834,11 +837,10 @@ async function unlockAfter(session: Session, key: bigint, acquired: Acquired, lo
 /** Unlocks and wakes the next waiter in one round trip. */
 async function unlock(session: Session, key: bigint, acquired: Acquired, logger: Logger): Promise<UnlockRow> {
   const { hi, lo } = keyParts(key);
-  const channel = channelOf(key);
   // pg_notify is delivered when this statement's implicit transaction commits, just after the unlock.
   const [row] = await session.query<UnlockRow>(
     `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid,
-      now() <> statement_timestamp() AS in_transaction, pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))
+      now() <> statement_timestamp() AS in_transaction, ${wakeNextWaiterSql(key)}
       ${acquired.registered ? `, pg_advisory_unlock_shared(${hi}, ${lo})` : ''}${acquired.restore}`,
   );
   if (row!.pid !== acquired.pid) {

@@ -1,10 +1,12 @@
 import pg from 'pg';
 import { describe, expect, test } from 'vitest';
-import { MigrationLockBusyError, withMigrationLock } from '../src/index.js';
+import { getLockStatus, MigrationLockBusyError, withMigrationLock } from '../src/index.js';
 import { poolerAdvice, SKIPPED, unsupportedServer, withMigrationLockUnless } from '../src/lock.js';
 import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js';
 
 const url = await createTestDatabase();
+/** How many sessions wait for `key` in this database (other test files wait for keys of their own). */
+const waiters = async (key: bigint) => (await getLockStatus(url, key)).waiters.length;
 const quiet = { logger: null };
 const SETTINGS = `SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_interval') AS interval,
   current_setting('tcp_keepalives_count') AS count, current_setting('tcp_user_timeout') AS user_timeout,
@@ -89,14 +91,7 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       ...quiet,
       pollIntervalMs: 10_000,
     });
-    await waitFor(
-      async () =>
-        (
-          await withClient(url, (c) =>
-            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
-          )
-        ).rows[0].n === 2,
-    );
+    await waitFor(async () => (await waiters(92n)) === 2);
     done = true;
     const releasedAt = performance.now();
     release();
@@ -120,21 +115,15 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       quiet,
       async () => false,
     );
-    await waitFor(
-      async () =>
-        (
-          await withClient(url, (c) =>
-            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
-          )
-        ).rows[0].n === 1,
-    );
+    await waitFor(async () => (await waiters(93n)) === 1);
     release();
     await holding;
     expect(await running).toBe('ran');
 
     const corrupt = new Error('The migration directory is corrupt');
-    const holding2 = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release = r)), quiet);
-    await waitFor(async () => (await lockRows(url, 93n)).length === 1);
+    let release2: (() => void) | undefined;
+    const holding2 = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release2 = r)), quiet);
+    await waitFor(() => release2 !== undefined);
     const failing = withMigrationLockUnless(
       url,
       93n,
@@ -142,15 +131,8 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       quiet,
       async () => Promise.reject(corrupt),
     ).catch((err: unknown) => err);
-    await waitFor(
-      async () =>
-        (
-          await withClient(url, (c) =>
-            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
-          )
-        ).rows[0].n === 1,
-    );
-    release();
+    await waitFor(async () => (await waiters(93n)) === 1);
+    release2!();
     await holding2;
     expect(await failing).toBe(corrupt);
     expect(await lockRows(url, 93n)).toEqual([]);
