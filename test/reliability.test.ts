@@ -2,7 +2,7 @@ import pg from 'pg';
 import { describe, expect, test } from 'vitest';
 import { getLockStatus, MigrationLockBusyError, withMigrationLock } from '../src/index.js';
 import { poolerAdvice, SKIPPED, unsupportedServer, withMigrationLockUnless } from '../src/lock.js';
-import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js';
+import { createTestDatabase, lockRows, waitFor } from './helpers.js';
 
 const url = await createTestDatabase();
 /** How many sessions wait for `key` in this database (other test files wait for keys of their own). */
