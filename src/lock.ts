@@ -91,9 +91,11 @@ export interface MigrationLockOptions {
    */
   signal?: AbortSignal;
   /**
-   * While waiting, retry this often when no release notification arrives (a holder that died, or one
-   * that is not using this library, cannot notify).
-   * @default 250
+   * While waiting, retry about this often (0.9 to 1.3 times it) when no release notification arrives: a holder
+   * that died, or one that is not using this library, cannot notify. A release by this library wakes a
+   * waiter at once, so this only bounds how soon a dead holder's lock is noticed, and each waiting
+   * session costs the server about one statement per interval.
+   * @default 1000
    */
   pollIntervalMs?: number;
 }
@@ -193,7 +195,7 @@ function resolveOptions(options: MigrationLockOptions): ResolvedOptions {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(`Expected \`options\` to be an object, got ${options === null ? 'null' : typeof options}`);
   }
-  const { wait = true, timeoutMs, reportEveryMs = 10_000, pollIntervalMs = 250, hooks = {} } = options;
+  const { wait = true, timeoutMs, reportEveryMs = 10_000, pollIntervalMs = 1_000, hooks = {} } = options;
   if (typeof wait !== 'boolean') throw new TypeError(`Expected \`wait\` to be a boolean, got ${typeof wait}`);
   checkMs('timeoutMs', timeoutMs, 0, true);
   checkMs('reportEveryMs', reportEveryMs, 1, false);
@@ -467,7 +469,9 @@ const wakeNextWaiterSql = (key: bigint) => {
       ELSE (SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END
     AS pid OFFSET 0) next WHERE next.pid IS NOT NULL)`;
 };
-const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
+// From 0.9 to 1.3 times the interval: waiters drift apart instead of polling in step, and with the
+// report every reportEveryMs a waiter costs the server about one statement per second by default.
+const sleepTimer = (ms: number) => ms * (0.9 + Math.random() * 0.4);
 
 /*
  * Waiting never blocks inside pg_advisory_lock(): a session blocked there holds a snapshot, and a
