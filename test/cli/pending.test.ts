@@ -2,7 +2,7 @@ import { drizzle } from 'drizzle-orm/node-postgres';
 import { migrate as bareMigrate } from 'drizzle-orm/node-postgres/migrator';
 import pg from 'pg';
 import { describe, expect, test } from 'vitest';
-import { DEFAULT_LOCK_KEY } from '../../src/index.js';
+import { DEFAULT_LOCK_KEY, withMigrationLock } from '../../src/index.js';
 import { createTestDatabase, lockRows, sleep, waitFor, withClient } from '../helpers.js';
 import { cli, fixture, start } from './cli.js';
 
@@ -26,6 +26,19 @@ const MIGRATORS = [
     names: ['0000_create_gizmos', '0001_slow_add_size'],
   },
 ];
+
+/** The sessions in the lock's waiters' registry (objsubid 2), with their pg_stat_activity state. */
+const registered = (url: string) =>
+  withClient(url, async (client) => {
+    const { rows } = await client.query(
+      `SELECT a.state FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+       WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+         AND l.classid = (($1::bigint >> 32) & 4294967295)::oid AND l.objid = ($1::bigint & 4294967295)::oid
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+      [DEFAULT_LOCK_KEY.toString()],
+    );
+    return rows;
+  });
 
 const tables = (url: string) =>
   withClient(url, async (client) => {
@@ -64,15 +77,11 @@ test('--wait: holds no lock while waiting, and exits 0 within a round trip of th
   const args = ['drizzle', '--migrations-folder', fixture('drizzle')];
   const waiting = start(['pending', ...args, '--wait'], { env });
   await waiting.waitForOutput(/Waiting for 2 migrations to be applied \(0000_create_gizmos, 0001_slow_add_size\)/);
+  // Registered among the waiters (so releases notify it), idle between checks: LISTENing, not polling.
+  await waitFor(async () => (await registered(url)).length === 1, 5000, 'pending --wait to register');
   await sleep(300);
+  expect(await registered(url), waiting.stderr()).toEqual([{ state: 'idle' }]);
   expect(await lockRows(url, DEFAULT_LOCK_KEY)).toEqual([]);
-  // Idle between checks: its session is LISTENing, not polling.
-  const activity = await withClient(url, (client) =>
-    client.query(
-      `SELECT state, query FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'`,
-    ),
-  );
-  expect(activity.rows).toEqual([{ state: 'idle', query: `LISTEN "pg_migration_lock_${DEFAULT_LOCK_KEY}"` }]);
 
   const migrate = await cli(['migrate', ...args], { env });
   const migratedAt = performance.now();
@@ -134,14 +143,41 @@ test('SIGTERM while waiting: stops at once, exit 143', async () => {
   waiting.child.kill('SIGTERM');
   const { code } = await waiting.exited;
   expect(code).toBe(143);
-  await waitFor(
-    async () =>
-      (
-        await withClient(url, (client) =>
-          client.query(`SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'`),
-        )
-      ).rowCount === 0,
-    5000,
-    'the listener to disconnect',
-  );
+  await waitFor(async () => (await registered(url)).length === 0, 5000, 'the listener to disconnect');
+});
+
+test('a lock waiter keeps its prompt wake-up when a release picks a `pending --wait` session instead', async () => {
+  const url = await createTestDatabase();
+  const waiting = start(['pending', 'drizzle', '--migrations-folder', fixture('drizzle'), '--wait'], {
+    env: { DATABASE_URL: url },
+  });
+  await waiting.waitForOutput(/Waiting for 2 migrations/);
+  await waitFor(async () => (await registered(url)).length === 1, 5000, 'pending --wait to register');
+  // Each release wakes one registered session at random: the lock waiter (polling only every 10 s) or the
+  // pending --wait session, which must pass the wake-up on. Either way the waiter gets the lock at once.
+  const latencies: number[] = [];
+  for (let round = 0; round < 4; round++) {
+    let release = () => {};
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let acquiredHolder = () => {};
+    const holding = new Promise<void>((resolve) => (acquiredHolder = resolve));
+    const holder = withMigrationLock(url, DEFAULT_LOCK_KEY, async () => {
+      acquiredHolder();
+      await held;
+    });
+    await holding;
+    let releasedAt = 0;
+    const waiter = withMigrationLock(url, DEFAULT_LOCK_KEY, () => latencies.push(performance.now() - releasedAt), {
+      pollIntervalMs: 10_000,
+      logger: null,
+    });
+    await waitFor(async () => (await registered(url)).length === 2, 5000, 'the lock waiter to register');
+    releasedAt = performance.now();
+    release();
+    await Promise.all([holder, waiter]);
+  }
+  console.info(`[pending --wait] lock waiter's hand-off latencies: ${latencies.map(Math.round).join(', ')} ms`);
+  for (const ms of latencies) expect(ms).toBeLessThan(2000);
+  waiting.child.kill('SIGTERM');
+  await waiting.exited;
 });

@@ -1,7 +1,9 @@
 import { type Command, Option } from 'commander';
 import pg from 'pg';
+import { keyParts } from '../../key.js';
 import { formatMs } from '../../lock.js';
 import { connectionConfig } from '../../session.js';
+import { lockRowsOf } from '../../status.js';
 import { type Context, createContext, parseDurationArg } from '../context.js';
 import { CliError, EXIT, InterruptedError, UsageError } from '../errors.js';
 import { trapSignals } from '../locking.js';
@@ -118,6 +120,12 @@ const count = (names: string[]) => `${names.length} migration${names.length === 
  * Waits, holding no lock and polling nothing, until the check finds nothing pending: it LISTENs on the
  * lock's channel and re-checks when a holder releases, plus every FALLBACK_POLL_MS for releases that
  * do not notify. Resolves `[]`; throws exit 75 on timeout.
+ *
+ * A release NOTIFYs only when a waiter is registered (the shared registry lock waiters hold), and then
+ * names one of them at random. So this session registers too (it shows among `status`'s waiters), and
+ * when a release names it, it passes the wake-up on to everyone (an empty payload): a lock waiter must
+ * not lose its turn to a session that never takes the lock, and passing on by name could bounce between
+ * two `pending --wait` sessions forever. It reacts to every notification on the channel.
  */
 async function waitUntilNone(
   { out, key, keyLabel }: Context,
@@ -137,14 +145,33 @@ async function waitUntilNone(
   const listener = new pg.Client(connectionConfig(check.database));
   // A listener that breaks only costs the prompt wake-ups: the fallback poll goes on.
   listener.on('error', () => {});
-  listener.on('notification', () => wake?.());
+  const { hi, lo } = keyParts(key);
+  const channel = `pg_migration_lock_${key}`;
+  let pid = 0;
+  listener.on('notification', (message) => {
+    if (message.channel !== channel) return;
+    if (message.payload === String(pid)) {
+      listener
+        .query(
+          `SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid())`,
+          [channel],
+        )
+        .catch(() => {});
+    }
+    wake?.();
+  });
   out.info(
     `Waiting for ${count(first)} to be applied (${first.join(', ')}): re-checking when migration lock ${keyLabel} is released${timeoutMs === undefined ? '' : `, for up to ${formatMs(timeoutMs)}`}`,
   );
   let names = first;
   try {
     await listener.connect();
-    await listener.query(`LISTEN "pg_migration_lock_${key}"`);
+    await listener.query(`LISTEN "${channel}"`);
+    pid = (
+      await listener.query<{ pid: number }>(
+        `SELECT pg_backend_pid() AS pid, pg_try_advisory_lock_shared(${hi}, ${lo}) AS registered`,
+      )
+    ).rows[0]!.pid;
     // A release between the first check and the LISTEN would not wake us: check once more now.
     names = await check.check();
     while (names.length > 0) {
