@@ -4,7 +4,7 @@ import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrat
 import type pg from 'pg';
 import { missingMigrator } from '../src/errors.js';
 import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
-import { lockUnlessDone } from '../src/pending.js';
+import { withMigrationLockUnless } from '../src/lock.js';
 import { withSession } from '../src/session.js';
 
 /**
@@ -54,7 +54,7 @@ export async function migrate(
   // Keep the query logger of the caller's db, if it has one (drizzle({ logger: true })).
   const logger = (db as { session?: { options?: { logger?: DrizzleLogger } } }).session?.options?.logger;
   // Nothing to apply: drizzle's no-op resolves undefined too, and this one queues for no lock.
-  await lockUnlessDone(
+  await withMigrationLockUnless(
     client,
     key,
     ({ client: session }) =>

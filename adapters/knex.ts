@@ -2,8 +2,8 @@ import { promisify } from 'node:util';
 import type { Knex } from 'knex';
 import type pg from 'pg';
 import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
+import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
-import { lockUnlessDone, SKIPPED } from '../src/pending.js';
 import type { ClientSource } from '../src/session.js';
 
 /**
@@ -67,7 +67,7 @@ export async function latest(
     return onSessions.get(session)!;
   };
   let batchNo = 0;
-  const result = await lockUnlessDone(
+  const result = await withMigrationLockUnless(
     await lockSource(client),
     key,
     async ({ client: session }) => {

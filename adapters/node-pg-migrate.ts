@@ -4,7 +4,7 @@ import type { Migration, runner as nodePgMigrateRunner, RunnerOption } from 'nod
 import type pg from 'pg';
 import { missingMigrator } from '../src/errors.js';
 import type { LockKeyInput, MigrationLockOptions } from '../src/index.js';
-import { lockUnlessDone, SKIPPED } from '../src/pending.js';
+import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
 import { type ClientSource, withSession } from '../src/session.js';
 import { lockRowsOf } from '../src/status.js';
 
@@ -68,7 +68,7 @@ export async function runner(
     throw new TypeError('pg-migration-lock/node-pg-migrate: you must provide either a databaseUrl or a dbClient');
   const { runner: run } = await importNodePgMigrate();
   const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
-  const result = await lockUnlessDone(
+  const result = await withMigrationLockUnless(
     source as ClientSource,
     key,
     async ({ client, key: lockKey }) => {
