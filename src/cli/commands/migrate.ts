@@ -8,6 +8,9 @@ import { migrateNodePgMigrate } from '../migrators/node-pg-migrate.js';
 import type { AdapterLock, Applied } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
+/** node-pg-migrate's own advisory-lock key (its PG_MIGRATE_LOCK_ID), the default of its adapter too. */
+const PG_MIGRATE_LOCK_ID = 7241865325823964n;
+
 type Migrate<F> = (command: Command, out: Output, flags: F, lock: AdapterLock) => Promise<Applied>;
 
 export function registerMigrate(program: Command, out: Output): Command {
@@ -27,9 +30,9 @@ Examples:
     );
 
   const action =
-    <F>(run: Migrate<F>) =>
+    <F>(run: Migrate<F>, defaultKey?: { key: bigint; label: string }) =>
     async (flags: F & LockFlags, command: Command) => {
-      const ctx = createContext(command, out);
+      const ctx = createContext(command, out, defaultKey);
       const lock = lockOptions(ctx, flags, (signal) => {
         // The migrator runs in this process: stopping it closes the session, so PostgreSQL rolls back the
         // open transaction and frees the lock.
@@ -63,7 +66,9 @@ Examples:
   addLockFlags(
     migrate
       .command('node-pg-migrate')
-      .description('node-pg-migrate up (all pending migrations)')
+      .description(
+        "node-pg-migrate up (all pending migrations), under node-pg-migrate's own lock key 7241865325823964 unless --key or --name is given: this CLI, the pg-migration-lock/node-pg-migrate adapter and plain node-pg-migrate all wait for one another",
+      )
       .option('-m, --migrations-dir <dir>', 'migrations directory', 'migrations')
       .option('-t, --migrations-table <table>', 'table recording the applied migrations', 'pgmigrations')
       .option('-s, --schema <schema>', 'schema to migrate (search_path)')
@@ -77,9 +82,9 @@ Examples:
 Examples:
   $ pg-migration-lock migrate node-pg-migrate
   $ pg-migration-lock migrate node-pg-migrate -m db/migrations -t schema_migrations --no-wait
-  $ pg-migration-lock migrate node-pg-migrate --key 7241865325823964   # also waits for plain node-pg-migrate runs`,
+  $ pg-migration-lock migrate node-pg-migrate --name billing   # a lock of your own instead`,
       ),
-  ).action(action(migrateNodePgMigrate));
+  ).action(action(migrateNodePgMigrate, { key: PG_MIGRATE_LOCK_ID, label: "node-pg-migrate's own key" }));
 
   addLockFlags(
     migrate

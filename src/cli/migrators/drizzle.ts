@@ -5,7 +5,7 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { drizzle as drizzleFn } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { connectionConfig } from '../../session.js';
-import { clientConfig, databaseUrl } from '../context.js';
+import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { existingDir, importFromProject } from './project.js';
@@ -25,6 +25,7 @@ export async function migrateDrizzle(
   lock: AdapterLock,
 ): Promise<Applied> {
   const url = databaseUrl(command, out, true);
+  announceTarget(out);
   const folder = existingDir(flags.migrationsFolder, 'drizzle migrations folder', '--migrations-folder');
   const journalPath = join(folder, 'meta', '_journal.json');
   if (!existsSync(journalPath)) {

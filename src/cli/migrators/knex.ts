@@ -1,9 +1,9 @@
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type { Knex } from 'knex';
-import { clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
+import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { existingDir, importFromProject } from './project.js';
@@ -29,12 +29,17 @@ export async function migrateKnex(
   const envName = flags.env ?? (process.env.NODE_ENV || 'development');
   const config = await loadKnexfile(knexfile, envName);
 
+  // Precedence: --database-url, then the knexfile's own connection (what plain knex uses; knexfiles that
+  // want DATABASE_URL read it themselves), then DATABASE_URL. Which one won is printed.
   if (command.optsWithGlobals<GlobalOptions>().databaseUrl || !config.connection) {
-    // --database-url wins over the knexfile; DATABASE_URL fills in when the knexfile has no connection.
     config.connection = clientConfig(databaseUrl(command, out, true)) as Knex.PgConnectionConfig;
   } else {
     registerSecrets(out, config.connection);
+    out.target = describeConnection(out, config.connection);
+    const ignored = process.env.DATABASE_URL ? '; DATABASE_URL is set but not used: --database-url overrides' : '';
+    out.targetSource = `${basename(knexfile)}, environment "${envName}"${ignored}`;
   }
+  announceTarget(out);
   config.client ??= 'pg';
   // knex logs to the console (stdout); ours keeps stdout for the summary.
   config.log ??= {
@@ -107,18 +112,21 @@ async function loadKnexfile(path: string, envName: string): Promise<Knex.Config>
 }
 
 function registerSecrets(out: Output, connection: unknown): void {
-  const strings: unknown[] = [connection];
-  if (connection && typeof connection === 'object') {
-    const settings = connection as { password?: unknown; connectionString?: unknown };
-    if (typeof settings.password === 'string') out.addSecret(settings.password);
-    strings.push(settings.connectionString);
-  }
-  for (const value of strings) {
-    if (typeof value !== 'string') continue;
-    try {
-      out.addSecret(new URL(value).password);
-    } catch {
-      // not a URL: nothing to extract
-    }
-  }
+  if (typeof connection === 'string') return out.addConnectionString(connection);
+  if (!connection || typeof connection !== 'object') return;
+  const settings = connection as { password?: unknown; connectionString?: unknown };
+  if (typeof settings.password === 'string') out.addSecret(settings.password);
+  if (typeof settings.connectionString === 'string') out.addConnectionString(settings.connectionString);
+}
+
+/** A knexfile's connection as a redacted URL-like name (a function or other shape: named as such). */
+function describeConnection(out: Output, connection: unknown): string {
+  if (typeof connection === 'string') return out.scrub(connection);
+  if (typeof connection === 'function') return 'the connection function in the knexfile';
+  if (!connection || typeof connection !== 'object') return 'the knexfile connection';
+  const c = connection as Record<string, unknown>;
+  if (typeof c.connectionString === 'string') return out.scrub(c.connectionString);
+  const user = typeof c.user === 'string' ? `${c.user}${c.password ? ':***' : ''}@` : '';
+  const port = c.port === undefined ? '' : `:${c.port}`;
+  return `postgres://${user}${c.host ?? 'localhost'}${port}/${c.database ?? ''}`;
 }

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { clientConfig, databaseUrl } from '../context.js';
+import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import type { Output } from '../output.js';
 import { existingDir } from './project.js';
 import type { AdapterLock, Applied } from './types.js';
@@ -22,6 +22,7 @@ export async function migrateNodePgMigrate(
   lock: AdapterLock,
 ): Promise<Applied> {
   const url = databaseUrl(command, out, true);
+  announceTarget(out);
   const dir = existingDir(flags.migrationsDir, 'node-pg-migrate migrations directory', '--migrations-dir');
   const { runner } = await import('../../../adapters/node-pg-migrate.js');
   const ran = await runner({
