@@ -40,8 +40,8 @@ export function redact(text: string, secrets: Iterable<string> = []): string {
  */
 export function connectionStringSecrets(url: string): string[] {
   try {
-    // Without the certificate-file parameters, which pg's parser would read from disk.
-    const config = parse(url.replace(/([?&])(sslcert|sslkey|sslrootcert)=[^&#]*/gi, '$1_='));
+    // Without the TLS parameters: pg's parser would read certificate files from disk, and warn about sslmode.
+    const config = parse(url.replace(/([?&])(sslcert|sslkey|sslrootcert|sslmode)=[^&#]*/gi, '$1_='));
     return typeof config.password === 'string' && config.password ? [config.password] : [];
   } catch {
     return [];

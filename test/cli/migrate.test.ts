@@ -43,7 +43,8 @@ describe('node-pg-migrate', () => {
   test('-t and --no-wait, in node-pg-migrate style; 75 while another run holds the lock', async () => {
     const url = await createTestDatabase();
     const env = { DATABASE_URL: url };
-    const holder = await holdLock(url, DEFAULT_LOCK_KEY);
+    // node-pg-migrate's own key: the CLI's default for it.
+    const holder = await holdLock(url, 7241865325823964n);
     try {
       const busy = await cli(['migrate', 'node-pg-migrate', '--migrations-dir', dir, '--no-wait'], { env });
       expect(busy.code).toBe(75);

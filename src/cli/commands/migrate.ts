@@ -33,10 +33,11 @@ Examples:
     <F>(run: Migrate<F>, defaultKey?: { key: bigint; label: string }) =>
     async (flags: F & LockFlags, command: Command) => {
       const ctx = createContext(command, out, defaultKey);
-      const lock = lockOptions(ctx, flags, (signal) => {
+      const lock = lockOptions(ctx, flags, (signal, why) => {
         // The migrator runs in this process: stopping it closes the session, so PostgreSQL rolls back the
         // open transaction and frees the lock.
-        out.error(`Interrupted by ${signal} while migrating: stopping; the open transaction is rolled back`);
+        const by = why === 'parent-gone' ? 'the exit of the process that started it' : signal;
+        out.error(`Interrupted by ${by} while migrating: stopping; the open transaction is rolled back`);
         process.exit(signalExitCode(signal));
       });
       try {

@@ -112,7 +112,10 @@ async function loadKnexfile(path: string, envName: string): Promise<Knex.Config>
 }
 
 function registerSecrets(out: Output, connection: unknown): void {
-  if (typeof connection === 'string') return out.addConnectionString(connection);
+  if (typeof connection === 'string') {
+    out.addConnectionString(connection);
+    return;
+  }
   if (!connection || typeof connection !== 'object') return;
   const settings = connection as { password?: unknown; connectionString?: unknown };
   if (typeof settings.password === 'string') out.addSecret(settings.password);
