@@ -8,6 +8,7 @@ import { connectionConfig } from '../../session.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
+import { migrationFailure } from './failure.js';
 import { existingDir, importFromProject } from './project.js';
 import type { AdapterLock, Applied } from './types.js';
 
@@ -57,14 +58,39 @@ export async function migrateDrizzle(
   pool.on('error', () => {}); // a lost session is reported by the lock (MigrationLockLostError)
   try {
     const { migrate } = await import('../../../adapters/drizzle.js');
-    await migrate(drizzle({ client: pool, logger }), {
-      migrationsFolder: folder,
-      migrationsTable: flags.migrationsTable,
-      migrationsSchema: flags.migrationsSchema,
-      lock,
-    });
+    try {
+      await migrate(drizzle({ client: pool, logger }), {
+        migrationsFolder: folder,
+        migrationsTable: flags.migrationsTable,
+        migrationsSchema: flags.migrationsSchema,
+        lock,
+      });
+    } catch (err) {
+      const query = (err as { query?: unknown }).query;
+      const file = typeof query === 'string' ? fileOf(folder, journal.entries, applied, query) : undefined;
+      // drizzle's own message is "Failed query: … params: …"; the database's reason is its cause.
+      const cause = file && err instanceof Error && err.cause !== undefined ? err.cause : err;
+      throw migrationFailure('drizzle', cause, file, [folder]);
+    }
   } finally {
     await pool.end();
   }
   return { migrator: 'drizzle', applied };
+}
+
+/**
+ * The migration file a failed statement comes from: drizzle runs each file's statements (split at
+ * `--> statement-breakpoint`) as they are written, in journal order, skipping the files already applied.
+ */
+function fileOf(folder: string, entries: { tag: string }[], applied: string[], query: string): string | undefined {
+  for (const { tag } of entries) {
+    if (applied.includes(tag)) continue;
+    try {
+      const statements = readFileSync(join(folder, `${tag}.sql`), 'utf8').split('--> statement-breakpoint');
+      if (statements.some((statement) => statement.trim() === query.trim())) return `${tag}.sql`;
+    } catch {
+      // unreadable: drizzle has said so already
+    }
+  }
+  return undefined;
 }

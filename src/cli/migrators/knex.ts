@@ -6,6 +6,7 @@ import type { Knex } from 'knex';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
+import { migrationFailure } from './failure.js';
 import { existingDir, importFromProject } from './project.js';
 import type { AdapterLock, Applied } from './types.js';
 
@@ -36,14 +37,25 @@ export async function migrateKnex(
   } else {
     registerSecrets(out, config.connection);
     out.target = describeConnection(out, config.connection);
-    const ignored = process.env.DATABASE_URL ? '; DATABASE_URL is set but not used: --database-url overrides' : '';
+    const fromEnv = process.env.DATABASE_URL;
+    const ignored = !fromEnv
+      ? ''
+      : config.connection === fromEnv
+        ? ', which reads DATABASE_URL'
+        : '; DATABASE_URL is set but not used: --database-url overrides';
     out.targetSource = `${basename(knexfile)}, environment "${envName}"${ignored}`;
   }
   announceTarget(out);
   config.client ??= 'pg';
   // knex logs to the console (stdout); ours keeps stdout for the summary.
+  let failedFile: string | undefined;
   config.log ??= {
-    warn: (message) => out.detail(`knex: ${message}`),
+    warn: (message) => {
+      // knex names the failing file, then repeats the error our final line gives: keep the name for that line.
+      const file = /^migration file "(.+)" failed$/.exec(message)?.[1];
+      if (file) failedFile = file;
+      else if (!message.startsWith('migration failed with error:')) out.detail(`knex: ${message}`);
+    },
     error: (message) => out.detail(`knex: ${message}`),
     deprecate: (method, alternative) => out.warn(`knex: ${method} is deprecated, use ${alternative}`),
     debug: () => {},
@@ -51,10 +63,11 @@ export async function migrateKnex(
   if (typeof config.client !== 'string' || !['pg', 'postgres', 'postgresql'].includes(config.client)) {
     throw new UsageError(`The knexfile's client is ${JSON.stringify(config.client)}: pg-migration-lock needs 'pg'`);
   }
+  const dirs: string[] = [];
   if (!config.migrations?.migrationSource) {
-    const dirs = config.migrations?.directory ?? './migrations';
-    for (const dir of Array.isArray(dirs) ? dirs : [dirs]) {
-      existingDir(dir, 'knex migrations directory', `migrations.directory in ${knexfile}`);
+    const given = config.migrations?.directory ?? './migrations';
+    for (const dir of Array.isArray(given) ? given : [given]) {
+      dirs.push(existingDir(dir, 'knex migrations directory', `migrations.directory in ${knexfile}`));
     }
   }
 
@@ -62,7 +75,13 @@ export async function migrateKnex(
   const knex = knexModule.default(config);
   try {
     const { latest } = await import('../../../adapters/knex.js');
-    const [batchNo, log] = await latest(knex, { lock });
+    let batchNo: number;
+    let log: string[];
+    try {
+      [batchNo, log] = await latest(knex, { lock });
+    } catch (err) {
+      throw migrationFailure('knex', err, failedFile, dirs);
+    }
     return { migrator: 'knex', applied: log, note: log.length > 0 ? `batch ${batchNo}` : undefined };
   } finally {
     await knex.destroy();
