@@ -21,7 +21,7 @@ import { createTestDatabase } from './helpers.js';
 const root = fileURLToPath(new URL('..', import.meta.url));
 const run = promisify(execFile);
 
-export interface Block {
+interface Block {
   /** 1-based line of the opening fence in README.md. */
   line: number;
   code: string;
@@ -33,7 +33,7 @@ export interface Block {
 const DIRECTIVE = /^<!--\s*readme-test\s+(prelude|no-run):\s*([\s\S]*?)\s*-->$/;
 
 /** Every ```ts block of a markdown text, with its directives; unclosed blocks and unknown directives throw. */
-export function extractTsBlocks(markdown: string, file = 'README.md'): Block[] {
+function extractTsBlocks(markdown: string, file = 'README.md'): Block[] {
   const lines = markdown.split('\n');
   const blocks: Block[] = [];
   for (let i = 0; i < lines.length; i++) {
