@@ -25,6 +25,8 @@ Exit codes:
   1   failure (run: CMD's own non-zero exit code passes through, 128+n if a signal killed it)
   2   usage or configuration error (bad flag, bad key, no database URL, missing migrations folder)
   75  lock not acquired (--no-wait while another process holds it, or --timeout elapsed)
+  126 run: CMD is not executable; 127: CMD not found (the lock is never taken)
+  129 the process that started pg-migration-lock went away while it waited for the lock
 
 The lock is a PostgreSQL session advisory lock; from psql:
   SELECT * FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1;`;

@@ -80,7 +80,7 @@ export function registerRun(program: Command, out: Output): Command {
       .command('run')
       .summary('hold the lock while a command runs (any migrator)')
       .description(
-        'Take the lock, run CMD with the same stdio, and release the lock when it exits. Exits with CMD’s exit code (128+n if a signal killed it). SIGINT and SIGTERM are forwarded to CMD. If the lock session is lost while CMD runs, CMD is stopped and the command fails (exit 1).',
+        'Take the lock, run CMD with the same stdio, and release the lock when it exits. Exits with CMD’s exit code (128+n if a signal killed it). SIGINT and SIGTERM are forwarded to CMD. If the lock session is lost while CMD runs, CMD is stopped and the command fails (exit 1). If the process that started this one goes away (an npx wrapper or CI runner killed), CMD gets SIGTERM (SIGKILL after 10 s) and the lock is released. A CMD that cannot be run exits 127 (not found) or 126 (not executable), without taking the lock.',
       )
       .argument('<cmd...>', 'the command and its arguments (put them after --)'),
   )
