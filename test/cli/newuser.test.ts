@@ -93,9 +93,9 @@ describe('the CLI never outlives the process that started it', () => {
   });
 
   /** Starts the CLI under an intermediate parent (fixtures/cli/parent.mjs); resolves the CLI's pid. */
-  async function underParent(args: string[]) {
+  async function underParent(args: string[], databaseUrl = url) {
     const child = spawn(process.execPath, [fixture('parent.mjs'), CLI, ...args], {
-      env: { ...process.env, NO_COLOR: '1', DATABASE_URL: url },
+      env: { ...process.env, NO_COLOR: '1', DATABASE_URL: databaseUrl },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
@@ -183,21 +183,19 @@ describe('the CLI never outlives the process that started it', () => {
   });
 
   test('parent SIGKILLed during `migrate`: the migration is rolled back and the lock freed', async () => {
-    const { parent, cliPid, output } = await underParent([
-      'migrate',
-      'node-pg-migrate',
-      '-m',
-      fixture('node-pg-migrate-3s'),
-      '-t',
-      'pgm_gone',
-    ]);
-    await waitFor(async () => (await lockRows(url, PG_MIGRATE_LOCK_ID)).some((row) => row.granted), 10_000, 'the lock');
+    // A database of its own: the first test of this file applied the same migration in the shared one.
+    const db = await createTestDatabase();
+    const { parent, cliPid, output } = await underParent(
+      ['migrate', 'node-pg-migrate', '-m', fixture('node-pg-migrate-3s')],
+      db,
+    );
+    await waitFor(async () => (await lockRows(db, PG_MIGRATE_LOCK_ID)).some((row) => row.granted), 10_000, 'the lock');
     parent.kill('SIGKILL');
-    await waitFor(async () => (await lockRows(url, PG_MIGRATE_LOCK_ID)).length === 0, 15_000, 'the lock to be free');
+    await waitFor(async () => (await lockRows(db, PG_MIGRATE_LOCK_ID)).length === 0, 15_000, 'the lock to be free');
     await waitFor(() => !alive(cliPid), 5_000, 'the CLI to exit');
     expect(output()).toContain('Interrupted by the exit of the process that started it while migrating');
     // Stopped inside its 3 s migration: rolled back as a whole (node-pg-migrate runs it in a transaction).
-    const { rows } = await withClient(url, (client) => client.query("SELECT to_regclass('three_seconds_done') AS t"));
+    const { rows } = await withClient(db, (client) => client.query("SELECT to_regclass('three_seconds_done') AS t"));
     expect(rows[0].t).toBeNull();
   });
 });
