@@ -126,6 +126,18 @@ describe('the CLI never prints a password', () => {
     expect(stderr).not.toContain(SECRET);
   });
 
+  test('an error from a migration that echoes a URL with a raw @ in its password', async () => {
+    const url = await createTestDatabase();
+    const { code, stderr } = await cli(['migrate', 'node-pg-migrate', '-m', fixture('echo-url')], {
+      env: { DATABASE_URL: url, ECHO_URL: `postgres://report:ab@${SECRET}@reports.internal/db` },
+    });
+    expect(code).toBe(1);
+    expect(stderr).toMatch(
+      /error: node-pg-migrate: migration .*1700000000001_echo-url\.cjs failed: could not reach the reporting database at postgres:\/\/report:\*\*\*@reports\.internal\/db\n$/,
+    );
+    expect(stderr).not.toContain(SECRET);
+  });
+
   test('migrate node-pg-migrate names DATABASE_URL as the source', async () => {
     const url = await createTestDatabase();
     const { code, stderr } = await cli(['migrate', 'node-pg-migrate', '-m', fixture('node-pg-migrate-slow')], {
