@@ -133,7 +133,7 @@ describe('the CLI never prints a password', () => {
     });
     expect(code).toBe(1);
     expect(stderr).toMatch(
-      /error: node-pg-migrate: migration .*1700000000001_echo-url\.cjs failed: could not reach the reporting database at postgres:\/\/report:\*\*\*@reports\.internal\/db\n$/,
+      /error: node-pg-migrate: migration .*1700000000001_echo-url\.cjs:4 failed: could not reach the reporting database at postgres:\/\/report:\*\*\*@reports\.internal\/db\n$/,
     );
     expect(stderr).not.toContain(SECRET);
   });
