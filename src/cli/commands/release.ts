@@ -43,8 +43,9 @@ Examples:
       }
       const { pid } = status.holder;
       if (!out.quiet) {
+        // The holder's query may hold a password (ALTER ROLE … PASSWORD): scrubbed like every other line.
         process.stderr.write(
-          `Migration lock ${ctx.keyLabel} is held by:\n${formatHolder(out, status.holder).join('\n')}\n`,
+          out.scrub(`Migration lock ${ctx.keyLabel} is held by:\n${formatHolder(out, status.holder).join('\n')}\n`),
         );
       }
       out.warn(DANGER);
