@@ -43,8 +43,9 @@ export function whyNotRunnable(file: string): CliError | undefined {
     } catch {
       continue;
     }
-    found ??= path;
     if (stats.isFile() && isExecutable(path)) return undefined;
+    // In PATH a directory of that name is skipped, as a shell does; a path given is what was asked for.
+    if (stats.isFile() || file.includes('/')) found ??= path;
   }
   if (found === undefined) {
     return new CliError(
