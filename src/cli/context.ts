@@ -99,7 +99,8 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
   } catch {
     throw new UsageError(
       `Invalid database URL ${shownUrl(out, url)} (from ${source})`,
-      'Expected postgres://user:password@host:5432/database (percent-encode special characters in the password).',
+      // Not written as a URL with a password: this hint is masked like every other line.
+      'Expected postgres://user@host:5432/database with the password after the user (user:password@), percent-encoding special characters in it.',
     );
   }
   out.addSecret(parsed.password);
