@@ -31,7 +31,7 @@ const NOT_EXECUTABLE = 126;
  * Why a shell could not run `file` (127: not found, 126: found but not executable), looked up in PATH like
  * execvp does; undefined when it can be run.
  */
-export function whyNotRunnable(file: string): CliError | undefined {
+function whyNotRunnable(file: string): CliError | undefined {
   const candidates = file.includes('/')
     ? [file]
     : (process.env.PATH ?? '').split(delimiter).map((dir) => join(dir || '.', file));
