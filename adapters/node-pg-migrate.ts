@@ -25,8 +25,13 @@ export interface NodePgMigrateLockOptions extends MigrationLockOptions {
   key?: LockKeyInput;
 }
 
-/** node-pg-migrate's own `runner` options, plus `lock`. */
-export type NodePgMigrateRunnerOption = RunnerOption & {
+/** node-pg-migrate's options with a `dbClient` that may also be a `pg.Pool` (one connection is checked out for the run). */
+type WithPoolClient<O> = O extends { dbClient: unknown }
+  ? Omit<O, 'dbClient'> & { dbClient: pg.ClientBase | pg.Pool }
+  : O;
+
+/** node-pg-migrate's own `runner` options (`dbClient` may be a `pg.Pool` too), plus `lock`. */
+export type NodePgMigrateRunnerOption = WithPoolClient<RunnerOption> & {
   /** How to take the lock, see {@link NodePgMigrateLockOptions}. @default {} */
   lock?: NodePgMigrateLockOptions;
 };

@@ -29,6 +29,8 @@ Exit codes:
   3   pending: migrations are pending
   75  lock not acquired (--no-wait while another process holds it, or --timeout elapsed);
       pending --wait: --timeout elapsed with migrations still pending
+  126 run: CMD is not executable; 127: CMD not found (the lock is never taken)
+  129 the process that started pg-migration-lock went away while it waited for the lock
 
 The lock is a PostgreSQL session advisory lock; from psql:
   SELECT * FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1;`;

@@ -4,7 +4,7 @@ import { signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import { drizzleFlags, migrateDrizzle } from '../migrators/drizzle.js';
 import { knexFlags, migrateKnex } from '../migrators/knex.js';
-import { migrateNodePgMigrate, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
+import { migrateNodePgMigrate, NODE_PG_MIGRATE_KEY, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
 import type { AdapterLock, Applied } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
@@ -27,13 +27,14 @@ Examples:
     );
 
   const action =
-    <F>(run: Migrate<F>) =>
+    <F>(run: Migrate<F>, defaultKey?: { key: bigint; label: string }) =>
     async (flags: F & LockFlags, command: Command) => {
-      const ctx = createContext(command, out);
-      const lock = lockOptions(ctx, flags, (signal) => {
+      const ctx = createContext(command, out, defaultKey);
+      const lock = lockOptions(ctx, flags, (signal, why) => {
         // The migrator runs in this process: stopping it closes the session, so PostgreSQL rolls back the
         // open transaction and frees the lock.
-        out.error(`Interrupted by ${signal} while migrating: stopping; the open transaction is rolled back`);
+        const by = why === 'parent-gone' ? 'the exit of the process that started it' : signal;
+        out.error(`Interrupted by ${by} while migrating: stopping; the open transaction is rolled back`);
         process.exit(signalExitCode(signal));
       });
       try {
@@ -59,16 +60,20 @@ Examples:
 
   addLockFlags(
     nodePgMigrateFlags(
-      migrate.command('node-pg-migrate').description('node-pg-migrate up (all pending migrations)'),
+      migrate
+        .command('node-pg-migrate')
+        .description(
+          "node-pg-migrate up (all pending migrations), under node-pg-migrate's own lock key 7241865325823964 unless --key or --name is given: this CLI, the pg-migration-lock/node-pg-migrate adapter and plain node-pg-migrate all wait for one another",
+        ),
     ).addHelpText(
       'after',
       `
 Examples:
   $ pg-migration-lock migrate node-pg-migrate
   $ pg-migration-lock migrate node-pg-migrate -m db/migrations -t schema_migrations --no-wait
-  $ pg-migration-lock migrate node-pg-migrate --key 7241865325823964   # also waits for plain node-pg-migrate runs`,
+  $ pg-migration-lock migrate node-pg-migrate --name billing   # a lock of your own instead`,
     ),
-  ).action(action(migrateNodePgMigrate));
+  ).action(action(migrateNodePgMigrate, NODE_PG_MIGRATE_KEY));
 
   addLockFlags(
     drizzleFlags(

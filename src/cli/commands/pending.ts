@@ -9,7 +9,7 @@ import { CliError, EXIT, InterruptedError, UsageError } from '../errors.js';
 import { trapSignals } from '../locking.js';
 import { drizzleFlags, pendingDrizzle } from '../migrators/drizzle.js';
 import { knexFlags, pendingKnex } from '../migrators/knex.js';
-import { nodePgMigrateFlags, pendingNodePgMigrate } from '../migrators/node-pg-migrate.js';
+import { NODE_PG_MIGRATE_KEY, nodePgMigrateFlags, pendingNodePgMigrate } from '../migrators/node-pg-migrate.js';
 import type { PendingCheck } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
@@ -48,9 +48,9 @@ Examples:
     );
 
   const action =
-    <F>(open: OpenCheck<F>) =>
+    <F>(open: OpenCheck<F>, defaultKey?: { key: bigint; label: string }) =>
     async (flags: F & PendingFlags, command: Command) => {
-      const ctx = createContext(command, out);
+      const ctx = createContext(command, out, defaultKey);
       if (flags.timeout !== undefined && !flags.wait) {
         throw new UsageError('--timeout needs --wait', 'Add --wait to wait until no migration is pending.');
       }
@@ -99,7 +99,7 @@ Examples:
   $ pg-migration-lock pending node-pg-migrate
   $ pg-migration-lock pending node-pg-migrate -m db/migrations -t schema_migrations --json`,
     )
-    .action(action(pendingNodePgMigrate));
+    .action(action(pendingNodePgMigrate, NODE_PG_MIGRATE_KEY));
 
   withPendingFlags(drizzleFlags(pending.command('drizzle').description("what drizzle's migrate() would apply")))
     .addHelpText(

@@ -5,9 +5,10 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { drizzle as drizzleFn } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { connectionConfig } from '../../session.js';
-import { clientConfig, databaseUrl } from '../context.js';
+import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
+import { migrationFailure } from './failure.js';
 import { existingDir, importFromProject } from './project.js';
 import type { AdapterLock, Applied, PendingCheck } from './types.js';
 
@@ -33,6 +34,7 @@ export async function migrateDrizzle(
   lock: AdapterLock,
 ): Promise<Applied> {
   const url = databaseUrl(command, out, true);
+  announceTarget(out);
   const { folder, journalPath } = migrationsFolder(flags);
   const journal = JSON.parse(readFileSync(journalPath, 'utf8')) as { entries: { when: number; tag: string }[] };
   const tagOf = new Map(journal.entries.map((entry) => [String(entry.when), entry.tag]));
@@ -57,12 +59,20 @@ export async function migrateDrizzle(
   pool.on('error', () => {}); // a lost session is reported by the lock (MigrationLockLostError)
   try {
     const { migrate } = await import('../../../adapters/drizzle.js');
-    await migrate(drizzle({ client: pool, logger }), {
-      migrationsFolder: folder,
-      migrationsTable: flags.migrationsTable,
-      migrationsSchema: flags.migrationsSchema,
-      lock,
-    });
+    try {
+      await migrate(drizzle({ client: pool, logger }), {
+        migrationsFolder: folder,
+        migrationsTable: flags.migrationsTable,
+        migrationsSchema: flags.migrationsSchema,
+        lock,
+      });
+    } catch (err) {
+      const query = (err as { query?: unknown }).query;
+      const file = typeof query === 'string' ? fileOf(folder, journal.entries, applied, query) : undefined;
+      // drizzle's own message is "Failed query: … params: …"; the database's reason is its cause.
+      const cause = file && err instanceof Error && err.cause !== undefined ? err.cause : err;
+      throw migrationFailure('drizzle', cause, file, [folder]);
+    }
   } finally {
     await pool.end();
   }
@@ -104,4 +114,21 @@ function migrationsFolder(flags: DrizzleFlags): { folder: string; journalPath: s
     );
   }
   return { folder, journalPath };
+}
+
+/**
+ * The migration file a failed statement comes from: drizzle runs each file's statements (split at
+ * `--> statement-breakpoint`) as they are written, in journal order, skipping the files already applied.
+ */
+function fileOf(folder: string, entries: { tag: string }[], applied: string[], query: string): string | undefined {
+  for (const { tag } of entries) {
+    if (applied.includes(tag)) continue;
+    try {
+      const statements = readFileSync(join(folder, `${tag}.sql`), 'utf8').split('--> statement-breakpoint');
+      if (statements.some((statement) => statement.trim() === query.trim())) return `${tag}.sql`;
+    } catch {
+      // unreadable: drizzle has said so already
+    }
+  }
+  return undefined;
 }

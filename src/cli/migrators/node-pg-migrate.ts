@@ -1,10 +1,17 @@
 import type { Command } from 'commander';
 import type { RunnerOption } from 'node-pg-migrate';
 import pg from 'pg';
-import { clientConfig, databaseUrl } from '../context.js';
+import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import type { Output } from '../output.js';
+import { migrationFailure, migrationFile } from './failure.js';
 import { existingDir } from './project.js';
 import type { AdapterLock, Applied, PendingCheck } from './types.js';
+
+/**
+ * node-pg-migrate's own advisory-lock key (its PG_MIGRATE_LOCK_ID), the default of its adapter too: the
+ * CLI, the adapter and plain node-pg-migrate all wait for one another.
+ */
+export const NODE_PG_MIGRATE_KEY = { key: 7241865325823964n, label: "node-pg-migrate's own key" };
 
 export interface NodePgMigrateFlags {
   migrationsDir: string;
@@ -36,21 +43,39 @@ export async function migrateNodePgMigrate(
   lock: AdapterLock,
 ): Promise<Applied> {
   const options = upOptions(command, out, flags);
+  announceTarget(out);
+  const dir = options.dir as string;
   const { runner } = await import('../../../adapters/node-pg-migrate.js');
-  const ran = await runner({
-    ...options,
-    // Progress on stderr, one line per migration (the summary lists them again); on failure it logs the failing SQL.
-    logger: {
-      debug: () => {},
-      info: (message: string) => {
-        const name = /^### MIGRATION (.+) \(UP\) ###$/.exec(message)?.[1];
-        if (name) out.info(`node-pg-migrate: migrating ${name}`);
+  let current: string | undefined;
+  let failed = false;
+  let ran: Awaited<ReturnType<typeof runner>>;
+  try {
+    ran = await runner({
+      ...options,
+      // Progress on stderr, one line per migration (the summary lists them again). On failure: the failing
+      // SQL, then our one line; not the clean-up that follows (its own unlock, in the aborted transaction).
+      logger: {
+        debug: () => {},
+        info: (message: string) => {
+          const name = /^### MIGRATION (.+) \(UP\) ###$/.exec(message)?.[1];
+          if (!name) return;
+          current = name;
+          out.info(`node-pg-migrate: migrating ${name}`);
+        },
+        warn: (message: string) => {
+          if (!failed) out.warn(`node-pg-migrate: ${message}`);
+        },
+        error: (message: string) => {
+          if (failed && /pg_advisory_unlock/.test(message)) return;
+          failed = true;
+          out.detail(withoutFinalError(message));
+        },
       },
-      warn: (message: string) => out.warn(`node-pg-migrate: ${message}`),
-      error: (message: string) => out.detail(message),
-    },
-    lock,
-  });
+      lock,
+    });
+  } catch (err) {
+    throw migrationFailure('node-pg-migrate', err, current && migrationFile(dir, current), [dir]);
+  }
   return { migrator: 'node-pg-migrate', applied: ran.map((migration) => migration.name) };
 }
 
@@ -89,4 +114,11 @@ function upOptions(command: Command, out: Output, flags: NodePgMigrateFlags): Ru
     direction: 'up',
     count: Number.POSITIVE_INFINITY,
   };
+}
+
+/** node-pg-migrate's "Error executing: SQL / error: …" without its last line, which our final line repeats. */
+function withoutFinalError(message: string): string {
+  const lines = message.trimEnd().split('\n');
+  if (lines.length > 1 && /^error: /.test(lines.at(-1)!)) lines.pop();
+  return `node-pg-migrate: ${lines.join('\n').trimEnd()}`;
 }
