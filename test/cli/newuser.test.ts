@@ -39,7 +39,8 @@ describe('migrate node-pg-migrate and the adapter share node-pg-migrate’s key'
     const holder = await holdLock(url, PG_MIGRATE_LOCK_ID);
     try {
       const { code, stderr } = await cli(
-        ['migrate', 'node-pg-migrate', '-m', fixture('node-pg-migrate-3s'), '-t', 'pgm_shared', '--name', 'mine'],
+        // A table of its own, so its migration is pending (with nothing pending it would not lock at all).
+        ['migrate', 'node-pg-migrate', '-m', fixture('node-pg-migrate-3s'), '-t', 'pgm_mine', '--name', 'mine'],
         { env },
       );
       // Our lock is free; node-pg-migrate's own (taken inside, in its 'fail' mode) is not: it says so.
