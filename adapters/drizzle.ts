@@ -1,8 +1,16 @@
 import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
 import { missingMigrator } from '../src/errors.js';
-import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import {
+  type ClientSource,
+  DEFAULT_LOCK_KEY,
+  type LockKeyInput,
+  type MigrationLockOptions,
+  withMigrationLock,
+} from '../src/index.js';
+import { isPostgresJs, type PostgresJsReservedSql, type PostgresJsSql } from '../src/postgres-js.js';
 
 /**
  * The `lock` option of {@link migrate}: the key, plus every option of `withMigrationLock`.
@@ -25,12 +33,21 @@ export type DrizzleMigrateConfig = Parameters<typeof drizzleMigrate>[1] & {
 };
 
 /**
- * drizzle's `migrate(db, config)` (node-postgres) under a PostgreSQL advisory lock: replicas that start at
+ * A drizzle `postgres-js` database (`drizzle(sql)` from 'drizzle-orm/postgres-js'), typed by its shape so
+ * that users of node-postgres need not have `postgres` installed.
+ */
+export type DrizzlePostgresJsDatabase = PgDatabase<PgQueryResultHKT, Record<string, unknown>> & {
+  $client: PostgresJsSql;
+};
+
+/**
+ * drizzle's `migrate(db, config)` (node-postgres or postgres-js) under a PostgreSQL advisory lock: replicas that start at
  * once apply each migration once, one after the other. The migration runs through a drizzle instance over
  * the very session that holds the lock (drizzle's own `migrate` on a Pool would check out other
  * connections), so lock and migration share fate.
  *
- * @param db a drizzle `node-postgres` database, over a `pg.Pool` or a connected `pg.Client`.
+ * @param db a drizzle `node-postgres` database, over a `pg.Pool` or a connected `pg.Client`, or a drizzle
+ *   `postgres-js` database over a postgres.js `sql` (one connection is reserved for the migration).
  * @param config drizzle's migrate config plus `lock`.
  * @param lock the lock options, if you prefer them out of `config`; they win over `config.lock`.
  *
@@ -40,42 +57,105 @@ export type DrizzleMigrateConfig = Parameters<typeof drizzleMigrate>[1] & {
  * await migrate(db, { migrationsFolder: './drizzle' });
  */
 export async function migrate(
-  db: Parameters<typeof drizzleMigrate>[0],
+  db: Parameters<typeof drizzleMigrate>[0] | DrizzlePostgresJsDatabase,
   config: DrizzleMigrateConfig,
   lock?: DrizzleLockOptions,
 ): Promise<void> {
-  const client = (db as { $client?: pg.Pool | pg.ClientBase } | undefined)?.$client;
-  if (typeof client?.query !== 'function') {
-    throw new TypeError(
-      "pg-migration-lock/drizzle: expected a drizzle node-postgres database (drizzle(pool) or drizzle({ client }) from 'drizzle-orm/node-postgres')",
-    );
-  }
+  const target = drizzleTarget(db);
   if (config === null || typeof config !== 'object')
     throw new TypeError('pg-migration-lock/drizzle: expected a migrate config ({ migrationsFolder })');
   const { lock: lockInConfig, ...migrateConfig } = config;
   const { key = DEFAULT_LOCK_KEY, ...lockOptions } = lock ?? lockInConfig ?? {};
-  const { drizzle, run } = await importDrizzle();
+  const migrateOn = await target.load();
+  await withMigrationLock(target.source, key, ({ client }) => migrateOn(client, migrateConfig), lockOptions);
+}
+
+/**
+ * Where the lock session of `db` comes from, and (once loaded) how to run drizzle's own migrator of that
+ * driver on it. Checks `db` without loading anything.
+ */
+function drizzleTarget(db: unknown) {
+  const client = (db as { $client?: unknown } | undefined)?.$client;
   // Keep the query logger of the caller's db, if it has one (drizzle({ logger: true })).
   const logger = (db as { session?: { options?: { logger?: DrizzleLogger } } }).session?.options?.logger;
-  await withMigrationLock(
-    client,
-    key,
-    ({ client: session }) =>
-      run(drizzle({ client: session as pg.PoolClient, ...(logger ? { logger } : {}) }), migrateConfig),
-    lockOptions,
+  const withLogger = logger ? { logger } : {};
+  type MigrateOn = (session: unknown, config: Parameters<typeof drizzleMigrate>[1]) => Promise<void>;
+  if (isPostgresJs(client) && typeof (client as Partial<PostgresJsSql>).reserve === 'function') {
+    const sql = client as PostgresJsSql & { options: object };
+    return {
+      source: sql as ClientSource,
+      load: async (): Promise<MigrateOn> => {
+        const { drizzle, run } = await importDrizzle('postgres-js');
+        return (session, config) =>
+          run(
+            drizzle({ client: onReserved(session as PostgresJsReservedSql, sql.options) as never, ...withLogger }),
+            config,
+          );
+      },
+    };
+  }
+  if (typeof (client as pg.ClientBase | undefined)?.query === 'function' && !isPostgresJs(client)) {
+    return {
+      source: client as ClientSource,
+      load: async (): Promise<MigrateOn> => {
+        const { drizzle, run } = await importDrizzle('node-postgres');
+        return (session, config) => run(drizzle({ client: session as pg.PoolClient, ...withLogger }), config);
+      },
+    };
+  }
+  throw new TypeError(
+    "pg-migration-lock/drizzle: expected a drizzle node-postgres database (drizzle(pool) or drizzle({ client }) from 'drizzle-orm/node-postgres') or a drizzle postgres-js database (drizzle(sql) from 'drizzle-orm/postgres-js')",
   );
 }
 
-async function importDrizzle() {
+/**
+ * The reserved sql as drizzle's postgres-js session needs it. A postgres.js reserved sql has no
+ * `options` (drizzle reads its parsers) and no `begin` (drizzle's migrator runs in a transaction), so
+ * both are provided here: the transaction runs on the reserved connection itself.
+ */
+function onReserved(reserved: PostgresJsReservedSql, options: object) {
+  const client = {
+    options,
+    unsafe: (query: string, parameters?: unknown[], queryOptions?: object) =>
+      reserved.unsafe(query, parameters, queryOptions),
+    async begin(...args: [fn: (sql: unknown) => unknown] | [mode: string, fn: (sql: unknown) => unknown]) {
+      const fn = args.length === 2 ? args[1] : args[0];
+      const mode = args.length === 2 ? args[0].replace(/[^a-z ]/gi, '') : '';
+      await reserved.unsafe(`BEGIN ${mode}`);
+      try {
+        const result = await fn(client);
+        await reserved.unsafe('COMMIT');
+        return result;
+      } catch (err) {
+        // A dead connection rolls back by itself; the migration's own error is the one to report.
+        await Promise.resolve(reserved.unsafe('ROLLBACK')).catch(() => {});
+        throw err;
+      }
+    },
+  };
+  return client;
+}
+
+/** drizzle's driver and migrator for `driver`, loaded only now: importing this adapter loads neither. */
+async function importDrizzle<D extends 'node-postgres' | 'postgres-js'>(driver: D) {
   try {
-    const [{ drizzle }, { migrate: run }] = await Promise.all([
-      import('drizzle-orm/node-postgres'),
-      import('drizzle-orm/node-postgres/migrator'),
-    ]);
-    return { drizzle, run };
+    const [{ drizzle }, { migrate: run }] = await (driver === 'postgres-js'
+      ? Promise.all([import('drizzle-orm/postgres-js'), import('drizzle-orm/postgres-js/migrator')])
+      : Promise.all([import('drizzle-orm/node-postgres'), import('drizzle-orm/node-postgres/migrator')]));
+    // Each driver's migrator takes its own driver's db: the caller picked the pair.
+    return { drizzle, run } as unknown as D extends 'postgres-js' ? PostgresJsDrizzle : NodePgDrizzle;
   } catch (err) {
-    if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '') || !String(err).includes("'drizzle-orm"))
-      throw err;
+    if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '')) throw err;
+    if (String(err).includes("'postgres'")) throw missingMigrator('drizzle', 'postgres', err);
+    if (!String(err).includes("'drizzle-orm")) throw err;
     throw missingMigrator('drizzle', 'drizzle-orm', err);
   }
 }
+type PostgresJsDrizzle = {
+  drizzle: typeof import('drizzle-orm/postgres-js').drizzle;
+  run: typeof import('drizzle-orm/postgres-js/migrator').migrate;
+};
+type NodePgDrizzle = {
+  drizzle: typeof import('drizzle-orm/node-postgres').drizzle;
+  run: typeof import('drizzle-orm/node-postgres/migrator').migrate;
+};
