@@ -1,0 +1,296 @@
+// The lock through postgres.js (npm `postgres`): a `sql` reserves one connection per call, a reserved
+// `sql` is used as-is. Real server, real processes, nothing mocked.
+import postgres from 'postgres';
+import { afterAll, describe, expect, test } from 'vitest';
+import {
+  getLockStatus,
+  MigrationLockError,
+  MigrationLockLostError,
+  releaseLock,
+  withMigrationLock,
+} from '../src/index.js';
+import { poolerAdvice } from '../src/lock.js';
+import { postgresJsSource } from '../src/postgres-js.js';
+import {
+  createTestDatabase,
+  expectSerialSections,
+  fixture,
+  lockRows,
+  resetSectionTables,
+  sleep,
+  spawnNode,
+  waitFor,
+  withClient,
+} from './helpers.js';
+
+const url = await createTestDatabase();
+const quiet = { logger: null };
+const opened: postgres.Sql[] = [];
+/** A postgres.js sql on the test database, ended after the file. */
+const connect = (options: { max?: number } = {}) => {
+  const sql = postgres(url, { onnotice: () => {}, ...options });
+  opened.push(sql);
+  return sql;
+};
+afterAll(async () => {
+  await Promise.all(opened.map((sql) => sql.end({ timeout: 5 })));
+});
+const pidOf = async (client: postgres.Sql) => (await client`SELECT pg_backend_pid() AS pid`)[0]!.pid as number;
+
+describe('OS processes', () => {
+  test('8 processes locking through postgres.js: critical sections never overlap, no update is lost', async () => {
+    await resetSectionTables(url);
+    const replicas = Array.from({ length: 8 }, () =>
+      spawnNode(fixture('pgjs-worker.mjs'), ['section', url, '301', '40']),
+    );
+    const exits = await Promise.all(replicas.map((r) => r.exited));
+    expect(exits.map((e) => [e.code, e.stderr])).toEqual(exits.map(() => [0, '']));
+    await expectSerialSections(url, 8);
+  });
+
+  test('pg and postgres.js replicas exclude each other', async () => {
+    await resetSectionTables(url);
+    const replicas = Array.from({ length: 8 }, (_, i) =>
+      spawnNode(fixture(i % 2 ? 'pgjs-worker.mjs' : 'lock-worker.mjs'), ['section', url, '302', '40']),
+    );
+    const exits = await Promise.all(replicas.map((r) => r.exited));
+    expect(exits.map((e) => [e.code, e.stderr])).toEqual(exits.map(() => [0, '']));
+    await expectSerialSections(url, 8);
+  });
+
+  test('CREATE INDEX CONCURRENTLY by the holder while 4 postgres.js processes wait: no deadlock, every waiter gets its turn', async () => {
+    await resetSectionTables(url);
+    await withClient(url, (client) =>
+      client.query('CREATE TABLE IF NOT EXISTS big AS SELECT g AS id FROM generate_series(1, 20000) g'),
+    );
+    const sql = connect({ max: 1 });
+    const waiters: ReturnType<typeof spawnNode>[] = [];
+    await withMigrationLock(
+      sql,
+      303n,
+      async ({ client }) => {
+        waiters.push(...[1, 2, 3, 4].map(() => spawnNode(fixture('pgjs-worker.mjs'), ['section', url, '303', '0'])));
+        await waitFor(async () => (await getLockStatus(url, 303n)).waiters.length === 4, 15_000, '4 waiters');
+        await client`CREATE INDEX CONCURRENTLY big_pgjs ON big (id)`;
+        // Longer than deadlock_timeout (1 s): a deadlock would have been detected by now.
+        await client`DROP INDEX CONCURRENTLY big_pgjs`;
+        await client`SELECT pg_sleep(1.2)`;
+        await client`CREATE INDEX CONCURRENTLY big_pgjs ON big (id)`;
+      },
+      quiet,
+    );
+    const exits = await Promise.all(waiters.map((w) => w.exited));
+    expect(exits.map((e) => [e.code, e.stderr])).toEqual(exits.map(() => [0, '']));
+    await withClient(url, async (client) => {
+      expect((await client.query('SELECT n FROM counter')).rows[0].n).toBe(4);
+      const index = await client.query(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'big_pgjs'::regclass`);
+      expect(index.rows).toEqual([{ indisvalid: true }]);
+    });
+  });
+
+  test("the holder's backend terminated: its signal aborts with MigrationLockLostError and the call rejects with it", async () => {
+    const holder = spawnNode(fixture('pgjs-worker.mjs'), ['hold', url, '304']);
+    const pid = Number((await waitFor(() => /acquired (\d+)/.exec(holder.output()), 10_000, 'the holder'))![1]);
+    expect((await lockRows(url, 304n)).map((r) => r.pid)).toEqual([pid]);
+    await withClient(url, (client) => client.query('SELECT pg_terminate_backend($1)', [pid]));
+    const exit = await holder.exited;
+    expect(exit.stdout).toMatch(/aborted MigrationLockLostError/);
+    expect(exit.stdout).toMatch(
+      new RegExp(`MigrationLockLostError: Lost the session holding migration lock 304 \\(pid ${pid}\\)`),
+    );
+    expect(exit.code).toBe(3);
+    expect(await lockRows(url, 304n)).toEqual([]);
+  });
+});
+
+describe('one process', () => {
+  test('fn gets the reserved sql: tagged templates and unsafe() run on the session holding the lock, and the connection goes back after', async () => {
+    const sql = connect({ max: 1 });
+    const before = await sql`SHOW tcp_keepalives_idle`;
+    const seen = await withMigrationLock(
+      sql,
+      305n,
+      async ({ client, key }) => {
+        const pid = await pidOf(client);
+        const [row] = await client.unsafe('SELECT $1::int + 1 AS n', [1]);
+        return { pid, n: row!.n, key, rows: await lockRows(url, key) };
+      },
+      quiet,
+    );
+    expect(seen.n).toBe(2);
+    expect(seen.rows).toEqual([{ pid: seen.pid, granted: true, objsubid: 1 }]);
+    // max: 1, so the next query runs on the very connection: given back, unlocked, settings put back.
+    expect(await pidOf(sql)).toBe(seen.pid);
+    expect(await lockRows(url, 305n)).toEqual([]);
+    expect(await sql`SHOW tcp_keepalives_idle`).toEqual(before);
+  });
+
+  test('a reserved sql is used as-is and never released by us', async () => {
+    const sql = connect({ max: 1 });
+    const reserved = await sql.reserve();
+    try {
+      const own = await pidOf(reserved);
+      const lockPid = await withMigrationLock(
+        reserved,
+        306n,
+        async ({ client }) => {
+          expect(client).toBe(reserved);
+          return pidOf(client);
+        },
+        quiet,
+      );
+      expect(lockPid).toBe(own);
+      expect(await pidOf(reserved)).toBe(own);
+      // The one connection is still reserved: the parent sql cannot run anything until it is released.
+      const parent = sql`SELECT 1 AS one`.then(() => 'ran');
+      expect(await Promise.race([parent, sleep(300).then(() => 'still reserved')])).toBe('still reserved');
+      reserved.release();
+      expect(await parent).toBe('ran');
+    } finally {
+      reserved.release();
+    }
+  });
+
+  test('a waiter wakes on the release notification (through postgres.js listen), not by polling', async () => {
+    const sql = connect({ max: 4 });
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const holder = withMigrationLock(sql, 307n, () => held, quiet);
+    await waitFor(async () => (await lockRows(url, 307n)).length === 1);
+    let releasedAt = 0;
+    const waiter = withMigrationLock(sql, 307n, () => performance.now() - releasedAt, {
+      ...quiet,
+      pollIntervalMs: 10_000,
+    });
+    await waitFor(async () => (await getLockStatus(sql, 307n)).waiters.length === 1);
+    releasedAt = performance.now();
+    release();
+    await holder;
+    // With a 10 s poll, only the NOTIFY can wake it this soon.
+    expect(await waiter).toBeLessThan(2_000);
+  });
+
+  test('a waiter whose waiting session is terminated reserves another connection and later gets the lock', async () => {
+    const sql = connect({ max: 2 });
+    const warnings: string[] = [];
+    await withClient(url, async (holder) => {
+      await holder.query('SELECT pg_advisory_lock(308)');
+      let acquiredPid = 0;
+      const waiter = withMigrationLock(sql, 308n, ({ client }) => pidOf(client), {
+        logger: { info() {}, warn: (m: string) => warnings.push(m), error() {} },
+        pollIntervalMs: 50,
+        hooks: { onAcquired: (info) => (acquiredPid = info.pid) },
+      });
+      const first = await waitFor(async () => (await getLockStatus(url, 308n)).waiters[0], 10_000, 'the waiter');
+      await holder.query('SELECT pg_terminate_backend($1)', [first!.pid]);
+      await waitFor(async () => (await getLockStatus(url, 308n)).waiters.some((w) => w.pid !== first!.pid));
+      await holder.query('SELECT pg_advisory_unlock(308)');
+      const pid = await waiter;
+      expect(pid).toBe(acquiredPid);
+      expect(pid).not.toBe(first!.pid);
+    });
+    expect(warnings.join('\n')).toMatch(/Lost the connection while waiting for migration lock 308.*reconnecting/);
+  });
+
+  test('a reserved sql waiting when its session is terminated cannot be reopened: a clear MigrationLockError', async () => {
+    const sql = connect({ max: 1 });
+    const reserved = await sql.reserve();
+    try {
+      await withClient(url, async (holder) => {
+        await holder.query('SELECT pg_advisory_lock(309)');
+        const waiter = withMigrationLock(reserved, 309n, () => 'ran', { ...quiet, pollIntervalMs: 50 }).catch(
+          (err: Error) => err,
+        );
+        const first = await waitFor(async () => (await getLockStatus(url, 309n)).waiters[0], 10_000, 'the waiter');
+        await holder.query('SELECT pg_terminate_backend($1)', [first!.pid]);
+        const error = await waiter;
+        expect(error).toBeInstanceOf(MigrationLockError);
+        expect((error as Error).message).toMatch(
+          /Lost the connection while waiting for migration lock 309.*cannot be reopened/,
+        );
+      });
+    } finally {
+      reserved.release();
+    }
+  });
+
+  test('lock loss while fn runs aborts signal at once, and fn sees it in its own catch', async () => {
+    const sql = connect({ max: 2 });
+    let seenInCatch: { aborted: boolean; reason: unknown; code: unknown } | undefined;
+    const outcome = await withMigrationLock(
+      sql,
+      310n,
+      async ({ client, signal }) => {
+        const pid = await pidOf(client);
+        const sleeping = client`SELECT pg_sleep(5)`;
+        await sleep(200);
+        await withClient(url, (other) => other.query('SELECT pg_terminate_backend($1)', [pid]));
+        try {
+          await sleeping;
+        } catch (err) {
+          seenInCatch = { aborted: signal.aborted, reason: signal.reason, code: (err as { code?: unknown }).code };
+        }
+        // Not another query on `client`: its connection is gone (postgres.js' reserved sql must not be used after).
+        return 'fn returned';
+      },
+      quiet,
+    ).catch((err: Error) => err);
+    expect(outcome).toBeInstanceOf(MigrationLockLostError);
+    expect(seenInCatch).toEqual({ aborted: true, reason: outcome, code: 'CONNECTION_CLOSED' });
+    expect(await lockRows(url, 310n)).toEqual([]);
+    // The pool reconnects: the sql is still usable.
+    expect(await sql`SELECT 1 AS one`).toEqual([{ one: 1 }]);
+  });
+
+  test('getLockStatus and releaseLock take a postgres.js sql', async () => {
+    const sql = connect({ max: 2 });
+    const holder = spawnNode(fixture('pgjs-worker.mjs'), ['hold', url, '311']);
+    const pid = Number((await waitFor(() => /acquired (\d+)/.exec(holder.output()), 10_000, 'the holder'))![1]);
+    const status = await getLockStatus(sql, 311n);
+    expect(status).toMatchObject({ key: 311n, locked: true, holder: { pid, applicationName: 'postgres.js' } });
+    expect(await releaseLock(sql, 311n, { pid: pid + 1_000_000 })).toEqual({ released: false, pid: null });
+    expect(await releaseLock(sql, 311n)).toEqual({ released: true, pid });
+    expect((await holder.exited).stdout).toMatch(/MigrationLockLostError/);
+    expect((await getLockStatus(sql, 311n)).locked).toBe(false);
+  });
+
+  test('the session names its endpoint, so the pooler advice can name Supabase port 6543', async () => {
+    const sql = connect({ max: 1 });
+    const session = await postgresJsSource(sql).open();
+    try {
+      expect(session.endpoint).toEqual({ host: '127.0.0.1', port: Number(new URL(url).port) });
+    } finally {
+      await session.release();
+    }
+    const supabase = postgres('postgres://u:secret@aws-0-eu-central-1.pooler.supabase.com:6543/postgres');
+    opened.push(supabase);
+    const options = supabase.options as unknown as { host: string[]; port: number[] };
+    expect(poolerAdvice({ endpoint: { host: options.host[0], port: options.port[0] } })).toMatch(
+      /Port 6543 is Supabase's transaction pooler: use the session pooler \(port 5432\) or the direct host/,
+    );
+  });
+
+  test('bad input fails at once: a transaction sql, and a reserved sql already inside a call', async () => {
+    const sql = connect({ max: 2 });
+    await sql.begin(async (tx) => {
+      await expect(withMigrationLock(tx as never, 312n, () => 1, quiet)).rejects.toThrow(
+        /postgres.js `sql` from postgres\(\) or a reserved one/,
+      );
+    });
+    const reserved = await sql.reserve();
+    try {
+      await withMigrationLock(
+        reserved,
+        312n,
+        async () => {
+          await expect(withMigrationLock(reserved, 312n, () => 1, quiet)).rejects.toThrow(
+            /already inside withMigrationLock/,
+          );
+        },
+        quiet,
+      );
+    } finally {
+      reserved.release();
+    }
+  });
+});
