@@ -11,6 +11,7 @@ import {
 } from '../src/index.js';
 import { poolerAdvice } from '../src/lock.js';
 import { postgresJsSource } from '../src/postgres-js.js';
+import { findPgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.js';
 import {
   createTestDatabase,
   expectSerialSections,
@@ -294,3 +295,58 @@ describe('one process', () => {
     }
   });
 });
+
+const pgbouncer = findPgbouncer();
+describe.skipIf(!pgbouncer)(
+  `postgres.js through a real PgBouncer${pgbouncer ? '' : ' [SKIPPED: no pgbouncer]'}`,
+  () => {
+    test('transaction mode (one server connection): calls that land on it are refused naming the pooler; session mode locks', async () => {
+      const [transaction, session] = await Promise.all([
+        startPgbouncer(pgbouncer!, {
+          serverUrl: url,
+          poolMode: 'transaction',
+          databases: { single: { pool_size: 1 } },
+        }),
+        startPgbouncer(pgbouncer!, { serverUrl: url, poolMode: 'session', databases: { db: {} } }),
+      ]);
+      try {
+        // What postgres.js users on a transaction pooler set (Supabase 6543): no prepared statements.
+        const sql = postgres(transaction.url('single'), { max: 3, prepare: false, onnotice: () => {} });
+        opened.push(sql);
+        let inside = 0;
+        let most = 0;
+        const outcomes = await Promise.allSettled(
+          [1, 2, 3].map(() =>
+            withMigrationLock(
+              sql,
+              320n,
+              async () => {
+                most = Math.max(most, ++inside);
+                await sleep(300);
+                inside--;
+              },
+              quiet,
+            ),
+          ),
+        );
+        expect(most).toBe(1);
+        expect(outcomes.filter((o) => o.status === 'fulfilled')).toHaveLength(1);
+        for (const outcome of outcomes.filter((o) => o.status === 'rejected')) {
+          expect(outcome.reason).toBeInstanceOf(MigrationLockError);
+          expect(String(outcome.reason)).toMatch(/already holds migration lock 320.*transaction-mode pooler/);
+        }
+        expect(await lockRows(url, 320n)).toEqual([]);
+
+        await resetSectionTables(url);
+        const replicas = Array.from({ length: 4 }, () =>
+          spawnNode(fixture('pgjs-worker.mjs'), ['section', session.url('db'), '321', '20']),
+        );
+        const exits = await Promise.all(replicas.map((r) => r.exited));
+        expect(exits.map((e) => [e.code, e.stderr])).toEqual(exits.map(() => [0, '']));
+        await expectSerialSections(url, 4);
+      } finally {
+        await Promise.all([transaction.stop(), session.stop()]);
+      }
+    });
+  },
+);
