@@ -31,6 +31,34 @@ interface Connection {
   onclose?: ((error: unknown) => void) | null;
 }
 
+/** What we read of a postgres.js sql's `options`. */
+interface ParsedOptions {
+  host?: string[];
+  port?: number[];
+  transform?: { column?: { from?: (name: string) => string } };
+}
+
+/**
+ * With a column transform on the sql (`postgres.camel`: now_ms → nowMs), our rows come back renamed.
+ * The transform is a function we can call, so each renamed column is mapped back to the identifier of
+ * our statement it came from.
+ */
+function columnNamesBack(from: ((name: string) => string) | undefined) {
+  if (typeof from !== 'function') return undefined;
+  const cache = new Map<string, Map<string, string>>();
+  return (text: string, row: Record<string, unknown>) => {
+    let back = cache.get(text);
+    if (!back) {
+      back = new Map();
+      for (const name of new Set(text.match(/\b[a-z_][a-z0-9_]*\b/g))) back.set(from(name), name);
+      if (cache.size < 100) cache.set(text, back);
+    }
+    const out: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(row)) out[back.get(key) ?? key] = value;
+    return out;
+  };
+}
+
 type Unsafe = (query: string, parameters?: unknown[], options?: object) => PromiseLike<unknown>;
 
 /** A postgres.js `sql` or reserved `sql`: a function with `unsafe` (a `pg` client is an object). */
@@ -88,7 +116,8 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
     }
     return true; // false would mark the connection as full: later queries would queue
   };
-  const options = (parent as { options?: { host?: string[]; port?: number[] } } | undefined)?.options;
+  const options = (parent as { options?: ParsedOptions } | undefined)?.options;
+  const untransform = columnNamesBack(options?.transform?.column?.from);
   return {
     client: reserved,
     kind,
@@ -97,7 +126,8 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
       // After a close the pool may reconnect this very connection for someone else (or it has no
       // socket): a statement of ours must never run there.
       if (lostError !== undefined) throw lostError;
-      return Array.from((await unsafe(text, params, { onexecute })) as R[]);
+      const rows = Array.from((await unsafe(text, params, { onexecute })) as R[]);
+      return untransform ? rows.map((row) => untransform(text, row as Record<string, unknown>) as R) : rows;
     },
     // A borrowed reserved sql has no `listen` (only its parent has): its waiters only poll.
     listen: parent

@@ -271,6 +271,25 @@ describe('one process', () => {
     );
   });
 
+  test('a column transform on the sql (postgres.camel) does not hide what the library reads', async () => {
+    const sql = postgres(url, { max: 3, transform: postgres.camel, onnotice: () => {} });
+    opened.push(sql as unknown as postgres.Sql);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const holder = withMigrationLock(sql, 313n, () => held, quiet);
+    await waitFor(async () => (await lockRows(url, 313n)).length === 1);
+    const waiter = withMigrationLock(sql, 313n, () => 'waited', quiet);
+    const status = await waitFor(async () => {
+      const seen = await getLockStatus(sql, 313n);
+      return seen.waiters.length === 1 ? seen : undefined;
+    });
+    expect(status.holder?.applicationName).toBe('postgres.js');
+    expect(status.waiters[0]?.waitingMs).toEqual(expect.any(Number));
+    release();
+    await holder;
+    expect(await waiter).toBe('waited');
+  });
+
   test('bad input fails at once: a transaction sql, and a reserved sql already inside a call', async () => {
     const sql = connect({ max: 2 });
     await sql.begin(async (tx) => {
