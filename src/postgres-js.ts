@@ -31,6 +31,33 @@ interface Connection {
   onclose?: ((error: unknown) => void) | null;
 }
 
+// The reserved sql's members that send a statement.
+const SENDS = new Set<PropertyKey>(['unsafe', 'file', 'notify']);
+
+/**
+ * `reserved`, except that every statement it sends is watched (`watch`), and once its connection is
+ * lost (`lost()`) a statement rejects with that error instead of being sent.
+ */
+function guarded<S extends object>(reserved: S, lost: () => unknown, watch: <Q>(query: Q) => Q): S {
+  const send = (fn: (...args: unknown[]) => unknown, self: unknown, args: unknown[]) =>
+    lost() === undefined ? watch(Reflect.apply(fn, self, args)) : Promise.reject(lost());
+  return new Proxy(reserved, {
+    apply: (target, self, args) => send(target as (...args: unknown[]) => unknown, self, args),
+    get(target, property) {
+      const value = Reflect.get(target, property);
+      if (!SENDS.has(property) || typeof value !== 'function') return value;
+      return (...args: unknown[]) => send(value as (...args: unknown[]) => unknown, target, args);
+    },
+  });
+}
+
+/** A statement failed because its connection is gone, not because of the statement. */
+function isConnectionLoss(error: unknown): boolean {
+  const { code, severity } = (error ?? {}) as { code?: unknown; severity?: unknown };
+  if (severity === 'FATAL' || severity === 'PANIC') return true;
+  return typeof code === 'string' && /^(CONNECTION_(CLOSED|DESTROYED|ENDED)|CONNECT_TIMEOUT|E[A-Z]+)$/.test(code);
+}
+
 /** What we read of a postgres.js sql's `options`. */
 interface ParsedOptions {
   host?: string[];
@@ -109,6 +136,26 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
   };
   // postgres.js tells nobody when a reserved connection closes: the pool just takes it back. Its
   // Connection has one `onclose` slot (what `sql.begin` uses), reachable through `onexecute`.
+  // postgres.js builds a statement at once but sends it only when awaited, so the statement is
+  // checked when it is sent: after a loss it is refused, never written to the closed connection (which
+  // hangs it, or crashes the process: porsager/postgres#1208). And a reset connection fails its
+  // statements (ECONNRESET) a tick before its socket's close reaches `onclose`: the loss is also taken
+  // from the first statement that fails that way, before anyone sees it fail. postgres.js sends a
+  // statement through its own `handler` and settles it through its own `reject`, both wrapped here.
+  const watch = <Q>(query: Q): Q => {
+    const statement = query as {
+      handler?: (statement: unknown) => unknown;
+      reject?: (error: unknown) => void;
+    } | null;
+    const { handler, reject } = statement ?? {};
+    if (typeof handler !== 'function' || typeof reject !== 'function') return query;
+    statement!.handler = (self: unknown) => (lostError === undefined ? handler(self) : statement!.reject!(lostError));
+    statement!.reject = (error: unknown) => {
+      if (isConnectionLoss(error)) lose(error);
+      reject(error);
+    };
+    return query;
+  };
   const onexecute = (c: Connection) => {
     if (!connection) {
       connection = c;
@@ -119,14 +166,18 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
   const options = (parent as { options?: ParsedOptions } | undefined)?.options;
   const untransform = columnNamesBack(options?.transform?.column?.from);
   return {
-    client: reserved,
+    // Ours (reserved for this call): guarded, because postgres.js 3.4 crashes the process with an
+    // uncatchable TypeError when a reserved sql whose connection closed sends a statement
+    // (porsager/postgres#1208) — e.g. fn's own ROLLBACK after the lock was lost. The caller's own
+    // reserved sql is theirs, as it is.
+    client: kind === 'pooled' ? guarded(reserved, () => lostError, watch) : reserved,
     kind,
     endpoint: options ? { host: options.host?.[0], port: options.port?.[0] } : undefined,
     async query<R>(text: string, params: unknown[] = []) {
       // After a close the pool may reconnect this very connection for someone else (or it has no
       // socket): a statement of ours must never run there.
       if (lostError !== undefined) throw lostError;
-      const rows = Array.from((await unsafe(text, params, { onexecute })) as R[]);
+      const rows = Array.from((await watch(unsafe(text, params, { onexecute }))) as R[]);
       return untransform ? rows.map((row) => untransform(text, row as Record<string, unknown>) as R) : rows;
     },
     // A borrowed reserved sql has no `listen` (only its parent has): its waiters only poll.

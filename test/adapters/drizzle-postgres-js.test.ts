@@ -6,13 +6,14 @@ import { drizzle } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
 import { afterAll, expect, test } from 'vitest';
 import { migrate } from '../../adapters/drizzle.js';
-import { DEFAULT_LOCK_KEY, lockKey } from '../../src/index.js';
+import { DEFAULT_LOCK_KEY, lockKey, MigrationLockLostError } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
-import { createTestDatabase, fixture, lockRows } from '../helpers.js';
+import { createTestDatabase, fixture, lockRows, waitFor } from '../helpers.js';
 import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
 
 const REPLICAS = 12;
-const [lockedUrl, bareUrl, oneUrl, failUrl] = await Promise.all([
+const [lockedUrl, bareUrl, oneUrl, failUrl, lostUrl] = await Promise.all([
+  createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
@@ -92,6 +93,36 @@ test("a failing migration: drizzle's transaction on the reserved connection roll
     expect(await sql`SELECT to_regclass('gizmos') AS t`).toEqual([{ t: null }]);
     expect(await sql`SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations`).toEqual([{ n: 0 }]);
     expect(await lockRows(failUrl, DEFAULT_LOCK_KEY)).toEqual([]);
+  } finally {
+    rmSync(folder, { recursive: true, force: true });
+  }
+});
+
+test('the lock session terminated mid-migration: migrate rejects with MigrationLockLostError, nothing is applied, the process survives', async () => {
+  const folder = mkdtempSync(join(tmpdir(), 'pgml-drizzle-'));
+  try {
+    mkdirSync(join(folder, 'meta'));
+    const entries = [{ idx: 0, version: '7', when: 1700000000001, tag: '0000_slow', breakpoints: true }];
+    writeFileSync(join(folder, 'meta/_journal.json'), JSON.stringify({ version: '7', dialect: 'postgresql', entries }));
+    writeFileSync(
+      join(folder, '0000_slow.sql'),
+      'CREATE TABLE "slow" ("id" integer);\n--> statement-breakpoint\nSELECT pg_sleep(10);',
+    );
+    const sql = connect(lostUrl, 2);
+    const running = migrate(drizzle(sql), { migrationsFolder: folder, lock: { logger: null } }).catch(
+      (err: Error) => err,
+    );
+    const pid = await waitFor(
+      async () =>
+        (
+          await sql`SELECT pid FROM pg_stat_activity WHERE query LIKE '%SELECT pg_sleep(10)%' AND pid <> pg_backend_pid()`
+        )[0]?.pid as number | undefined,
+    );
+    await sql`SELECT pg_terminate_backend(${pid!})`;
+    const error = await running;
+    expect(error).toBeInstanceOf(MigrationLockLostError);
+    expect(await sql`SELECT to_regclass('slow') AS t`).toEqual([{ t: null }]);
+    expect(await lockRows(lostUrl, DEFAULT_LOCK_KEY)).toEqual([]);
   } finally {
     rmSync(folder, { recursive: true, force: true });
   }
