@@ -31,22 +31,17 @@ interface Connection {
   onclose?: ((error: unknown) => void) | null;
 }
 
-// The reserved sql's members that send a statement.
-const SENDS = new Set<PropertyKey>(['unsafe', 'file', 'notify']);
+// The reserved sql's members that make a statement (called as a tagged template, it makes one too).
+const STATEMENTS = new Set<PropertyKey>(['unsafe', 'file', 'notify']);
 
-/**
- * `reserved`, except that every statement it sends is watched (`watch`), and once its connection is
- * lost (`lost()`) a statement rejects with that error instead of being sent.
- */
-function guarded<S extends object>(reserved: S, lost: () => unknown, watch: <Q>(query: Q) => Q): S {
-  const send = (fn: (...args: unknown[]) => unknown, self: unknown, args: unknown[]) =>
-    lost() === undefined ? watch(Reflect.apply(fn, self, args)) : Promise.reject(lost());
+/** `reserved`, with every statement it makes passed through `watch`. */
+function watched<S extends object>(reserved: S, watch: <Q>(query: Q) => Q): S {
   return new Proxy(reserved, {
-    apply: (target, self, args) => send(target as (...args: unknown[]) => unknown, self, args),
+    apply: (target, self, args) => watch(Reflect.apply(target as (...args: unknown[]) => unknown, self, args)),
     get(target, property) {
       const value = Reflect.get(target, property);
-      if (!SENDS.has(property) || typeof value !== 'function') return value;
-      return (...args: unknown[]) => send(value as (...args: unknown[]) => unknown, target, args);
+      if (!STATEMENTS.has(property) || typeof value !== 'function') return value;
+      return (...args: unknown[]) => watch(Reflect.apply(value as (...args: unknown[]) => unknown, target, args));
     },
   });
 }
@@ -134,14 +129,13 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
     lostError = error ?? new Error('Connection closed');
     lostListener?.(lostError);
   };
-  // postgres.js tells nobody when a reserved connection closes: the pool just takes it back. Its
-  // Connection has one `onclose` slot (what `sql.begin` uses), reachable through `onexecute`.
-  // postgres.js builds a statement at once but sends it only when awaited, so the statement is
+  // postgres.js builds a statement at once but sends it only when it is awaited, so a statement is
   // checked when it is sent: after a loss it is refused, never written to the closed connection (which
   // hangs it, or crashes the process: porsager/postgres#1208). And a reset connection fails its
   // statements (ECONNRESET) a tick before its socket's close reaches `onclose`: the loss is also taken
   // from the first statement that fails that way, before anyone sees it fail. postgres.js sends a
   // statement through its own `handler` and settles it through its own `reject`, both wrapped here.
+  // (Fragments such as sql('name') have neither, and pass as they are.)
   const watch = <Q>(query: Q): Q => {
     const statement = query as {
       handler?: (statement: unknown) => unknown;
@@ -156,6 +150,9 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
     };
     return query;
   };
+  // postgres.js tells nobody when a reserved connection closes: the pool just takes it back. Its
+  // Connection has one `onclose` slot (what `sql.begin` uses), reachable through `onexecute`, which
+  // postgres.js calls for a statement without parameters (our first statement on a session has none).
   const onexecute = (c: Connection) => {
     if (!connection) {
       connection = c;
@@ -166,11 +163,9 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
   const options = (parent as { options?: ParsedOptions } | undefined)?.options;
   const untransform = columnNamesBack(options?.transform?.column?.from);
   return {
-    // Ours (reserved for this call): guarded, because postgres.js 3.4 crashes the process with an
-    // uncatchable TypeError when a reserved sql whose connection closed sends a statement
-    // (porsager/postgres#1208) — e.g. fn's own ROLLBACK after the lock was lost. The caller's own
-    // reserved sql is theirs, as it is.
-    client: kind === 'pooled' ? guarded(reserved, () => lostError, watch) : reserved,
+    // Ours (reserved for this call): watched, so that fn's own statements after a loss (e.g. its
+    // ROLLBACK) fail instead of hanging or crashing. The caller's own reserved sql is theirs, as it is.
+    client: kind === 'pooled' ? watched(reserved, watch) : reserved,
     kind,
     endpoint: options ? { host: options.host?.[0], port: options.port?.[0] } : undefined,
     async query<R>(text: string, params: unknown[] = []) {
