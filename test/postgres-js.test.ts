@@ -291,6 +291,36 @@ describe('one process', () => {
     );
   });
 
+  test('a session that stops answering after fn (its backend SIGSTOPped): the call settles within the release bound, the connection is cut, the lock goes', async () => {
+    const sql = connect({ max: 1 });
+    const warnings: string[] = [];
+    let pid = 0;
+    const startedAt = performance.now();
+    try {
+      await withMigrationLock(
+        sql,
+        314n,
+        async ({ client }) => {
+          pid = await pidOf(client);
+          // The server runs on this machine (the suite's own server or TEST_DATABASE_URL's, both local).
+          process.kill(pid, 'SIGSTOP');
+        },
+        { logger: { info() {}, warn: (message: string) => warnings.push(message), error() {} } },
+      );
+    } finally {
+      if (pid) process.kill(pid, 'SIGCONT');
+    }
+    const tookMs = performance.now() - startedAt;
+    expect(tookMs).toBeGreaterThan(14_000);
+    expect(tookMs).toBeLessThan(25_000);
+    expect(warnings.join('\n')).toMatch(
+      /Could not release migration lock 314 on pid \d+: the session did not answer within 15\.0s/,
+    );
+    // Cut, not given back: once the backend runs again it reads the Terminate, exits, and the lock goes with it.
+    await waitFor(async () => (await lockRows(url, 314n)).length === 0, 10_000, 'the lock to go');
+    expect(await pidOf(sql)).not.toBe(pid);
+  }, 40_000);
+
   test('a column transform on the sql (postgres.camel) does not hide what the library reads', async () => {
     const sql = postgres(url, { max: 3, transform: postgres.camel, onnotice: () => {} });
     opened.push(sql as unknown as postgres.Sql);
