@@ -41,8 +41,8 @@ export type DrizzlePostgresJsDatabase = PgDatabase<PgQueryResultHKT, Record<stri
 };
 
 /**
- * drizzle's `migrate(db, config)` (node-postgres or postgres-js) under a PostgreSQL advisory lock: replicas that start at
- * once apply each migration once, one after the other. The migration runs through a drizzle instance over
+ * drizzle's `migrate(db, config)` (node-postgres or postgres-js) under a PostgreSQL advisory lock: replicas
+ * that start at once apply each migration once, one after the other. The migration runs through a drizzle instance over
  * the very session that holds the lock (drizzle's own `migrate` on a Pool would check out other
  * connections), so lock and migration share fate.
  *
