@@ -1,10 +1,12 @@
 import { readFileSync } from 'node:fs';
 import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
 import { missingMigrator } from '../src/errors.js';
-import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
+import { type ClientSource, DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
 import { withMigrationLockUnless } from '../src/lock.js';
+import { isPostgresJs, type PostgresJsReservedSql, type PostgresJsSql } from '../src/postgres-js.js';
 import { withSession } from '../src/session.js';
 
 /**
@@ -28,12 +30,21 @@ export type DrizzleMigrateConfig = Parameters<typeof drizzleMigrate>[1] & {
 };
 
 /**
- * drizzle's `migrate(db, config)` (node-postgres) under a PostgreSQL advisory lock: replicas that start at
- * once apply each migration once, one after the other. The migration runs through a drizzle instance over
+ * A drizzle `postgres-js` database (`drizzle(sql)` from 'drizzle-orm/postgres-js'), typed by its shape so
+ * that users of node-postgres need not have `postgres` installed.
+ */
+export type DrizzlePostgresJsDatabase = PgDatabase<PgQueryResultHKT, Record<string, unknown>> & {
+  $client: PostgresJsSql;
+};
+
+/**
+ * drizzle's `migrate(db, config)` (node-postgres or postgres-js) under a PostgreSQL advisory lock: replicas
+ * that start at once apply each migration once, one after the other. The migration runs through a drizzle instance over
  * the very session that holds the lock (drizzle's own `migrate` on a Pool would check out other
  * connections), so lock and migration share fate.
  *
- * @param db a drizzle `node-postgres` database, over a `pg.Pool` or a connected `pg.Client`.
+ * @param db a drizzle `node-postgres` database, over a `pg.Pool` or a connected `pg.Client`, or a drizzle
+ *   `postgres-js` database over a postgres.js `sql` (one connection is reserved for the migration).
  * @param config drizzle's migrate config plus `lock`.
  * @param lock the lock options, if you prefer them out of `config`; they win over `config.lock`.
  *
@@ -43,24 +54,23 @@ export type DrizzleMigrateConfig = Parameters<typeof drizzleMigrate>[1] & {
  * await migrate(db, { migrationsFolder: './drizzle' });
  */
 export async function migrate(
-  db: Parameters<typeof drizzleMigrate>[0],
+  db: Parameters<typeof drizzleMigrate>[0] | DrizzlePostgresJsDatabase,
   config: DrizzleMigrateConfig,
   lock?: DrizzleLockOptions,
 ): Promise<void> {
-  const client = checkArguments(db, config);
+  const target = drizzleTarget(db);
+  if (config === null || typeof config !== 'object')
+    throw new TypeError('pg-migration-lock/drizzle: expected a migrate config ({ migrationsFolder })');
   const { lock: lockInConfig, ...migrateConfig } = config;
   const { key = DEFAULT_LOCK_KEY, ...lockOptions } = lock ?? lockInConfig ?? {};
-  const { drizzle, run, readMigrationFiles } = await importDrizzle();
-  // Keep the query logger of the caller's db, if it has one (drizzle({ logger: true })).
-  const logger = (db as { session?: { options?: { logger?: DrizzleLogger } } }).session?.options?.logger;
+  const { migrateOn, readMigrationFiles } = await target.load();
   // Nothing to apply: drizzle's no-op resolves undefined too, and this one queues for no lock.
   await withMigrationLockUnless(
-    client,
+    target.source,
     key,
-    ({ client: session }) =>
-      run(drizzle({ client: session as pg.PoolClient, ...(logger ? { logger } : {}) }), migrateConfig),
+    ({ client }) => migrateOn(client, migrateConfig),
     lockOptions,
-    async (session) => (await toApply(session, migrateConfig, readMigrationFiles)).length === 0,
+    async (session: unknown) => (await toApply(session, migrateConfig, readMigrationFiles)).length === 0,
   );
 }
 
@@ -71,7 +81,7 @@ export async function migrate(
  * missing. Read with drizzle's own `readMigrationFiles` (same errors for a missing journal or file). Unlike
  * `migrate`, it creates nothing (no schema, no table) and takes no lock.
  *
- * @param db a drizzle `node-postgres` database, over a `pg.Pool` or a connected `pg.Client`.
+ * @param db a drizzle `node-postgres` or `postgres-js` database, as for {@link migrate}.
  * @param config drizzle's migrate config (`migrationsFolder`, `migrationsTable`, `migrationsSchema`).
  * @returns the tags of the pending migrations (`[]` when up to date).
  *
@@ -80,31 +90,21 @@ export async function migrate(
  * const tags = await pending(db, { migrationsFolder: './drizzle' }); // e.g. ['0007_add_orders']
  */
 export async function pending(
-  db: Parameters<typeof drizzleMigrate>[0],
+  db: Parameters<typeof drizzleMigrate>[0] | DrizzlePostgresJsDatabase,
   config: DrizzleMigrateConfig,
 ): Promise<string[]> {
-  const client = checkArguments(db, config);
-  const { readMigrationFiles } = await importDrizzle();
-  return withSession(client, (session) => toApply(session.client as pg.ClientBase, config, readMigrationFiles));
-}
-
-function checkArguments(db: unknown, config: unknown): pg.Pool | pg.ClientBase {
-  const client = (db as { $client?: pg.Pool | pg.ClientBase } | undefined)?.$client;
-  if (typeof client?.query !== 'function') {
-    throw new TypeError(
-      "pg-migration-lock/drizzle: expected a drizzle node-postgres database (drizzle(pool) or drizzle({ client }) from 'drizzle-orm/node-postgres')",
-    );
-  }
+  const target = drizzleTarget(db);
   if (config === null || typeof config !== 'object')
     throw new TypeError('pg-migration-lock/drizzle: expected a migrate config ({ migrationsFolder })');
-  return client;
+  const { readMigrationFiles } = await target.load();
+  return withSession(target.source, (session) => toApply(session.client, config, readMigrationFiles));
 }
 
 type ReadMigrationFiles = (config: { migrationsFolder: string }) => { folderMillis: number }[];
 
 /** pg-core's dialect.migrate, read-only: the same last-row query, the same comparison. */
 async function toApply(
-  client: pg.ClientBase,
+  client: unknown,
   config: DrizzleMigrateConfig,
   readMigrationFiles: ReadMigrationFiles,
 ): Promise<string[]> {
@@ -114,29 +114,129 @@ async function toApply(
     entries: { tag: string }[];
   };
   const table = `${quoteIdent(config.migrationsSchema ?? 'drizzle')}.${quoteIdent(config.migrationsTable ?? '__drizzle_migrations')}`;
-  const exists = await client.query<{ present: boolean }>('SELECT to_regclass($1) IS NOT NULL AS present', [table]);
-  let last: { created_at: string | null } | undefined;
-  if (exists.rows[0]!.present) {
-    last = (await client.query(`select id, hash, created_at from ${table} order by created_at desc limit 1`)).rows[0];
+  const query = rowsOn(client);
+  // One-word column names: a postgres.js column transform (postgres.camel) leaves them as they are.
+  const [exists] = await query<{ present: boolean }>('SELECT to_regclass($1) IS NOT NULL AS present', [table]);
+  let last: { createdat: string | null } | undefined;
+  if (exists!.present) {
+    [last] = await query<{ createdat: string | null }>(
+      `select created_at::text as createdat from ${table} order by created_at desc limit 1`,
+    );
   }
   return migrations.flatMap((migration, i) =>
-    !last || Number(last.created_at) < migration.folderMillis ? [entries[i]!.tag] : [],
+    !last || Number(last.createdat) < migration.folderMillis ? [entries[i]!.tag] : [],
   );
+}
+
+/** Rows of a statement on a `pg` client or a reserved postgres.js sql. */
+function rowsOn(client: unknown) {
+  return async <R>(sql: string, params: unknown[] = []): Promise<R[]> =>
+    isPostgresJs(client)
+      ? ((await (client as PostgresJsReservedSql).unsafe(sql, params)) as unknown as R[])
+      : ((await (client as pg.ClientBase).query(sql, params)).rows as R[]);
 }
 
 const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
-async function importDrizzle() {
+/**
+ * Where the lock session of `db` comes from, and (once loaded) how to run drizzle's own migrator of that
+ * driver on it. Checks `db` without loading anything.
+ */
+function drizzleTarget(db: unknown) {
+  const client = (db as { $client?: unknown } | undefined)?.$client;
+  // Keep the query logger of the caller's db, if it has one (drizzle({ logger: true })).
+  const logger = (db as { session?: { options?: { logger?: DrizzleLogger } } }).session?.options?.logger;
+  const withLogger = logger ? { logger } : {};
+  type MigrateOn = (session: unknown, config: Parameters<typeof drizzleMigrate>[1]) => Promise<void>;
+  type Loaded = { migrateOn: MigrateOn; readMigrationFiles: ReadMigrationFiles };
+  if (isPostgresJs(client) && typeof (client as Partial<PostgresJsSql>).reserve === 'function') {
+    const sql = client as PostgresJsSql & { options: object };
+    return {
+      source: sql as ClientSource,
+      load: async (): Promise<Loaded> => {
+        const { drizzle, run, readMigrationFiles } = await importDrizzle('postgres-js');
+        const migrateOn: MigrateOn = (session, config) =>
+          run(
+            drizzle({ client: onReserved(session as PostgresJsReservedSql, sql.options) as never, ...withLogger }),
+            config,
+          );
+        return { migrateOn, readMigrationFiles };
+      },
+    };
+  }
+  if (typeof (client as pg.ClientBase | undefined)?.query === 'function' && !isPostgresJs(client)) {
+    return {
+      source: client as ClientSource,
+      load: async (): Promise<Loaded> => {
+        const { drizzle, run, readMigrationFiles } = await importDrizzle('node-postgres');
+        const migrateOn: MigrateOn = (session, config) =>
+          run(drizzle({ client: session as pg.PoolClient, ...withLogger }), config);
+        return { migrateOn, readMigrationFiles };
+      },
+    };
+  }
+  throw new TypeError(
+    "pg-migration-lock/drizzle: expected a drizzle node-postgres database (drizzle(pool) or drizzle({ client }) from 'drizzle-orm/node-postgres') or a drizzle postgres-js database (drizzle(sql) from 'drizzle-orm/postgres-js')",
+  );
+}
+
+/**
+ * The reserved sql as drizzle's postgres-js session needs it. A postgres.js reserved sql has no
+ * `options` (drizzle reads its parsers) and no `begin` (drizzle's migrator runs in a transaction), so
+ * both are provided here: the transaction runs on the reserved connection itself.
+ */
+function onReserved(reserved: PostgresJsReservedSql, options: object) {
+  const client = {
+    options,
+    unsafe: (query: string, parameters?: unknown[], queryOptions?: object) =>
+      reserved.unsafe(query, parameters, queryOptions),
+    async begin(...args: [fn: (sql: unknown) => unknown] | [mode: string, fn: (sql: unknown) => unknown]) {
+      const fn = args.length === 2 ? args[1] : args[0];
+      const mode = args.length === 2 ? args[0].replace(/[^a-z ]/gi, '') : '';
+      await reserved.unsafe(`BEGIN ${mode}`);
+      try {
+        const result = await fn(client);
+        await reserved.unsafe('COMMIT');
+        return result;
+      } catch (err) {
+        // A dead connection rolls back by itself; the migration's own error is the one to report.
+        await Promise.resolve(reserved.unsafe('ROLLBACK')).catch(() => {});
+        throw err;
+      }
+    },
+  };
+  return client;
+}
+
+/** drizzle's driver and migrator for `driver`, loaded only now: importing this adapter loads neither. */
+async function importDrizzle<D extends 'node-postgres' | 'postgres-js'>(driver: D) {
   try {
-    const [{ drizzle }, { migrate: run }, { readMigrationFiles }] = await Promise.all([
-      import('drizzle-orm/node-postgres'),
-      import('drizzle-orm/node-postgres/migrator'),
+    const [[{ drizzle }, { migrate: run }], { readMigrationFiles }] = await Promise.all([
+      driver === 'postgres-js'
+        ? Promise.all([import('drizzle-orm/postgres-js'), import('drizzle-orm/postgres-js/migrator')])
+        : Promise.all([import('drizzle-orm/node-postgres'), import('drizzle-orm/node-postgres/migrator')]),
       import('drizzle-orm/migrator'),
     ]);
-    return { drizzle, run, readMigrationFiles: readMigrationFiles as ReadMigrationFiles };
+    // Each driver's migrator takes its own driver's db: the caller picked the pair.
+    return {
+      drizzle,
+      run,
+      readMigrationFiles: readMigrationFiles as ReadMigrationFiles,
+    } as unknown as (D extends 'postgres-js' ? PostgresJsDrizzle : NodePgDrizzle) & {
+      readMigrationFiles: ReadMigrationFiles;
+    };
   } catch (err) {
-    if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '') || !String(err).includes("'drizzle-orm"))
-      throw err;
+    if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '')) throw err;
+    if (String(err).includes("'postgres'")) throw missingMigrator('drizzle', 'postgres', err);
+    if (!String(err).includes("'drizzle-orm")) throw err;
     throw missingMigrator('drizzle', 'drizzle-orm', err);
   }
 }
+type PostgresJsDrizzle = {
+  drizzle: typeof import('drizzle-orm/postgres-js').drizzle;
+  run: typeof import('drizzle-orm/postgres-js/migrator').migrate;
+};
+type NodePgDrizzle = {
+  drizzle: typeof import('drizzle-orm/node-postgres').drizzle;
+  run: typeof import('drizzle-orm/node-postgres/migrator').migrate;
+};

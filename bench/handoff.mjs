@@ -6,6 +6,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { withMigrationLock } from 'pg-migration-lock';
+import postgres from 'postgres';
 import { createDatabase, startPostgres } from '../test/postgres.mjs';
 
 const KEY = 4242n;
@@ -14,6 +15,7 @@ const now = () => process.hrtime.bigint(); // CLOCK_MONOTONIC: comparable across
 
 // One replica: connect, take the lock once, hold it HOLD_MS, print when it waited / held (ns).
 async function replica(url, mode) {
+  if (mode === 'postgres-js') return replicaPostgresJs(url);
   const client = new pg.Client(url);
   await client.connect();
   console.log('ready');
@@ -44,13 +46,35 @@ async function replica(url, mode) {
   console.log(JSON.stringify({ waitStart: String(waitStart), start: String(start), end: String(end) }));
 }
 
+// The same replica waiting through a postgres.js sql: its wake-up comes on postgres.js' listen connection.
+async function replicaPostgresJs(url) {
+  const sql = postgres(url, { max: 1 });
+  await sql`SELECT 1`;
+  console.log('ready');
+  const waitStart = now();
+  let start;
+  let end;
+  await withMigrationLock(
+    sql,
+    KEY,
+    async () => {
+      start = now();
+      await new Promise((resolve) => setTimeout(resolve, HOLD_MS));
+      end = now();
+    },
+    { logger: null },
+  );
+  await sql.end();
+  console.log(JSON.stringify({ waitStart: String(waitStart), start: String(start), end: String(end) }));
+}
+
 // The bench holds the lock until every replica is up and waiting (and Node start-up has stopped
 // eating the CPU), then lets go: every hand-off after that is between processes already waiting.
 async function race(url, mode, replicas) {
   let release;
   const released = new Promise((resolve) => (release = resolve));
   const holding =
-    mode === 'library'
+    mode === 'library' || mode === 'postgres-js'
       ? new Promise((held) =>
           withMigrationLock(
             url,
@@ -122,7 +146,10 @@ async function uncontended(url, iterations) {
   const pooled = await time(() => withMigrationLock(pool, KEY, () => {}, { logger: null }));
   await pool.end();
   await client.end();
-  return { select1, locked, pooled };
+  const sql = postgres(url, { max: 1 });
+  const pgjs = await time(() => withMigrationLock(sql, KEY, () => {}, { logger: null }));
+  await sql.end();
+  return { select1, locked, pooled, pgjs };
 }
 
 const { values, positionals } = parseArgs({
@@ -151,6 +178,7 @@ if (values.replica) {
     console.log('|---|---|---|---|---|');
     for (const [mode, label] of [
       ['library', 'pg-migration-lock (try-lock + LISTEN/NOTIFY)'],
+      ['postgres-js', 'pg-migration-lock, waiters on a postgres.js sql'],
       ['polling', 'try-lock polling every 250 ms'],
       ['blocking', 'blocking pg_advisory_lock (unsafe with CIC)'],
     ]) {
@@ -171,6 +199,9 @@ if (values.replica) {
     );
     console.log(
       `| withMigrationLock(pool, …) | ${cost.pooled.toFixed(3)} | ${(cost.pooled / cost.select1).toFixed(2)} |`,
+    );
+    console.log(
+      `| withMigrationLock(postgres.js sql, …) | ${cost.pgjs.toFixed(3)} | ${(cost.pgjs / cost.select1).toFixed(2)} |`,
     );
   } finally {
     await server.stop();

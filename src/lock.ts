@@ -8,6 +8,7 @@ import {
 } from './errors.js';
 import { keyParts, type LockKeyInput, parseKey } from './key.js';
 import { callSafely, errorMessage, type Logger, resolveLogger } from './logger.js';
+import type { PostgresJsReservedSql, PostgresJsSql, ReservedOf } from './postgres-js.js';
 import { type ClientSource, type Session, type SessionSource, sessionSource } from './session.js';
 import { type Holder, lockRowsOf, queryLockStatus, waitingComment } from './status.js';
 
@@ -110,19 +111,38 @@ export const SKIPPED: unique symbol = Symbol('pg-migration-lock: skipped');
 /**
  * Runs `fn` while holding a session-level PostgreSQL advisory lock on `key`, and releases it after.
  *
- * @param client a `pg.Pool`, a connected `pg.Client` / pool client, or a connection string / `pg` config.
+ * @param client a `pg.Pool`, a connected `pg.Client` / pool client, a connection string / `pg` config,
+ *   a postgres.js `sql` (one connection is reserved for the call) or a reserved postgres.js `sql`.
  * @param key a bigint, a safe-integer number or a decimal string; see `lockKey(name)`.
+ * @param fn gets the session holding the lock as `client`: a `pg` client, or for postgres.js the reserved `sql`.
  * @returns what `fn` returns; an error thrown by `fn` is rethrown as-is, after the lock is released.
  *
  * @example
  * await withMigrationLock(pool, DEFAULT_LOCK_KEY, async ({ client }) => {
  *   await client.query('CREATE TABLE IF NOT EXISTS accounts (id bigint PRIMARY KEY)');
  * });
+ * @example
+ * // postgres.js: `client` is the reserved sql
+ * await withMigrationLock(sql, DEFAULT_LOCK_KEY, async ({ client }) => {
+ *   await client`CREATE TABLE IF NOT EXISTS accounts (id bigint PRIMARY KEY)`;
+ * });
  */
-export async function withMigrationLock<T>(
+export function withMigrationLock<T, S extends PostgresJsSql | PostgresJsReservedSql>(
+  client: S,
+  key: LockKeyInput,
+  fn: (ctx: LockContext<ReservedOf<S>>) => T | Promise<T>,
+  options?: MigrationLockOptions,
+): Promise<T>;
+export function withMigrationLock<T>(
   client: ClientSource,
   key: LockKeyInput,
   fn: (ctx: LockContext) => T | Promise<T>,
+  options?: MigrationLockOptions,
+): Promise<T>;
+export async function withMigrationLock<T>(
+  client: ClientSource,
+  key: LockKeyInput,
+  fn: (ctx: LockContext<never>) => T | Promise<T>,
   options: MigrationLockOptions = {},
 ): Promise<T> {
   return (await lockFrom(client, key, fn, options)) as T;
@@ -404,9 +424,10 @@ async function acquireWithRetries(
 }
 
 // SQLSTATE classes and codes of a connection that broke or a server that is not there (yet):
-// 08 connection exception, 57P01–57P03 admin/crash shutdown and "cannot connect now", 53300 too many connections.
+// 08 connection exception, 57P01–57P03 admin/crash shutdown and "cannot connect now", 53300 too many connections;
+// postgres.js' own codes for a connection that closed, was cut, or could not connect in time.
 const TRANSIENT_CODES =
-  /^(08...|57P0[123]|53300|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|EHOSTDOWN|EAI_AGAIN|ENOTFOUND)$/;
+  /^(08...|57P0[123]|53300|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|EHOSTDOWN|EAI_AGAIN|ENOTFOUND|CONNECTION_CLOSED|CONNECTION_DESTROYED|CONNECT_TIMEOUT)$/;
 
 function isConnectionError(err: unknown): boolean {
   if (err instanceof UnansweredError) return true;

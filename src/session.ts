@@ -1,12 +1,14 @@
 import { hostname } from 'node:os';
 import pg from 'pg';
+import { isPostgresJs, type PostgresJsReservedSql, type PostgresJsSql, postgresJsSource } from './postgres-js.js';
 
 /**
  * Where a session comes from: a `pg.Pool` (one connection checked out per call), a connected
- * `pg.Client` or pool client (used as-is, never ended by us), or a connection string / `pg` client
- * config (we open one connection and close it after).
+ * `pg.Client` or pool client (used as-is, never ended by us), a connection string / `pg` client
+ * config (we open one connection and close it after), a postgres.js `sql` (one connection reserved
+ * per call) or a reserved postgres.js `sql` (used as-is, never released by us).
  */
-export type ClientSource = pg.Pool | pg.ClientBase | string | pg.ClientConfig;
+export type ClientSource = pg.Pool | pg.ClientBase | string | pg.ClientConfig | PostgresJsSql | PostgresJsReservedSql;
 
 /**
  * One database session, whatever the driver. This is the only seam between the lock and a driver:
@@ -55,6 +57,7 @@ export function checkSource(source: unknown): asserts source is ClientSource {
     checkConnectionString(source);
     return;
   }
+  if (isPostgresJs(source)) return;
   if (source !== null && typeof source === 'object' && !Array.isArray(source)) {
     // A pg.Client that was never connected would queue our first query forever.
     const state = source as { _connected?: boolean; _connecting?: boolean; totalCount?: unknown };
@@ -64,7 +67,7 @@ export function checkSource(source: unknown): asserts source is ClientSource {
     return;
   }
   throw new TypeError(
-    `Expected \`client\` to be a pg.Pool, a connected pg.Client, a connection string or a pg client config, got ${source === null ? 'null' : typeof source}`,
+    `Expected \`client\` to be a pg.Pool, a connected pg.Client, a connection string, a pg client config or a postgres.js sql, got ${source === null ? 'null' : typeof source}`,
   );
 }
 
@@ -103,6 +106,7 @@ function isClient(source: object): source is pg.ClientBase {
 /** Where sessions of `source` come from. Validates its shape first, without touching the network. */
 export function sessionSource(source: unknown, options: SessionOptions = {}): SessionSource {
   checkSource(source);
+  if (isPostgresJs(source)) return postgresJsSource(source);
   if (typeof source === 'object' && isPool(source)) {
     return { reopenable: true, open: async () => pgSession(await source.connect(), 'pooled') };
   }

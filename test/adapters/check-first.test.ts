@@ -19,6 +19,15 @@ const REPLICAS = 12;
 const NODE_PG_MIGRATE_KEY = 7241865325823964n;
 
 /** Each migrator: how to apply its first migration only (leaving the slow 0.5 s one and the last pending), and its key. */
+/** drizzle applies what is newer than its last row: this is how its first migration leaves the database. */
+async function drizzleFirst(url: string) {
+  await withClient(url, (client) =>
+    client.query(`CREATE TABLE widgets (id serial PRIMARY KEY, name text NOT NULL);
+      CREATE SCHEMA drizzle; CREATE TABLE drizzle.__drizzle_migrations (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint);
+      INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('first', 1700000000001)`),
+  );
+}
+
 const SETUPS: Record<Migrator, { key: bigint; applyFirst: (url: string) => Promise<void>; rest: string[] }> = {
   knex: {
     key: DEFAULT_LOCK_KEY,
@@ -46,18 +55,8 @@ const SETUPS: Record<Migrator, { key: bigint; applyFirst: (url: string) => Promi
       });
     },
   },
-  drizzle: {
-    key: DEFAULT_LOCK_KEY,
-    rest: [],
-    // drizzle applies what is newer than its last row: this is how its first migration leaves the database.
-    async applyFirst(url) {
-      await withClient(url, (client) =>
-        client.query(`CREATE TABLE widgets (id serial PRIMARY KEY, name text NOT NULL);
-          CREATE SCHEMA drizzle; CREATE TABLE drizzle.__drizzle_migrations (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint);
-          INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('first', 1700000000001)`),
-      );
-    },
-  },
+  drizzle: { key: DEFAULT_LOCK_KEY, rest: [], applyFirst: drizzleFirst },
+  'drizzle-postgres-js': { key: DEFAULT_LOCK_KEY, rest: [], applyFirst: drizzleFirst },
 };
 
 /** Holds `key` on a session of its own until `done` is called: any replica that tried to take it would wait. */
