@@ -1,10 +1,10 @@
-import { EventEmitter } from 'node:events';
 import type { CompiledQuery, Kysely } from 'kysely';
 // kysely 0.29's home of the migrator types (0.28 has them in 'kysely' itself; the shapes are the same).
 import type { MigrationInfo, MigrationResultSet, MigratorProps } from 'kysely/migration';
-import type pg from 'pg';
 import { missingMigrator } from '../src/errors.js';
-import { type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import type { LockKeyInput, MigrationLockOptions } from '../src/index.js';
+import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
+import type { Session, SessionSource } from '../src/session.js';
 
 /** kysely's own migration lock id (`pg_advisory_lock(3853314791062309107)` in its PostgresAdapter). */
 export const KYSELY_LOCK_KEY = 3853314791062309107n;
@@ -33,6 +33,9 @@ export interface KyselyMigrateOptions {
   /** Overrides the `disableTransactions` prop for this call (kysely 0.29). */
   readonly disableTransactions?: boolean;
 }
+
+/** A row of kysely's migration table. */
+type MigrationRow = { name: string; timestamp: string };
 
 type KyselyMigrator = {
   getMigrations(): Promise<readonly MigrationInfo[]>;
@@ -97,14 +100,19 @@ export class Migrator {
    * without changing anything (no table is created). Rejects like kysely does when the executed
    * migrations do not fit the provider's ("corrupted migrations: …").
    */
-  async pending(): Promise<string[]> {
-    const { db, provider, migrationTableName = 'kysely_migration', migrationTableSchema } = this.#props;
+  pending(): Promise<string[]> {
+    return this.#pending(this.#props.db);
+  }
+
+  async #pending(anyDb: Kysely<unknown>): Promise<string[]> {
+    const db = anyDb as Kysely<Record<string, MigrationRow>>;
+    const { provider, migrationTableName = 'kysely_migration', migrationTableSchema } = this.#props;
     const names = Object.keys(await provider.getMigrations()).sort();
     const tables = await db.introspection.getTables({ withInternalKyselyTables: true });
     const exists = tables.some(
       (t) => t.name === migrationTableName && (!migrationTableSchema || t.schema === migrationTableSchema),
     );
-    const rows: { name: string; timestamp: string }[] = exists
+    const rows: MigrationRow[] = exists
       ? await (migrationTableSchema ? db.withSchema(migrationTableSchema) : db)
           .selectFrom(migrationTableName)
           .select(['name', 'timestamp'])
@@ -112,7 +120,7 @@ export class Migrator {
       : [];
     // kysely's order of executed migrations: by timestamp, then by name.
     const compare = this.#props.nameComparator ?? ((a: string, b: string) => a.localeCompare(b));
-    const executedAt = ({ name, timestamp }: { name: string; timestamp: string }) => {
+    const executedAt = ({ name, timestamp }: MigrationRow) => {
       const at = new Date(timestamp).getTime();
       if (Number.isNaN(at)) {
         throw new Error(
@@ -170,20 +178,20 @@ export class Migrator {
     if (upOnly && (await this.pending().catch(() => undefined))?.length === 0) return { results: [] };
 
     const { key = KYSELY_LOCK_KEY, ...lockOptions } = this.#lock;
-    const { db } = this.#props;
     try {
       // One connection of db for the whole run: the lock is taken on it, and kysely's Migrator is given a
       // Kysely bound to it, so its own lock, its transactions and the migrations all run on that session.
-      return await db
-        .connection()
-        .execute((conn) =>
-          withMigrationLock(
-            kyselySession(conn, modules),
-            key,
-            () => migrate(new modules.Migrator({ ...this.#props, db: conn })),
-            lockOptions,
-          ),
-        );
+      const result = await this.#props.db.connection().execute((conn) =>
+        withMigrationLockUnless(
+          kyselySessionSource(conn, modules),
+          key,
+          () => migrate(new modules.Migrator({ ...this.#props, db: conn })),
+          lockOptions,
+          // A waiter that sees a release re-checks on its own session, and leaves if nothing is left to do.
+          async (waiting: Kysely<unknown>) => upOnly && (await this.#pending(waiting)).length === 0,
+        ),
+      );
+      return result === SKIPPED ? { results: [] } : result;
     } catch (error) {
       // kysely's migrate methods never throw: they return { error }. So do these, for lock errors too.
       return { error };
@@ -191,29 +199,26 @@ export class Migrator {
   }
 }
 
-/*
- * WORKAROUND until the core has a driver-neutral Session: the core takes a pg.ClientBase, and kysely
- * does not expose the pg client behind a connection (nor does a postgres.js dialect have one). This is
- * the part of a pg client the core uses, with every query sent through kysely on `conn`'s connection.
- * It cannot see the connection's notifications or its 'error'/'end' events: waiters fall back to polling
- * every `pollIntervalMs`, and a lost session is noticed by the failing query instead of at once.
+/**
+ * One connection of a Kysely instance as the core's session: every statement goes through kysely
+ * (`CompiledQuery.raw`), so any kysely PostgreSQL dialect works (pg, postgres.js). It is the caller's
+ * connection: never ended by us, kysely gives it back to its pool. kysely exposes neither the driver's
+ * notifications nor its connection events: waiters poll every `pollIntervalMs` (no LISTEN), and a lost
+ * session shows as the failing statement rather than at once.
  */
-function kyselySession(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules): pg.ClientBase {
-  const emitter = new EventEmitter();
-  const run = async (text: string, params: readonly unknown[] = []) => {
-    const { rows } = await conn.executeQuery(CompiledQuery.raw(text, params as unknown[]));
-    return { rows, rowCount: rows.length } as unknown as pg.QueryResult;
+function kyselySessionSource(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules): SessionSource {
+  const session: Session = {
+    client: conn,
+    kind: 'borrowed',
+    async query<R>(sql: string, params: unknown[] = []) {
+      return (await conn.executeQuery(CompiledQuery.raw(sql, params))).rows as R[];
+    },
+    onLost: () => () => {},
+    release: async () => {},
+    // kysely offers no way to cut its connection: a session that stopped answering is left to kysely.
+    destroy: () => {},
   };
-  const query = async (text: string, params?: readonly unknown[]) => {
-    // The core sends a few statements at once (LISTEN …; SELECT …): one at a time through kysely, which
-    // only returns the last statement's rows. Its statements have no ';' inside literals.
-    const statements = params?.length ? [text] : text.split(/;\s+(?=\S)/);
-    if (statements.length === 1) return run(text, params);
-    const results: pg.QueryResult[] = [];
-    for (const statement of statements) results.push(await run(statement));
-    return results;
-  };
-  return Object.assign(emitter, { query }) as unknown as pg.ClientBase;
+  return { reopenable: false, borrowed: conn, open: async () => session };
 }
 
 async function importKysely(): Promise<KyselyModules> {

@@ -1,7 +1,8 @@
 import type pg from 'pg';
 import type { DataSource, Migration, MigrationExecutor, QueryRunner } from 'typeorm';
 import { missingMigrator } from '../src/errors.js';
-import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
+import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
 
 /**
  * The `lock` option of {@link runMigrations}: the key, plus every option of `withMigrationLock`.
@@ -67,7 +68,7 @@ export async function runMigrations(
   try {
     // The query runner's pg connection is the lock session: the core locks it as the caller's client.
     const connection = (await queryRunner.connect()) as pg.PoolClient;
-    return await withMigrationLock(
+    const result = await withMigrationLockUnless(
       connection,
       key,
       () => {
@@ -92,7 +93,10 @@ export async function runMigrations(
           },
         },
       },
+      // A waiter that sees a release re-checks on its own session, and leaves if nothing is left to do.
+      async () => (await new Executor(dataSource, queryRunner).getPendingMigrations()).length === 0,
     );
+    return result === SKIPPED ? [] : result;
   } finally {
     await release(queryRunner, discard);
   }

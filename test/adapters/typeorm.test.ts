@@ -3,7 +3,7 @@ import { expect, test } from 'vitest';
 import { pending, runMigrations } from '../../adapters/typeorm.js';
 import { DEFAULT_LOCK_KEY, lockKey, withMigrationLock } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
-import { createTestDatabase, fixture, withClient } from '../helpers.js';
+import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
 import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
 
 const REPLICAS = 12;
@@ -97,7 +97,7 @@ test("CREATE INDEX CONCURRENTLY (a migration with `transaction = false`, mode 'e
   });
   report('typeorm', 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
   expectAllSucceeded(outcome);
-  expect(outcome.results.filter((r) => (r.result?.waitedMs ?? 0) > 0).length).toBeGreaterThan(0);
+  expect(outcome.results.filter((r) => r.result?.waited).length).toBeGreaterThan(0);
   expect(await appliedMigrations(cicUrl, 'typeorm')).toEqual({ total: 2, distinct: 2 });
   await withClient(cicUrl, async (client) => {
     const index = await client.query(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'gadgets_name_idx'::regclass`);
@@ -139,29 +139,32 @@ test('pending() lists what runMigrations would apply and changes nothing; up to 
   }
 });
 
-test('a replica that waited finds the work done and returns [] (the executor re-checks under the lock)', async () => {
+test('a replica queued while another migrates re-checks at the release and leaves without the lock', async () => {
   const dataSource = await dataSourceFor(waitUrl).initialize();
   try {
-    let waited = 0;
+    const events: string[] = [];
     const result = await withMigrationLock(
       waitUrl,
       DEFAULT_LOCK_KEY,
       async () => {
         const queued = runMigrations(dataSource, {
-          lock: { logger: null, pollIntervalMs: 50, hooks: { onAcquired: (info) => (waited = info.waitedMs) } },
+          lock: {
+            logger: null,
+            hooks: { onWaiting: () => events.push('waiting'), onAcquired: () => events.push('acquired') },
+          },
         });
-        // Meanwhile "another replica" applies everything.
+        await waitFor(() => events.includes('waiting'), 10_000, 'the replica to queue');
+        // Meanwhile "another replica" (this holder) applies everything.
         const other = await dataSourceFor(waitUrl).initialize();
         await other.runMigrations();
         await other.destroy();
-        await new Promise((resolve) => setTimeout(resolve, 200));
         // Wrapped, so this fn does not wait for it: it can only finish once the lock is released.
         return { queued };
       },
       { logger: null },
     );
     expect(await result.queued).toEqual([]);
-    expect(waited).toBeGreaterThan(100);
+    expect(events).toEqual(['waiting']);
     expect(await appliedMigrations(waitUrl, 'typeorm')).toEqual({ total: 3, distinct: 3 });
   } finally {
     await dataSource.destroy();
