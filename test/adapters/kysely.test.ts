@@ -37,8 +37,14 @@ function kyselyFor(url: string, max = 2): Kysely<unknown> {
 const provider = (folder = 'migrations') =>
   new FileMigrationProvider({ fs, path, migrationFolder: fixture(`kysely/${folder}`) });
 
-test(`${REPLICAS} replicas through pg-migration-lock/kysely apply each migration once, on the lock session`, async () => {
-  const outcome = await race({ migrator: 'kysely', mode: 'locked', replicas: REPLICAS, databaseUrl: lockedUrl });
+test(`${REPLICAS} replicas through pg-migration-lock/kysely (half over pg, half over postgres.js) apply each migration once, on the lock session`, async () => {
+  const outcome = await race({
+    migrator: 'kysely',
+    mode: 'locked',
+    replicas: REPLICAS,
+    databaseUrl: lockedUrl,
+    args: (i) => ['migrations', i % 2 ? 'postgres' : 'pg'],
+  });
   report('kysely', 'locked', outcome);
   expectAllSucceeded(outcome);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);

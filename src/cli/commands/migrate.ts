@@ -4,7 +4,9 @@ import { signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import { migrateDrizzle } from '../migrators/drizzle.js';
 import { migrateKnex } from '../migrators/knex.js';
+import { migrateKysely } from '../migrators/kysely.js';
 import { migrateNodePgMigrate } from '../migrators/node-pg-migrate.js';
+import { migrateTypeorm } from '../migrators/typeorm.js';
 import type { AdapterLock, Applied } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
@@ -13,7 +15,7 @@ type Migrate<F> = (command: Command, out: Output, flags: F, lock: AdapterLock) =
 export function registerMigrate(program: Command, out: Output): Command {
   const migrate = program
     .command('migrate')
-    .summary('run knex, node-pg-migrate or drizzle under the lock')
+    .summary('run knex, node-pg-migrate, drizzle, typeorm or kysely under the lock')
     .description(
       'Run the pending migrations of one migrator under the lock, on the session that holds it, and print what was applied. For any other migrator (prisma, dbmate, atlas, sequelize-cli…) use `run -- CMD`.',
     )
@@ -23,7 +25,8 @@ export function registerMigrate(program: Command, out: Output): Command {
 Examples:
   $ pg-migration-lock migrate knex --knexfile knexfile.cjs --env production
   $ pg-migration-lock migrate node-pg-migrate -m migrations -t pgmigrations
-  $ pg-migration-lock migrate drizzle --migrations-folder ./drizzle --timeout 5m`,
+  $ pg-migration-lock migrate drizzle --migrations-folder ./drizzle --timeout 5m
+  $ pg-migration-lock migrate typeorm -d dist/data-source.js`,
     );
 
   const action =
@@ -96,6 +99,50 @@ Examples:
   $ pg-migration-lock migrate drizzle --migrations-folder db/migrations --timeout 10m`,
       ),
   ).action(action(migrateDrizzle));
+
+  addLockFlags(
+    migrate
+      .command('typeorm')
+      .description("TypeORM migration:run, for the DataSource a file exports (like TypeORM's own CLI)")
+      .requiredOption('-d, --data-source <path>', 'file exporting the DataSource (.js, .cjs or .mjs)')
+      .option(
+        '-t, --transaction <mode>',
+        "all, each or none (default: the data source's migrationsTransactionMode, else all)",
+      )
+      .option('-f, --fake', 'record the pending migrations as run without running them')
+      .addHelpText(
+        'after',
+        `
+--database-url (or DATABASE_URL when the data source names no server) replaces the data source's connection.
+
+Examples:
+  $ pg-migration-lock migrate typeorm -d dist/data-source.js
+  $ pg-migration-lock migrate typeorm --data-source dist/data-source.js --transaction each --timeout 5m`,
+      ),
+  ).action(action(migrateTypeorm));
+
+  addLockFlags(
+    migrate
+      .command('kysely')
+      .description("kysely migrate latest, configured by your kysely-ctl config file (like kysely-ctl's CLI)")
+      .option(
+        '--config <path>',
+        'kysely-ctl config file (default: the nearest kysely.config.* or .config/kysely.config.*)',
+      )
+      .option('-e, --environment <name>', 'config environment ($<name> in the config file)')
+      .option('--no-transaction', 'run the migrations without transactions (disableTransactions)')
+      .addHelpText(
+        'after',
+        `
+The config's dialect must be 'pg', 'postgres' (postgres.js) or a PostgreSQL dialect instance; --database-url
+(or DATABASE_URL when the config has no dialect) replaces it with pg. A TypeScript config needs a Node that
+strips types (>= 22.18); otherwise wrap kysely-ctl: pg-migration-lock run -- npx kysely migrate latest
+
+Examples:
+  $ pg-migration-lock migrate kysely
+  $ pg-migration-lock migrate kysely --config db/kysely.config.mjs -e production --timeout 5m`,
+      ),
+  ).action(action(migrateKysely));
 
   return migrate;
 }

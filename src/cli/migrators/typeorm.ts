@@ -1,0 +1,108 @@
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Command } from 'commander';
+import type { DataSource } from 'typeorm';
+import { databaseUrl, type GlobalOptions } from '../context.js';
+import { UsageError } from '../errors.js';
+import type { Output } from '../output.js';
+import type { AdapterLock, Applied } from './types.js';
+
+export interface TypeormFlags {
+  dataSource: string;
+  transaction?: string;
+  fake?: boolean;
+}
+
+const MODES: Record<string, 'all' | 'each' | 'none'> = { all: 'all', each: 'each', none: 'none', false: 'none' };
+
+/** `typeorm migration:run -d PATH` under the lock, with TypeORM's CLI flags. */
+export async function migrateTypeorm(
+  command: Command,
+  out: Output,
+  flags: TypeormFlags,
+  lock: AdapterLock,
+): Promise<Applied> {
+  const transaction = flags.transaction === undefined ? undefined : MODES[flags.transaction];
+  if (flags.transaction !== undefined && transaction === undefined) {
+    throw new UsageError(`Invalid --transaction ${JSON.stringify(flags.transaction)}`, 'Use all, each or none.');
+  }
+  const dataSource = await loadDataSource(flags.dataSource);
+  const options = dataSource.options as DataSource['options'] & { url?: string; host?: string };
+  if (options.type !== 'postgres') {
+    throw new UsageError(
+      `The data source's type is ${JSON.stringify(options.type)}: pg-migration-lock needs 'postgres'`,
+    );
+  }
+  // Like TypeORM's CLI: nothing but the migrations runs (no synchronize, no migrationsRun, no subscribers).
+  const overrides: Record<string, unknown> = {
+    subscribers: [],
+    synchronize: false,
+    migrationsRun: false,
+    dropSchema: false,
+    logging: false,
+  };
+  if (command.optsWithGlobals<GlobalOptions>().databaseUrl || (!options.url && !options.host)) {
+    // --database-url wins over the data source; DATABASE_URL fills in when it names no server.
+    overrides.url = databaseUrl(command, out, true);
+  } else {
+    registerSecrets(out, options);
+  }
+  dataSource.setOptions(overrides as Parameters<DataSource['setOptions']>[0]);
+  await dataSource.initialize();
+  try {
+    const { runMigrations } = await import('../../../adapters/typeorm.js');
+    const applied = await runMigrations(dataSource, { transaction, fake: flags.fake, lock });
+    return { migrator: 'typeorm', applied: applied.map((m) => m.name), note: flags.fake ? 'fake' : undefined };
+  } finally {
+    await dataSource.destroy();
+  }
+}
+
+/** The DataSource a file exports, found like TypeORM's CLI does (default or named export, awaited). */
+async function loadDataSource(file: string): Promise<DataSource> {
+  const path = resolve(file);
+  if (!existsSync(path))
+    throw new UsageError(`TypeORM data source file not found: ${path}`, 'Pass it with --data-source (-d).');
+  if (/\.[cm]?ts$/.test(path)) {
+    throw new UsageError(
+      `${path} is TypeScript, which Node cannot load as-is`,
+      "Compile it to .js, run under a TypeScript loader (NODE_OPTIONS='--import tsx'), or wrap TypeORM's own CLI: pg-migration-lock run -- npx typeorm-ts-node-commonjs migration:run -d " +
+        file,
+    );
+  }
+  const ns = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  const found: DataSource[] = [];
+  for (const key of Object.keys(ns)) {
+    const value = await ns[key];
+    if (isDataSource(value) && !found.includes(value)) found.push(value);
+  }
+  if (found.length === 0) throw new UsageError(`${path} exports no TypeORM DataSource`);
+  if (found.length > 1) {
+    throw new UsageError(
+      `${path} exports ${found.length} DataSource instances`,
+      "Export exactly one, like for TypeORM's CLI.",
+    );
+  }
+  return found[0]!;
+}
+
+function isDataSource(value: unknown): value is DataSource {
+  const candidate = value as Partial<DataSource> | null;
+  return (
+    typeof candidate?.initialize === 'function' &&
+    typeof candidate.runMigrations === 'function' &&
+    typeof candidate.options === 'object'
+  );
+}
+
+function registerSecrets(out: Output, options: { url?: string; password?: unknown }): void {
+  if (typeof options.password === 'string') out.addSecret(options.password);
+  if (typeof options.url === 'string') {
+    try {
+      out.addSecret(decodeURIComponent(new URL(options.url).password));
+    } catch {
+      // not a URL: nothing to hide in it
+    }
+  }
+}

@@ -1,0 +1,100 @@
+import { tmpdir } from 'node:os';
+import { describe, expect, test } from 'vitest';
+import { createTestDatabase, withClient } from '../helpers.js';
+import { cli, fixture } from './cli.js';
+
+// `pg-migration-lock migrate typeorm|kysely`: replicas starting at once apply each migration once, and
+// exactly one of them reports applying it.
+
+const REPLICAS = 6;
+
+const race = (args: string[], env: Record<string, string>, cwd?: string) =>
+  Promise.all(Array.from({ length: REPLICAS }, () => cli(['migrate', ...args], { env, cwd })));
+
+const query = <T>(url: string, sql: string) => withClient(url, async (client) => (await client.query(sql)).rows as T[]);
+
+function expectOneApplied(stdouts: string[], migrator: string, names: string[]): void {
+  const applied = stdouts.filter((stdout) => stdout.startsWith(`✔ ${migrator}: applied ${names.length} migrations\n`));
+  expect(applied).toEqual([
+    `✔ ${migrator}: applied ${names.length} migrations\n${names.map((n) => `  ${n}\n`).join('')}`,
+  ]);
+  expect(
+    stdouts.filter((stdout) => stdout === `✔ ${migrator}: already up to date, no pending migrations\n`),
+  ).toHaveLength(REPLICAS - 1);
+}
+
+describe('typeorm', () => {
+  const dataSource = fixture('typeorm/data-source.mjs');
+  const names = ['CreateGizmos1700000000001', 'SlowAddSize1700000000002'];
+
+  test(`${REPLICAS} concurrent processes (-d FILE, the connection from DATABASE_URL) apply each migration once`, async () => {
+    const url = await createTestDatabase();
+    const results = await race(['typeorm', '-d', dataSource], { DATABASE_URL: url });
+    for (const { code, stderr } of results) expect(code, stderr).toBe(0);
+    expect(await query(url, 'SELECT name FROM migrations ORDER BY id')).toEqual(names.map((name) => ({ name })));
+    expectOneApplied(
+      results.map((r) => r.stdout),
+      'typeorm',
+      names,
+    );
+  });
+
+  test("the data source's own connection, --transaction each; bad flags and files exit 2", async () => {
+    const url = await createTestDatabase();
+    const ok = await cli(['migrate', 'typeorm', '--data-source', dataSource, '--transaction', 'each'], {
+      env: { APP_DATABASE_URL: url },
+    });
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(await query(url, 'SELECT count(*)::int AS n FROM migrations')).toEqual([{ n: 2 }]);
+
+    const badMode = await cli(['migrate', 'typeorm', '-d', dataSource, '-t', 'sometimes'], {
+      env: { DATABASE_URL: url },
+    });
+    expect(badMode.code).toBe(2);
+    expect(badMode.stderr).toMatch(/Invalid --transaction "sometimes"/);
+    const missing = await cli(['migrate', 'typeorm', '-d', 'nowhere.mjs'], { env: { DATABASE_URL: url } });
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/data source file not found/);
+    const notOne = await cli(['migrate', 'typeorm', '-d', fixture('kysely/kysely.config.mjs')], {
+      env: { DATABASE_URL: url },
+    });
+    expect(notOne.code).toBe(2);
+    expect(notOne.stderr).toMatch(/exports no TypeORM DataSource/);
+  });
+});
+
+describe('kysely', () => {
+  const cwd = fixture('kysely');
+  const names = ['001_create_gizmos', '002_slow_add_size'];
+
+  test(`${REPLICAS} concurrent processes (the nearest kysely.config.mjs, dialect 'pg') apply each migration once`, async () => {
+    const url = await createTestDatabase();
+    const results = await race(['kysely'], { APP_DATABASE_URL: url }, cwd);
+    for (const { code, stderr } of results) expect(code, stderr).toBe(0);
+    expect(await query(url, 'SELECT name FROM kysely_migration ORDER BY name')).toEqual(
+      names.map((name) => ({ name })),
+    );
+    expectOneApplied(
+      results.map((r) => r.stdout),
+      'kysely',
+      names,
+    );
+  });
+
+  test('-e picks a $environment of the config; --database-url replaces its dialect', async () => {
+    const url = await createTestDatabase();
+    const { code, stderr, stdout } = await cli(['migrate', 'kysely', '-e', 'other', '--database-url', url], { cwd });
+    expect(code, stderr).toBe(0);
+    expect(stdout).toContain('✔ kysely: applied 2 migrations');
+    expect(await query(url, 'SELECT count(*)::int AS n FROM other_migration')).toEqual([{ n: 2 }]);
+  });
+
+  test('no config file: exit 2, naming what was looked for', async () => {
+    const { code, stderr } = await cli(['migrate', 'kysely'], {
+      cwd: tmpdir(),
+      env: { DATABASE_URL: 'postgres://x@127.0.0.1:1/x' },
+    });
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/No kysely config file/);
+  });
+});
