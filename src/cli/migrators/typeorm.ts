@@ -71,7 +71,16 @@ async function loadDataSource(file: string): Promise<DataSource> {
         file,
     );
   }
-  const ns = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  let ns: Record<string, unknown>;
+  try {
+    ns = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if ((code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && /'typeorm'/.test(String(err))) {
+      throw new UsageError(`typeorm is not installed for ${path}`, 'Install it in your project: npm install typeorm');
+    }
+    throw err;
+  }
   const found: DataSource[] = [];
   for (const key of Object.keys(ns)) {
     const value = await ns[key];
