@@ -91,9 +91,11 @@ export interface MigrationLockOptions {
    */
   signal?: AbortSignal;
   /**
-   * While waiting, retry this often when no release notification arrives (a holder that died, or one
-   * that is not using this library, cannot notify).
-   * @default 250
+   * While waiting, retry about this often (0.9 to 1.3 times it) when no release notification arrives: a holder
+   * that died, or one that is not using this library, cannot notify. A release by this library wakes a
+   * waiter at once, so this only bounds how soon a dead holder's lock is noticed, and each waiting
+   * session costs the server about one statement per interval.
+   * @default 1000
    */
   pollIntervalMs?: number;
 }
@@ -193,7 +195,7 @@ function resolveOptions(options: MigrationLockOptions): ResolvedOptions {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(`Expected \`options\` to be an object, got ${options === null ? 'null' : typeof options}`);
   }
-  const { wait = true, timeoutMs, reportEveryMs = 10_000, pollIntervalMs = 250, hooks = {} } = options;
+  const { wait = true, timeoutMs, reportEveryMs = 10_000, pollIntervalMs = 1_000, hooks = {} } = options;
   if (typeof wait !== 'boolean') throw new TypeError(`Expected \`wait\` to be a boolean, got ${typeof wait}`);
   checkMs('timeoutMs', timeoutMs, 0, true);
   checkMs('reportEveryMs', reportEveryMs, 1, false);
@@ -423,7 +425,7 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 // Server-side TCP keepalive for the lock session, so the server drops a holder whose host vanished
-// (no FIN, no RST) in about 10 + 5 × 6 = 40 s instead of the kernel's two hours, and with it the lock.
+// (no FIN, no RST) in about 10 + 5 × 4 = 30 s instead of the kernel's two hours, and with it the lock.
 // tcp_user_timeout covers a server with unacknowledged data in flight (keepalive only probes an idle
 // socket); client_connection_check_interval (PostgreSQL 14+) lets a backend busy in a long statement
 // notice. The settings in force before are read first (OFFSET 0 keeps that subquery from being
@@ -431,9 +433,9 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 const KEEPALIVE: [name: string, value: string][] = [
   ['tcp_keepalives_idle', '10'],
   ['tcp_keepalives_interval', '5'],
-  ['tcp_keepalives_count', '6'],
-  ['tcp_user_timeout', '40000'],
-  ['client_connection_check_interval', '10000'],
+  ['tcp_keepalives_count', '4'],
+  ['tcp_user_timeout', '30000'],
+  ['client_connection_check_interval', '5000'],
 ];
 // A setting this server does not have (client_connection_check_interval before 14) is skipped.
 const NEW_SETTINGS = KEEPALIVE.map(
@@ -455,16 +457,21 @@ const quote = (text: string) => `'${text.replace(/'/g, "''")}'`;
 const sqlKey = (key: bigint) => `'${key}'::bigint`;
 const channelOf = (key: bigint) => `pg_migration_lock_${key}`;
 
-// One registered waiter, picked at random (no waiter starves): the release wakes only it, so N
-// waiters do not stampede the server and the CPU at every hand-off. The others keep polling.
-// The exclusive try-lock on the registry key succeeds only when nobody is registered: then the
-// pg_locks scan (which reads every lock of the server) is skipped, which is the common, uncontended case.
-const nextWaiterSql = (key: bigint) => {
+// Wakes one registered waiter, picked at random (no waiter starves), so N waiters do not stampede the
+// server and the CPU at every hand-off; the others keep polling. Nobody registered (the exclusive
+// try-lock on the registry key succeeds, and is dropped at once) is the common, uncontended case: then
+// neither the pg_locks scan (which reads every lock of the server) nor the NOTIFY runs. A NOTIFY makes
+// its transaction take a transaction id, and so a commit record the server must flush to disk.
+const wakeNextWaiterSql = (key: bigint) => {
   const { hi, lo } = keyParts(key);
-  return `CASE WHEN pg_try_advisory_lock(${hi}, ${lo}) THEN (SELECT '' FROM pg_advisory_unlock(${hi}, ${lo}))
-    ELSE (SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END`;
+  return `(SELECT pg_notify('${channelOf(key)}', next.pid) FROM (SELECT
+      CASE WHEN pg_try_advisory_lock(${hi}, ${lo}) THEN (SELECT NULL::text FROM pg_advisory_unlock(${hi}, ${lo}))
+      ELSE (SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END
+    AS pid OFFSET 0) next WHERE next.pid IS NOT NULL)`;
 };
-const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
+// From 0.9 to 1.3 times the interval: waiters drift apart instead of polling in step, and with the
+// report every reportEveryMs a waiter costs the server about one statement per second by default.
+const sleepTimer = (ms: number) => ms * (0.9 + Math.random() * 0.4);
 
 /*
  * Waiting never blocks inside pg_advisory_lock(): a session blocked there holds a snapshot, and a
@@ -578,7 +585,7 @@ async function acquire(
         chosen = false;
         if (await isDone(session.client).catch((error) => Promise.reject(new IsDoneFailure(error)))) {
           // The release that woke us chose us: pass its wake-up on, or a plain waiter would sleep until its poll.
-          if (handedToUs) await query(`SELECT pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))`);
+          if (handedToUs) await query(`SELECT ${wakeNextWaiterSql(key)}`);
           return SKIPPED;
         }
       }
@@ -642,7 +649,7 @@ async function acquire(
  * LISTEN/NOTIFY and, unless enabled, no advisory locks. "Locking" there would exclude nobody.
  */
 function refuseUnsupported(key: bigint, version: string, cause?: unknown): void {
-  const server = /CockroachDB/i.test(version) ? 'CockroachDB' : /-YB-/.test(version) ? 'YugabyteDB' : undefined;
+  const server = unsupportedServer(version);
   if (!server) return;
   throw new MigrationLockError(
     `${server} cannot hold a PostgreSQL session advisory lock the way pg-migration-lock needs (session-level pg_advisory_lock shared by every session, and LISTEN/NOTIFY), so the lock would exclude nobody. Use the migrator's own locking there, or run migrations from a single job. (server: ${version.slice(0, 80)})`,
@@ -650,6 +657,11 @@ function refuseUnsupported(key: bigint, version: string, cause?: unknown): void 
     null,
     cause === undefined ? undefined : { cause },
   );
+}
+
+/** The name of a PostgreSQL look-alike whose `version()` this is, when its locks cannot be relied on. */
+export function unsupportedServer(version: string): string | undefined {
+  return /CockroachDB/i.test(version) ? 'CockroachDB' : /-YB-/.test(version) ? 'YugabyteDB' : undefined;
 }
 
 /** What to do about a transaction-mode pooler, with the likely culprit named when the endpoint shows it. */
@@ -782,7 +794,7 @@ async function release(
   if (unlockError instanceof UnansweredError) {
     // Say what really happens: the client side is gone, but the server keeps the lock until it notices.
     logger.warn(
-      `Could not release migration lock ${key} on pid ${acquired.pid}: ${unlockError.message}. The server keeps the lock until it notices the connection is gone: within about 40 s, by the TCP keepalive set on this session.`,
+      `Could not release migration lock ${key} on pid ${acquired.pid}: ${unlockError.message}. The server keeps the lock until it notices the connection is gone: within about 30 s, by the TCP keepalive set on this session.`,
     );
   } else {
     logger.warn(
@@ -829,11 +841,10 @@ async function unlockAfter(session: Session, key: bigint, acquired: Acquired, lo
 /** Unlocks and wakes the next waiter in one round trip. */
 async function unlock(session: Session, key: bigint, acquired: Acquired, logger: Logger): Promise<UnlockRow> {
   const { hi, lo } = keyParts(key);
-  const channel = channelOf(key);
   // pg_notify is delivered when this statement's implicit transaction commits, just after the unlock.
   const [row] = await session.query<UnlockRow>(
     `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid,
-      now() <> statement_timestamp() AS in_transaction, pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))
+      now() <> statement_timestamp() AS in_transaction, ${wakeNextWaiterSql(key)}
       ${acquired.registered ? `, pg_advisory_unlock_shared(${hi}, ${lo})` : ''}${acquired.restore}`,
   );
   if (row!.pid !== acquired.pid) {
