@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Kysely, PostgresDialect } from 'kysely';
+import { Kysely, PostgresDialect, sql } from 'kysely';
 import { FileMigrationProvider, Migrator as KyselyMigrator, NO_MIGRATIONS } from 'kysely/migration';
 import pg from 'pg';
 import { afterAll, expect, test } from 'vitest';
@@ -11,8 +11,9 @@ import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../h
 import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
 
 const REPLICAS = 12;
-const [lockedUrl, bareUrl, cicUrl, bareCicUrl, v028Url, plainFirstUrl, wrappedFirstUrl, pendingUrl, downUrl] =
+const [lockedUrl, bareUrl, cicUrl, bareCicUrl, v028Url, plainFirstUrl, wrappedFirstUrl, pendingUrl, downUrl, lostUrl] =
   await Promise.all([
+    createTestDatabase(),
     createTestDatabase(),
     createTestDatabase(),
     createTestDatabase(),
@@ -28,9 +29,12 @@ const MIGRATIONS = ['001_create_widgets', '002_slow_add_size', '003_index_name']
 const dbs: Kysely<unknown>[] = [];
 afterAll(() => Promise.all(dbs.map((db) => db.destroy())));
 function kyselyFor(url: string, max = 2): Kysely<unknown> {
-  const db = new Kysely<unknown>({
-    dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max }) }),
-  });
+  const pool = new pg.Pool({ connectionString: url, max });
+  // As pg asks of every app: a connection that dies (a test terminates one) must not crash the process. pg
+  // emits the death of a checked-out connection on that client, and kysely (bare or wrapped) listens to none.
+  pool.on('error', () => {});
+  pool.on('connect', (client) => client.on('error', () => {}));
+  const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
   dbs.push(db);
   return db;
 }
@@ -209,6 +213,34 @@ test('migrateDown and migrateTo(NO_MIGRATIONS) run under the lock, on the lock s
   expect(await appliedMigrations(downUrl, 'kysely')).toEqual({ total: 0, distinct: 0 });
   // No advisory lock is left on any connection of the pool.
   expect(await lockRows(downUrl, KYSELY_LOCK_KEY)).toEqual([]);
+});
+
+test('the lock session terminated mid-migration: kysely reports the error, its transaction rolled back', async () => {
+  const db = kyselyFor(lostUrl);
+  const slow = {
+    async getMigrations() {
+      return {
+        '001_slow': {
+          async up(trx: Kysely<unknown>) {
+            await sql`CREATE TABLE half_done (id int)`.execute(trx);
+            await sql`SELECT pg_sleep(10)`.execute(trx);
+          },
+        },
+      };
+    },
+  };
+  const run = new Migrator({ db, provider: slow, lock: { logger: null } }).migrateToLatest();
+  const holderPid = await waitFor(async () => (await lockRows(lostUrl, KYSELY_LOCK_KEY))[0]?.pid, 10_000, 'the lock');
+  await withClient(lostUrl, (client) => client.query('SELECT pg_terminate_backend($1)', [holderPid]));
+  const { error, results } = await run;
+  // kysely's own report, which depends on where the dead connection is noticed: the failed statement
+  // (results then show 001_slow as Error), or its rollback or unlock failing after it.
+  expect(error).toBeInstanceOf(Error);
+  expect(results?.filter((r) => r.status === 'Success') ?? []).toEqual([]);
+  expect(await lockRows(lostUrl, KYSELY_LOCK_KEY)).toEqual([]);
+  // Nothing of the migration stayed, and the pool still works (the dead connection left it).
+  const { rows } = await sql<{ t: string | null }>`SELECT to_regclass('half_done') AS t`.execute(db);
+  expect(rows).toEqual([{ t: null }]);
 });
 
 test('rejects what is not kysely Migrator props, at construction', () => {

@@ -1,13 +1,14 @@
 import { DataSource } from 'typeorm';
 import { expect, test } from 'vitest';
 import { pending, runMigrations } from '../../adapters/typeorm.js';
-import { DEFAULT_LOCK_KEY, lockKey, withMigrationLock } from '../../src/index.js';
+import { DEFAULT_LOCK_KEY, lockKey, MigrationLockLostError, withMigrationLock } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
-import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
+import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../helpers.js';
 import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
 
 const REPLICAS = 12;
-const [lockedUrl, bareUrl, eachUrl, noneUrl, v03Url, cicUrl, pendingUrl, waitUrl] = await Promise.all([
+const [lockedUrl, bareUrl, eachUrl, noneUrl, v03Url, cicUrl, pendingUrl, waitUrl, lostUrl] = await Promise.all([
+  createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
@@ -166,6 +167,41 @@ test('a replica queued while another migrates re-checks at the release and leave
     expect(await result.queued).toEqual([]);
     expect(events).toEqual(['waiting']);
     expect(await appliedMigrations(waitUrl, 'typeorm')).toEqual({ total: 3, distinct: 3 });
+  } finally {
+    await dataSource.destroy();
+  }
+});
+
+test('the lock session terminated mid-migration: MigrationLockLostError, the transaction rolled back', async () => {
+  class Slow1700000000009 {
+    async up(queryRunner: { query(sql: string): Promise<unknown> }) {
+      await queryRunner.query('CREATE TABLE half_done (id int)');
+      await queryRunner.query('SELECT pg_sleep(10)');
+    }
+    async down() {}
+  }
+  const dataSource = await new DataSource({
+    type: 'postgres',
+    url: lostUrl,
+    migrations: [Slow1700000000009],
+  }).initialize();
+  try {
+    // Settled into a value at once: it rejects while the test is still terminating the session.
+    const outcome = runMigrations(dataSource, { lock: { logger: null } }).then(
+      () => 'resolved',
+      (error: unknown) => error,
+    );
+    const holderPid = await waitFor(
+      async () => (await lockRows(lostUrl, DEFAULT_LOCK_KEY))[0]?.pid,
+      10_000,
+      'the lock',
+    );
+    await withClient(lostUrl, (client) => client.query('SELECT pg_terminate_backend($1)', [holderPid]));
+    expect(await outcome).toBeInstanceOf(MigrationLockLostError);
+    expect(await lockRows(lostUrl, DEFAULT_LOCK_KEY)).toEqual([]);
+    // Nothing of the migration stayed, and TypeORM's pool still works (the dead connection left it).
+    expect(await dataSource.query(`SELECT to_regclass('half_done') AS t`)).toEqual([{ t: null }]);
+    expect(await pending(dataSource)).toEqual(['Slow1700000000009']);
   } finally {
     await dataSource.destroy();
   }
