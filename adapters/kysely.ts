@@ -78,6 +78,13 @@ export class Migrator {
     if (typeof db?.connection !== 'function' || typeof db.getExecutor !== 'function') {
       throw new TypeError('pg-migration-lock/kysely: expected `db` to be a Kysely instance (new Kysely({ dialect }))');
     }
+    if ((db as { isTransaction?: boolean }).isTransaction) {
+      // A lock waited for inside a transaction would keep it open, and CREATE INDEX CONCURRENTLY in
+      // another session waits for every open transaction: the very deadlock the lock exists to avoid.
+      throw new TypeError(
+        'pg-migration-lock/kysely: pass the Kysely instance as `db`, not a transaction: the lock takes one of its connections for the whole run',
+      );
+    }
     if (typeof migratorProps.provider?.getMigrations !== 'function') {
       throw new TypeError(
         'pg-migration-lock/kysely: expected `provider` to be a MigrationProvider (e.g. new FileMigrationProvider(…))',
