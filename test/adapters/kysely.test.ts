@@ -57,6 +57,15 @@ test(`${REPLICAS} replicas through pg-migration-lock/kysely (half over pg, half 
   await expectMigratedOnLockSession(lockedUrl, KYSELY_LOCK_KEY);
 });
 
+test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for the lock`, async () => {
+  const outcome = await race({ migrator: 'kysely', mode: 'locked', replicas: REPLICAS, databaseUrl: lockedUrl });
+  report('kysely', 'locked', outcome, ' (up to date)');
+  expectAllSucceeded(outcome);
+  for (const replica of outcome.results) expect(replica.result).toMatchObject({ ran: [], waited: false });
+  // onAcquired never fired: no replica took the lock.
+  expect(outcome.results.filter((r) => r.result?.waitedMs !== undefined)).toEqual([]);
+});
+
 test('the same race with bare kysely (a demonstration: its failures are logged, not asserted)', async () => {
   const outcome = await race({ migrator: 'kysely', mode: 'bare', replicas: REPLICAS, databaseUrl: bareUrl });
   report('kysely', 'bare', outcome);

@@ -43,6 +43,15 @@ test(`${REPLICAS} replicas through pg-migration-lock/typeorm (transaction 'all')
   expect(await ranInTransaction(lockedUrl)).toEqual({ in_transaction: true });
 });
 
+test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for the lock`, async () => {
+  const outcome = await race({ migrator: 'typeorm', mode: 'locked', replicas: REPLICAS, databaseUrl: lockedUrl });
+  report('typeorm', 'locked', outcome, ' (up to date)');
+  expectAllSucceeded(outcome);
+  for (const replica of outcome.results) expect(replica.result).toMatchObject({ ran: [], waited: false });
+  // onAcquired never fired: no replica took the lock.
+  expect(outcome.results.filter((r) => r.result?.waitedMs !== undefined)).toEqual([]);
+});
+
 test('the same race with bare dataSource.runMigrations() (a demonstration: its failures are logged, not asserted)', async () => {
   const outcome = await race({ migrator: 'typeorm', mode: 'bare', replicas: REPLICAS, databaseUrl: bareUrl });
   report('typeorm', 'bare', outcome);
