@@ -3,6 +3,7 @@ import type { CompiledQuery, Kysely } from 'kysely';
 import type { MigrationInfo, MigrationResultSet, MigratorProps } from 'kysely/migration';
 import { missingMigrator } from '../src/errors.js';
 import type { LockKeyInput, MigrationLockOptions } from '../src/index.js';
+import { parseKey } from '../src/key.js';
 import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
 import type { Session, SessionSource } from '../src/session.js';
 
@@ -92,8 +93,10 @@ export class Migrator {
     }
     if (lock === null || typeof lock !== 'object')
       throw new TypeError('pg-migration-lock/kysely: expected `lock` to be an object');
+    // A bad key fails here, not as a migrate result later.
+    const { key = KYSELY_LOCK_KEY, ...lockOptions } = lock;
     this.#props = migratorProps;
-    this.#lock = lock;
+    this.#lock = { ...lockOptions, key: parseKey(key) };
   }
 
   /** kysely's `getMigrations()`: every migration and when it was executed. Takes no lock. */

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import type { DataSource, Migration, MigrationExecutor, QueryRunner } from 'typeorm';
 import { missingMigrator } from '../src/errors.js';
 import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
+import { parseKey } from '../src/key.js';
 import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
 
 /**
@@ -58,7 +59,11 @@ export async function runMigrations(
   if (options === null || typeof options !== 'object')
     throw new TypeError('pg-migration-lock/typeorm: expected `options` to be an object ({ transaction, fake, lock })');
   const { lock = {}, transaction, fake } = options;
-  const { key = DEFAULT_LOCK_KEY, ...lockOptions } = lock;
+  if (lock === null || typeof lock !== 'object')
+    throw new TypeError('pg-migration-lock/typeorm: expected `lock` to be an object');
+  const { key: keyInput = DEFAULT_LOCK_KEY, ...lockOptions } = lock;
+  // Checked before the pending check's queries: bad input fails before anything is sent.
+  const key = parseKey(keyInput);
   const Executor = await importExecutor();
   // Checked before queueing: the executor checks again under the lock, so this only saves the wait.
   if ((await pendingMigrations(Executor, dataSource)).length === 0) return [];

@@ -256,6 +256,7 @@ test('rejects what is not kysely Migrator props, at construction', () => {
   expect(() => new Migrator(undefined as never)).toThrow(/expected Migrator props/);
   expect(() => new Migrator({ db: {} as never, provider: provider() })).toThrow(/Kysely instance/);
   expect(() => new Migrator({ db: kyselyFor(downUrl), provider: {} as never })).toThrow(/MigrationProvider/);
+  expect(() => new Migrator({ db: kyselyFor(downUrl), provider: provider(), lock: { key: 'x' } })).toThrow(TypeError);
   const transaction = { connection() {}, getExecutor() {}, isTransaction: true };
   expect(() => new Migrator({ db: transaction as never, provider: provider() })).toThrow(/not a transaction/);
 });

@@ -222,6 +222,8 @@ test('rejects what is not an initialized postgres DataSource, before connecting'
     runMigrations(new DataSource({ type: 'postgres', url: 'postgres://nobody@127.0.0.1:1/none' })),
   ).rejects.toThrow(/not initialized/);
   // (A real mysql DataSource needs the mysql driver installed: this has its shape.)
+  const shaped = { options: { type: 'postgres' }, isInitialized: true, createQueryRunner() {} };
+  await expect(runMigrations(shaped as never, { lock: { key: 2n ** 63n } })).rejects.toBeInstanceOf(RangeError);
   const mysql = { options: { type: 'mysql' }, isInitialized: true, createQueryRunner() {} };
   await expect(pending(mysql as never)).rejects.toThrow(/got a 'mysql' data source/);
 });
