@@ -7,17 +7,20 @@ import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../h
 import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
 
 const REPLICAS = 12;
-const [lockedUrl, bareUrl, eachUrl, noneUrl, v03Url, cicUrl, pendingUrl, waitUrl, lostUrl] = await Promise.all([
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-]);
+const [lockedUrl, bareUrl, eachUrl, noneUrl, v03Url, cicUrl, pendingUrl, waitUrl, lostUrl, fakeUrl] = await Promise.all(
+  [
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+  ],
+);
 const MIGRATIONS = ['CreateWidgets1700000000001', 'SlowAddSize1700000000002', 'IndexName1700000000003'];
 
 /** `in_transaction` of the session that ran the slow migration (recorded by the migration itself). */
@@ -176,6 +179,18 @@ test('a replica queued while another migrates re-checks at the release and leave
     expect(await result.queued).toEqual([]);
     expect(events).toEqual(['waiting']);
     expect(await appliedMigrations(waitUrl, 'typeorm')).toEqual({ total: 3, distinct: 3 });
+  } finally {
+    await dataSource.destroy();
+  }
+});
+
+test("fake: TypeORM's own option, under the lock: recorded as run, not run", async () => {
+  const dataSource = await dataSourceFor(fakeUrl).initialize();
+  try {
+    // TypeORM's own fake run returns no Migration (it records them and `continue`s): so does this.
+    expect(await runMigrations(dataSource, { fake: true, lock: { logger: null } })).toEqual([]);
+    expect(await appliedMigrations(fakeUrl, 'typeorm')).toEqual({ total: 3, distinct: 3 });
+    expect(await dataSource.query(`SELECT to_regclass('widgets') AS t`)).toEqual([{ t: null }]);
   } finally {
     await dataSource.destroy();
   }

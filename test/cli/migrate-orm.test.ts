@@ -47,6 +47,12 @@ describe('typeorm', () => {
     expect(ok.code, ok.stderr).toBe(0);
     expect(await query(url, 'SELECT count(*)::int AS n FROM migrations')).toEqual([{ n: 2 }]);
 
+    const fakeUrl = await createTestDatabase();
+    const fake = await cli(['migrate', 'typeorm', '-d', dataSource, '--fake'], { env: { DATABASE_URL: fakeUrl } });
+    expect(fake.code, fake.stderr).toBe(0);
+    expect(fake.stdout).toBe(`✔ typeorm: applied 2 migrations (fake)\n${names.map((n) => `  ${n}\n`).join('')}`);
+    expect(await query(fakeUrl, `SELECT to_regclass('gizmos') AS t`)).toEqual([{ t: null }]);
+
     const badMode = await cli(['migrate', 'typeorm', '-d', dataSource, '-t', 'sometimes'], {
       env: { DATABASE_URL: url },
     });

@@ -51,9 +51,16 @@ export async function migrateTypeorm(
   dataSource.setOptions(overrides as Parameters<DataSource['setOptions']>[0]);
   await dataSource.initialize();
   try {
-    const { runMigrations } = await import('../../../adapters/typeorm.js');
-    const applied = await runMigrations(dataSource, { transaction, fake: flags.fake, lock });
-    return { migrator: 'typeorm', applied: applied.map((m) => m.name), note: flags.fake ? 'fake' : undefined };
+    const { pending, runMigrations } = await import('../../../adapters/typeorm.js');
+    if (flags.fake) {
+      // TypeORM returns no Migration for a fake run: what it recorded is what stopped being pending.
+      const before = await pending(dataSource);
+      await runMigrations(dataSource, { transaction, fake: true, lock });
+      const after = await pending(dataSource);
+      return { migrator: 'typeorm', applied: before.filter((name) => !after.includes(name)), note: 'fake' };
+    }
+    const applied = await runMigrations(dataSource, { transaction, lock });
+    return { migrator: 'typeorm', applied: applied.map((m) => m.name) };
   } finally {
     await dataSource.destroy();
   }
