@@ -183,10 +183,6 @@ export class Migrator {
     upOnly: boolean,
   ): Promise<MigrationResultSet> {
     const modules = await importKysely();
-    // Checked before queueing: kysely checks again under the lock, so this only saves the wait. A check
-    // that fails (e.g. corrupted migrations) is left for kysely to report under the lock, as it would.
-    if (upOnly && (await this.pending().catch(() => undefined))?.length === 0) return { results: [] };
-
     const { key = KYSELY_LOCK_KEY, ...lockOptions } = this.#lock;
     try {
       // One connection of db for the whole run: the lock is taken on it, and kysely's Migrator is given a
@@ -197,8 +193,11 @@ export class Migrator {
           key,
           () => migrate(new modules.Migrator({ ...this.#props, db: conn })),
           lockOptions,
-          // A waiter that sees a release re-checks on its own session, and leaves if nothing is left to do.
-          async (waiting: Kysely<unknown>) => upOnly && (await this.#pending(waiting)).length === 0,
+          // Checked on the lock session before queueing (and at each release, where the session can hear
+          // one): with nothing pending, no lock is taken. kysely checks again under the lock, so this only
+          // saves waits; a check that fails (corrupted migrations) is left for kysely to report, as it would.
+          async (session: Kysely<unknown>) =>
+            upOnly && (await this.#pending(session).catch(() => undefined))?.length === 0,
         ),
       );
       return result === SKIPPED ? { results: [] } : result;

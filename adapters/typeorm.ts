@@ -65,9 +65,6 @@ export async function runMigrations(
   // Checked before the pending check's queries: bad input fails before anything is sent.
   const key = parseKey(keyInput);
   const Executor = await importExecutor();
-  // Checked before queueing: the executor checks again under the lock, so this only saves the wait.
-  if ((await pendingMigrations(Executor, dataSource)).length === 0) return [];
-
   const queryRunner = dataSource.createQueryRunner('master');
   let discard = false;
   try {
@@ -98,7 +95,8 @@ export async function runMigrations(
           },
         },
       },
-      // A waiter that sees a release re-checks on its own session, and leaves if nothing is left to do.
+      // Checked on the lock session before queueing, and again at each release while waiting: with nothing
+      // pending, no lock is taken. TypeORM's executor checks again under the lock, so this only saves waits.
       async () => (await new Executor(dataSource, queryRunner).getPendingMigrations()).length === 0,
     );
     return result === SKIPPED ? [] : result;

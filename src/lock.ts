@@ -129,10 +129,12 @@ export async function withMigrationLock<T>(
 }
 
 /**
- * For adapters: `withMigrationLock`, except that each time a holder releases the lock while this call
- * waits, `isDone(waitingSession)` is asked first; when it resolves true (e.g. nothing is pending any
- * more) the call stops waiting and resolves to {@link SKIPPED}, without taking the lock. Safe as long as
- * what `fn` does re-checks under the lock, as every migrator does.
+ * For adapters: `withMigrationLock`, except that it checks before queueing. `isDone(session)` is asked on
+ * each session this call opens, before it tries the lock (one connection serves the check and the lock),
+ * and again each time a holder releases the lock while this call waits. When it resolves true (nothing
+ * is pending any more) the call resolves to {@link SKIPPED} without taking the lock. Safe as long as what
+ * `fn` does re-checks under the lock, as every migrator does: a wrong "not done" only costs a wait.
+ * An error of `isDone` (e.g. a corrupt migrations directory) reaches the caller as it is.
  */
 export async function withMigrationLockUnless<T, C = pg.ClientBase>(
   client: ClientSource | SessionSource,
@@ -289,6 +291,10 @@ class IsDoneFailure {
   constructor(readonly error: unknown) {}
 }
 
+function askIsDone(isDone: (client: unknown) => Promise<boolean>, session: Session): Promise<boolean> {
+  return isDone(session.client).catch((error) => Promise.reject(new IsDoneFailure(error)));
+}
+
 /** Resolves like `promise`, or cuts the session and rejects after `ms`. */
 function bounded<T>(session: Session, promise: Promise<T>, ms = STATEMENT_BOUND_MS): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -323,7 +329,11 @@ async function acquireWithRetries(
       session = await source.open();
       connected = true;
       watch = watchSession(session);
-      const acquired = await acquire(session, key, opts, watch, startedAt, isDone);
+      // Checked on every session, a reopened one too: a release may have come while we were disconnected.
+      const acquired =
+        isDone && (await askIsDone(isDone, session))
+          ? SKIPPED
+          : await acquire(session, key, opts, watch, startedAt, isDone);
       if (acquired === SKIPPED) {
         watch.dispose();
         await session.release(watch.error !== undefined);
@@ -583,7 +593,7 @@ async function acquire(
         const handedToUs = chosen;
         released = false;
         chosen = false;
-        if (await isDone(session.client).catch((error) => Promise.reject(new IsDoneFailure(error)))) {
+        if (await askIsDone(isDone, session)) {
           // The release that woke us chose us: pass its wake-up on, or a plain waiter would sleep until its poll.
           if (handedToUs) await query(`SELECT ${wakeNextWaiterSql(key)}`);
           return SKIPPED;

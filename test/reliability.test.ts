@@ -104,6 +104,28 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
     expect(await lockRows(url, 92n)).toEqual([]);
   });
 
+  test('nothing to do: skipped before queueing, on the one session the call opened, without touching the lock', async () => {
+    let release!: () => void;
+    const holding = withMigrationLock(url, 95n, () => new Promise<void>((r) => (release = r)), quiet);
+    await waitFor(() => release !== undefined);
+    let checkedOn: pg.ClientBase | undefined;
+    const result = await withMigrationLockUnless(
+      url,
+      95n,
+      () => 'ran',
+      { ...quiet, wait: false },
+      async (client) => {
+        checkedOn = client;
+        return true;
+      },
+    );
+    // wait: false with the lock held would have thrown MigrationLockBusyError had the lock been tried.
+    expect(result).toBe(SKIPPED);
+    expect(typeof checkedOn?.query).toBe('function');
+    release();
+    await holding;
+  });
+
   test('a waiter with work left takes the lock and runs fn; an error of isDone reaches the caller as it is', async () => {
     let release!: () => void;
     const holding = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release = r)), quiet);
@@ -124,17 +146,20 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
     let release2: (() => void) | undefined;
     const holding2 = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release2 = r)), quiet);
     await waitFor(() => release2 !== undefined);
+    let checks = 0;
     const failing = withMigrationLockUnless(
       url,
       93n,
       () => 'ran',
       quiet,
-      async () => Promise.reject(corrupt),
+      // Checked before queueing (work left), then again at the release: there it fails.
+      async () => (checks++ === 0 ? false : Promise.reject(corrupt)),
     ).catch((err: unknown) => err);
     await waitFor(async () => (await waiters(93n)) === 1);
     release2!();
     await holding2;
     expect(await failing).toBe(corrupt);
+    expect(checks).toBe(2);
     expect(await lockRows(url, 93n)).toEqual([]);
   });
 });
@@ -195,11 +220,34 @@ describe('bad input: a clear error before any query, and no lock left behind', (
       () => withMigrationLock(new pg.Client(url), 1n, () => {}),
       /call `await client.connect\(\)` first/,
     ],
+    [
+      'a URL that does not parse',
+      () => withMigrationLock('postgres://u:s3cret-PASS@[bad/db', 1n, () => {}),
+      /not a valid URL/,
+    ],
+    [
+      'a port out of range',
+      () => withMigrationLock('postgres://u:s3cret-PASS@127.0.0.1:99999/db', 1n, () => {}),
+      /port must be 1-65535/,
+    ],
+    [
+      'not a URL at all',
+      () => withMigrationLock('host=db user=app password=s3cret-PASS', 1n, () => {}),
+      /got a string that is not a URL/,
+    ],
+    [
+      'another database',
+      () => withMigrationLock('mysql://u:s3cret-PASS@127.0.0.1/db', 1n, () => {}),
+      /got a mysql: URL/,
+    ],
     ['key fractional', () => withMigrationLock(url, 1.5, () => {}), /Invalid lock key/],
   ];
   for (const [name, call, message] of rejectsEarly) {
     test(name, async () => {
-      await expect(call()).rejects.toThrow(message);
+      const error = await call().catch((err: unknown) => err);
+      expect(error instanceof TypeError || error instanceof RangeError).toBe(true);
+      expect(String(error)).toMatch(message);
+      expect(String(error)).not.toContain('s3cret-PASS');
     });
   }
 

@@ -69,6 +69,39 @@ describe('typeorm', () => {
   });
 });
 
+describe('pending typeorm|kysely', () => {
+  test('names on stdout and exit 3 while pending; exit 0 once migrated; nothing created by the check', async () => {
+    const url = await createTestDatabase();
+    const dataSource = fixture('typeorm/data-source.mjs');
+    const before = await cli(['pending', 'typeorm', '-d', dataSource], { env: { DATABASE_URL: url } });
+    expect(before.code, before.stderr).toBe(3);
+    expect(before.stdout).toBe('CreateGizmos1700000000001\nSlowAddSize1700000000002\n');
+    expect(await query(url, `SELECT to_regclass('migrations') AS t`)).toEqual([{ t: null }]);
+
+    const cwd = fixture('kysely');
+    const kyselyBefore = await cli(['pending', 'kysely', '--json'], { cwd, env: { APP_DATABASE_URL: url } });
+    expect(kyselyBefore.code, kyselyBefore.stderr).toBe(3);
+    expect(JSON.parse(kyselyBefore.stdout)).toEqual(['001_create_gizmos', '002_slow_add_size']);
+    expect(await query(url, `SELECT to_regclass('kysely_migration') AS t`)).toEqual([{ t: null }]);
+
+    expect((await cli(['migrate', 'typeorm', '-d', dataSource], { env: { DATABASE_URL: url } })).code).toBe(0);
+    const after = await cli(['pending', 'typeorm', '-d', dataSource], { env: { DATABASE_URL: url } });
+    expect(after.code, after.stderr).toBe(0);
+    expect(after.stdout).toBe('');
+  });
+
+  test('pending kysely --wait returns once a migration elsewhere has run', async () => {
+    const url = await createTestDatabase();
+    const cwd = fixture('kysely');
+    const env = { APP_DATABASE_URL: url };
+    const waiting = cli(['pending', 'kysely', '--wait', '--timeout', '60s'], { cwd, env });
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect((await cli(['migrate', 'kysely'], { cwd, env })).code).toBe(0);
+    const { code, stderr } = await waiting;
+    expect(code, stderr).toBe(0);
+  });
+});
+
 describe('kysely', () => {
   const cwd = fixture('kysely');
   const names = ['001_create_gizmos', '002_slow_add_size'];

@@ -2,11 +2,11 @@ import type { Command } from 'commander';
 import { createContext } from '../context.js';
 import { signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
-import { migrateDrizzle } from '../migrators/drizzle.js';
-import { migrateKnex } from '../migrators/knex.js';
-import { migrateKysely } from '../migrators/kysely.js';
-import { migrateNodePgMigrate } from '../migrators/node-pg-migrate.js';
-import { migrateTypeorm } from '../migrators/typeorm.js';
+import { drizzleFlags, migrateDrizzle } from '../migrators/drizzle.js';
+import { knexFlags, migrateKnex } from '../migrators/knex.js';
+import { KYSELY_KEY, kyselyFlags, migrateKysely } from '../migrators/kysely.js';
+import { migrateNodePgMigrate, NODE_PG_MIGRATE_KEY, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
+import { migrateTypeorm, typeormFlags } from '../migrators/typeorm.js';
 import type { AdapterLock, Applied } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
@@ -30,13 +30,14 @@ Examples:
     );
 
   const action =
-    <F>(run: Migrate<F>) =>
+    <F>(run: Migrate<F>, defaultKey?: { key: bigint; label: string }) =>
     async (flags: F & LockFlags, command: Command) => {
-      const ctx = createContext(command, out);
-      const lock = lockOptions(ctx, flags, (signal) => {
+      const ctx = createContext(command, out, defaultKey);
+      const lock = lockOptions(ctx, flags, (signal, why) => {
         // The migrator runs in this process: stopping it closes the session, so PostgreSQL rolls back the
         // open transaction and frees the lock.
-        out.error(`Interrupted by ${signal} while migrating: stopping; the open transaction is rolled back`);
+        const by = why === 'parent-gone' ? 'the exit of the process that started it' : signal;
+        out.error(`Interrupted by ${by} while migrating: stopping; the open transaction is rolled back`);
         process.exit(signalExitCode(signal));
       });
       try {
@@ -47,64 +48,54 @@ Examples:
     };
 
   addLockFlags(
-    migrate
-      .command('knex')
-      .description("knex migrate:latest, configured by your knexfile (like knex's own CLI)")
-      .option('--knexfile <path>', 'knexfile (.js, .cjs or .mjs) (default: the nearest knexfile.js/.cjs/.mjs)')
-      .option('--env <name>', 'knexfile environment (default: $NODE_ENV, else development)')
-      .addHelpText(
-        'after',
-        `
+    knexFlags(
+      migrate.command('knex').description("knex migrate:latest, configured by your knexfile (like knex's own CLI)"),
+    ).addHelpText(
+      'after',
+      `
 --database-url (or DATABASE_URL when the knexfile has no connection) replaces the knexfile's connection.
 
 Examples:
   $ pg-migration-lock migrate knex
   $ pg-migration-lock migrate knex --knexfile db/knexfile.mjs --env production --timeout 5m`,
-      ),
+    ),
   ).action(action(migrateKnex));
 
   addLockFlags(
-    migrate
-      .command('node-pg-migrate')
-      .description('node-pg-migrate up (all pending migrations)')
-      .option('-m, --migrations-dir <dir>', 'migrations directory', 'migrations')
-      .option('-t, --migrations-table <table>', 'table recording the applied migrations', 'pgmigrations')
-      .option('-s, --schema <schema>', 'schema to migrate (search_path)')
-      .option('--migrations-schema <schema>', 'schema of the migrations table (default: --schema)')
-      .option('--create-schema', 'create --schema if missing')
-      .option('--create-migrations-schema', 'create --migrations-schema if missing')
-      .option('--no-check-order', 'do not check that applied migrations come before new ones')
-      .addHelpText(
-        'after',
-        `
+    nodePgMigrateFlags(
+      migrate
+        .command('node-pg-migrate')
+        .description(
+          "node-pg-migrate up (all pending migrations), under node-pg-migrate's own lock key 7241865325823964 unless --key or --name is given: this CLI, the pg-migration-lock/node-pg-migrate adapter and plain node-pg-migrate all wait for one another",
+        ),
+    ).addHelpText(
+      'after',
+      `
 Examples:
   $ pg-migration-lock migrate node-pg-migrate
   $ pg-migration-lock migrate node-pg-migrate -m db/migrations -t schema_migrations --no-wait
-  $ pg-migration-lock migrate node-pg-migrate --key 7241865325823964   # also waits for plain node-pg-migrate runs`,
-      ),
-  ).action(action(migrateNodePgMigrate));
+  $ pg-migration-lock migrate node-pg-migrate --name billing   # a lock of your own instead`,
+    ),
+  ).action(action(migrateNodePgMigrate, NODE_PG_MIGRATE_KEY));
 
   addLockFlags(
-    migrate
-      .command('drizzle')
-      .description("drizzle's migrate() for node-postgres (what drizzle-kit migrate does)")
-      .option('--migrations-folder <dir>', 'drizzle-kit\'s "out" folder', './drizzle')
-      .option('--migrations-table <name>', 'table recording the applied migrations', '__drizzle_migrations')
-      .option('--migrations-schema <name>', 'schema of that table', 'drizzle')
-      .addHelpText(
-        'after',
-        `
+    drizzleFlags(
+      migrate.command('drizzle').description("drizzle's migrate() for node-postgres (what drizzle-kit migrate does)"),
+    ).addHelpText(
+      'after',
+      `
 Examples:
   $ pg-migration-lock migrate drizzle
   $ pg-migration-lock migrate drizzle --migrations-folder db/migrations --timeout 10m`,
-      ),
+    ),
   ).action(action(migrateDrizzle));
 
   addLockFlags(
-    migrate
-      .command('typeorm')
-      .description("TypeORM migration:run, for the DataSource a file exports (like TypeORM's own CLI)")
-      .requiredOption('-d, --data-source <path>', 'file exporting the DataSource (.js, .cjs or .mjs)')
+    typeormFlags(
+      migrate
+        .command('typeorm')
+        .description("TypeORM migration:run, for the DataSource a file exports (like TypeORM's own CLI)"),
+    )
       .option(
         '-t, --transaction <mode>',
         "all, each or none (default: the data source's migrationsTransactionMode, else all)",
@@ -122,14 +113,13 @@ Examples:
   ).action(action(migrateTypeorm));
 
   addLockFlags(
-    migrate
-      .command('kysely')
-      .description("kysely migrate latest, configured by your kysely-ctl config file (like kysely-ctl's CLI)")
-      .option(
-        '--config <path>',
-        'kysely-ctl config file (default: the nearest kysely.config.* or .config/kysely.config.*)',
-      )
-      .option('-e, --environment <name>', 'config environment ($<name> in the config file)')
+    kyselyFlags(
+      migrate
+        .command('kysely')
+        .description(
+          "kysely migrate latest, configured by your kysely-ctl config file (like kysely-ctl's CLI), under kysely's own lock key 3853314791062309107 unless --key or --name is given: this CLI, the pg-migration-lock/kysely adapter and plain kysely all wait for one another",
+        ),
+    )
       .option('--no-transaction', 'run the migrations without transactions (disableTransactions)')
       .addHelpText(
         'after',
@@ -142,7 +132,7 @@ Examples:
   $ pg-migration-lock migrate kysely
   $ pg-migration-lock migrate kysely --config db/kysely.config.mjs -e production --timeout 5m`,
       ),
-  ).action(action(migrateKysely));
+  ).action(action(migrateKysely, KYSELY_KEY));
 
   return migrate;
 }

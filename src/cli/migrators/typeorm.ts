@@ -1,17 +1,25 @@
 import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
+import type pg from 'pg';
 import type { DataSource } from 'typeorm';
-import { databaseUrl, type GlobalOptions } from '../context.js';
+import { connectionConfig } from '../../session.js';
+import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
-import type { AdapterLock, Applied } from './types.js';
+import { migrationFailure } from './failure.js';
+import type { AdapterLock, Applied, PendingCheck } from './types.js';
 
 export interface TypeormFlags {
   dataSource: string;
   transaction?: string;
   fake?: boolean;
+}
+
+/** The flags of `migrate typeorm` and `pending typeorm`: TypeORM's CLI's `-d`. */
+export function typeormFlags(command: Command): Command {
+  return command.requiredOption('-d, --data-source <path>', 'file exporting the DataSource (.js, .cjs or .mjs)');
 }
 
 const MODES: Record<string, 'all' | 'each' | 'none'> = { all: 'all', each: 'each', none: 'none', false: 'none' };
@@ -27,8 +35,56 @@ export async function migrateTypeorm(
   if (flags.transaction !== undefined && transaction === undefined) {
     throw new UsageError(`Invalid --transaction ${JSON.stringify(flags.transaction)}`, 'Use all, each or none.');
   }
+  const { dataSource, dirs } = await openDataSource(command, out, flags);
+  announceTarget(out);
+  try {
+    await dataSource.initialize();
+    const { pending, runMigrations } = await import('../../../adapters/typeorm.js');
+    if (flags.fake) {
+      // TypeORM returns no Migration for a fake run: what it recorded is what stopped being pending.
+      const before = await pending(dataSource);
+      await runMigrations(dataSource, { transaction, fake: true, lock });
+      const after = await pending(dataSource);
+      return { migrator: 'typeorm', applied: before.filter((name) => !after.includes(name)), note: 'fake' };
+    }
+    const applied = await runMigrations(dataSource, { transaction, lock });
+    return { migrator: 'typeorm', applied: applied.map((m) => m.name) };
+  } catch (err) {
+    // TypeORM names the failing migration only in its (silenced) log: a stack frame in its folder names it here.
+    throw migrationFailure('typeorm', err, undefined, dirs);
+  } finally {
+    if (dataSource.isInitialized) await dataSource.destroy();
+  }
+}
+
+/** What `migrate typeorm` would apply, with the same flags: the adapter's `pending` (TypeORM's executor). */
+export async function pendingTypeorm(command: Command, out: Output, flags: TypeormFlags): Promise<PendingCheck> {
+  const { dataSource, database } = await openDataSource(command, out, flags);
+  await dataSource.initialize();
+  const { pending } = await import('../../../adapters/typeorm.js');
+  return {
+    migrator: 'typeorm',
+    check: () => pending(dataSource),
+    database,
+    close: () => dataSource.destroy(),
+  };
+}
+
+/** The data source of `--data-source`, set up like TypeORM's CLI does, with the connection the CLI chose. */
+async function openDataSource(
+  command: Command,
+  out: Output,
+  flags: TypeormFlags,
+): Promise<{ dataSource: DataSource; database: pg.ClientConfig; dirs: string[] }> {
   const dataSource = await loadDataSource(flags.dataSource);
-  const options = dataSource.options as DataSource['options'] & { url?: string; host?: string };
+  const options = dataSource.options as DataSource['options'] & {
+    url?: string;
+    host?: string;
+    port?: number;
+    username?: string;
+    password?: unknown;
+    database?: string;
+  };
   if (options.type !== 'postgres') {
     throw new UsageError(
       `The data source's type is ${JSON.stringify(options.type)}: pg-migration-lock needs 'postgres'`,
@@ -42,28 +98,28 @@ export async function migrateTypeorm(
     dropSchema: false,
     logging: false,
   };
+  let database: pg.ClientConfig;
   if (command.optsWithGlobals<GlobalOptions>().databaseUrl || (!options.url && !options.host)) {
     // --database-url wins over the data source; DATABASE_URL fills in when it names no server.
     overrides.url = databaseUrl(command, out, true);
+    database = connectionConfig(clientConfig(overrides.url as string));
   } else {
     registerSecrets(out, options);
+    if (options.url) {
+      database = connectionConfig(clientConfig(options.url));
+      out.target = out.scrub(options.url);
+    } else {
+      const { host, port, username: user, password, database: name } = options;
+      database = connectionConfig({ host, port, user, password: password as string | undefined, database: name });
+      out.target = `postgres://${user ? `${user}@` : ''}${host}${port ? `:${port}` : ''}/${name ?? ''}`;
+    }
+    out.targetSource = basename(flags.dataSource);
   }
   dataSource.setOptions(overrides as Parameters<DataSource['setOptions']>[0]);
-  await dataSource.initialize();
-  try {
-    const { pending, runMigrations } = await import('../../../adapters/typeorm.js');
-    if (flags.fake) {
-      // TypeORM returns no Migration for a fake run: what it recorded is what stopped being pending.
-      const before = await pending(dataSource);
-      await runMigrations(dataSource, { transaction, fake: true, lock });
-      const after = await pending(dataSource);
-      return { migrator: 'typeorm', applied: before.filter((name) => !after.includes(name)), note: 'fake' };
-    }
-    const applied = await runMigrations(dataSource, { transaction, lock });
-    return { migrator: 'typeorm', applied: applied.map((m) => m.name) };
-  } finally {
-    await dataSource.destroy();
-  }
+  // Where migrations live: the folders of the data source's migration globs (and the file's own).
+  const globs = ((options.migrations ?? []) as unknown[]).filter((m): m is string => typeof m === 'string');
+  const dirs = [dirname(resolve(flags.dataSource)), ...globs.map((glob) => dirname(resolve(glob)))];
+  return { dataSource, database, dirs };
 }
 
 /** The DataSource a file exports, found like TypeORM's CLI does (default or named export, awaited). */
@@ -114,11 +170,5 @@ function isDataSource(value: unknown): value is DataSource {
 
 function registerSecrets(out: Output, options: { url?: string; password?: unknown }): void {
   if (typeof options.password === 'string') out.addSecret(options.password);
-  if (typeof options.url === 'string') {
-    try {
-      out.addSecret(decodeURIComponent(new URL(options.url).password));
-    } catch {
-      // not a URL: nothing to hide in it
-    }
-  }
+  if (typeof options.url === 'string') out.addConnectionString(options.url);
 }
