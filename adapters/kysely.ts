@@ -189,7 +189,7 @@ export class Migrator {
       // Kysely bound to it, so its own lock, its transactions and the migrations all run on that session.
       const result = await this.#props.db.connection().execute((conn) =>
         withMigrationLockUnless(
-          kyselySessionSource(conn, modules),
+          kyselySessionSource(conn, modules, upOnly),
           key,
           () => migrate(new modules.Migrator({ ...this.#props, db: conn })),
           lockOptions,
@@ -208,15 +208,28 @@ export class Migrator {
   }
 }
 
+/** How often a waiter that cannot hear releases re-checks what is pending (without the lock). */
+const RECHECK_EVERY_MS = 1_000;
+
 /**
  * One connection of a Kysely instance as the core's session: every statement goes through kysely
  * (`CompiledQuery.raw`), so any kysely PostgreSQL dialect works (pg, postgres.js). It is the caller's
  * connection: never ended by us, kysely gives it back to its pool. kysely exposes neither the driver's
  * notifications nor its connection events: waiters poll every `pollIntervalMs` (no LISTEN), and a lost
  * session shows as the failing statement rather than at once.
+ *
+ * WORKAROUND (the core asks `isDone` only when it hears a release): with `recheck`, the session's
+ * `listen` cannot hear releases either, so it reports one every RECHECK_EVERY_MS instead. A waiter then
+ * re-checks what is pending about once a second, and leaves without the lock once another replica has
+ * migrated, instead of taking the lock in turn to find nothing to do.
  */
-function kyselySessionSource(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules): SessionSource {
+function kyselySessionSource(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules, recheck: boolean): SessionSource {
+  const listen: Session['listen'] = async (_channel, onPayload) => {
+    const timer = setInterval(() => onPayload(''), RECHECK_EVERY_MS);
+    return async () => clearInterval(timer);
+  };
   const session: Session = {
+    ...(recheck ? { listen } : {}),
     client: conn,
     kind: 'borrowed',
     async query<R>(sql: string, params: unknown[] = []) {

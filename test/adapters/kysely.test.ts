@@ -121,17 +121,18 @@ test('kysely 0.28: the same adapter, with `kysely` resolving to 0.28.x', async (
 test('while a plain kysely run holds its lock, a wrapped run waits, then finds nothing to do', async () => {
   const plain = new KyselyMigrator({ db: kyselyFor(plainFirstUrl), provider: provider() }).migrateToLatest();
   await waitFor(async () => (await lockRows(plainFirstUrl, KYSELY_LOCK_KEY)).length > 0, 10_000, 'the plain run');
-  let waitedMs = 0;
+  let waited = false;
   const wrapped = new Migrator({
     db: kyselyFor(plainFirstUrl),
     provider: provider(),
-    lock: { logger: null, pollIntervalMs: 50, hooks: { onAcquired: (info) => (waitedMs = info.waitedMs) } },
+    lock: { logger: null, pollIntervalMs: 50, hooks: { onWaiting: () => (waited = true) } },
   }).migrateToLatest();
   const [plainResult, wrappedResult] = await Promise.all([plain, wrapped]);
   expect(plainResult.error).toBeUndefined();
   expect(plainResult.results?.map((r) => r.status)).toEqual(['Success', 'Success', 'Success']);
   expect(wrappedResult).toEqual({ results: [] });
-  expect(waitedMs).toBeGreaterThan(50);
+  // It found kysely's lock held by the plain run and waited (then took it, or left when nothing was pending).
+  expect(waited).toBe(true);
   expect(await appliedMigrations(plainFirstUrl, 'kysely')).toEqual({ total: 3, distinct: 3 });
 });
 
