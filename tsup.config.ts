@@ -6,6 +6,8 @@ export default defineConfig({
     knex: 'adapters/knex.ts',
     'node-pg-migrate': 'adapters/node-pg-migrate.ts',
     drizzle: 'adapters/drizzle.ts',
+    kysely: 'adapters/kysely.ts',
+    typeorm: 'adapters/typeorm.ts',
     'cli/index': 'src/cli/index.ts',
   },
   format: ['esm', 'cjs'],

@@ -12,7 +12,7 @@ test('require() works and loads no migrator', () => {
   const out = node(
     '-e',
     `const m = require('pg-migration-lock');
-     const loaded = Object.keys(require.cache).filter((f) => /node_modules\\/(knex|node-pg-migrate|drizzle-orm)\\//.test(f));
+     const loaded = Object.keys(require.cache).filter((f) => /node_modules\\/(knex|node-pg-migrate|drizzle-orm|typeorm|kysely)\\//.test(f));
      console.log(JSON.stringify({ exports: Object.keys(m).sort(), key: String(m.DEFAULT_LOCK_KEY), loaded }));`,
   );
   const { exports, key, loaded } = JSON.parse(out);

@@ -1,14 +1,21 @@
 // Check before queueing, with real replica processes: on an up-to-date database no replica takes (or even
 // waits for) the lock; with migrations pending, one replica applies them once and the others find nothing
 // left to do, whether they checked before queueing or re-checked when the holder released.
+
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import { migrate as bareDrizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
 import knexFactory from 'knex';
+import { Kysely, PostgresDialect } from 'kysely';
+import { FileMigrationProvider, Migrator as KyselyMigrator } from 'kysely/migration';
 import { runner as bareRunner } from 'node-pg-migrate';
 import pg from 'pg';
+import { DataSource } from 'typeorm';
 import { describe, expect, test } from 'vitest';
 import { migrate as drizzleMigrate } from '../../adapters/drizzle.js';
 import { latest } from '../../adapters/knex.js';
+import { KYSELY_LOCK_KEY } from '../../adapters/kysely.js';
 import { runner } from '../../adapters/node-pg-migrate.js';
 import { DEFAULT_LOCK_KEY } from '../../src/index.js';
 import { appliedMigrations, type Migrator, race } from '../fixtures/adapters/race.mjs';
@@ -57,6 +64,38 @@ const SETUPS: Record<Migrator, { key: bigint; applyFirst: (url: string) => Promi
   },
   drizzle: { key: DEFAULT_LOCK_KEY, rest: [], applyFirst: drizzleFirst },
   'drizzle-postgres-js': { key: DEFAULT_LOCK_KEY, rest: [], applyFirst: drizzleFirst },
+  typeorm: {
+    key: DEFAULT_LOCK_KEY,
+    rest: ['SlowAddSize1700000000002', 'IndexName1700000000003'],
+    async applyFirst(url) {
+      const dataSource = new DataSource({
+        type: 'postgres',
+        url,
+        migrations: [fixture('typeorm/migrations/1700000000001-*.mjs')],
+      });
+      await dataSource.initialize();
+      try {
+        await dataSource.runMigrations();
+      } finally {
+        await dataSource.destroy();
+      }
+    },
+  },
+  kysely: {
+    key: KYSELY_LOCK_KEY,
+    rest: ['002_slow_add_size', '003_index_name'],
+    async applyFirst(url) {
+      const db = new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url }) }) });
+      const migrationFolder = fixture('kysely/migrations');
+      try {
+        const provider = new FileMigrationProvider({ fs, path, migrationFolder });
+        const { error } = await new KyselyMigrator({ db, provider }).migrateUp();
+        if (error) throw error;
+      } finally {
+        await db.destroy();
+      }
+    },
+  },
 };
 
 /** Holds `key` on a session of its own until `done` is called: any replica that tried to take it would wait. */

@@ -2,7 +2,9 @@ import { expect, test } from 'vitest';
 import { appliedMigrations } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, spawnNode } from '../helpers.js';
 
-const [knexUrl, nodePgMigrateUrl, drizzleUrl] = await Promise.all([
+const [knexUrl, nodePgMigrateUrl, drizzleUrl, typeormUrl, kyselyUrl] = await Promise.all([
+  createTestDatabase(),
+  createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
@@ -21,9 +23,11 @@ test('with no migrator installed, everything loads, and an adapter names the pac
   expect(stderr).toBe('');
   expect(code).toBe(0);
   expect(resultOf(stdout)).toEqual({
-    loaded: ['function', 'function', 'function', 'function'],
+    loaded: ['function', 'function', 'function', 'function', 'function', 'function'],
     'node-pg-migrate': 'pg-migration-lock/node-pg-migrate needs node-pg-migrate: npm install node-pg-migrate',
     drizzle: 'pg-migration-lock/drizzle needs drizzle-orm: npm install drizzle-orm',
+    typeorm: 'pg-migration-lock/typeorm needs typeorm: npm install typeorm',
+    kysely: 'pg-migration-lock/kysely needs kysely: npm install kysely',
   });
 });
 
@@ -32,10 +36,14 @@ test('the adapters work through require() (the CJS build)', async () => {
     KNEX_URL: knexUrl,
     NODE_PG_MIGRATE_URL: nodePgMigrateUrl,
     DRIZZLE_URL: drizzleUrl,
+    TYPEORM_URL: typeormUrl,
+    KYSELY_URL: kyselyUrl,
   });
   const { code, stdout, stderr } = await exited;
   expect(stderr).toBe('');
   expect(code).toBe(0);
-  expect(resultOf(stdout)).toEqual({ knex: 3, 'node-pg-migrate': 3, drizzle: 'ok' });
+  expect(resultOf(stdout)).toEqual({ knex: 3, 'node-pg-migrate': 3, drizzle: 'ok', typeorm: 3, kysely: 3 });
   expect(await appliedMigrations(drizzleUrl, 'drizzle')).toEqual({ total: 3, distinct: 3 });
+  expect(await appliedMigrations(typeormUrl, 'typeorm')).toEqual({ total: 3, distinct: 3 });
+  expect(await appliedMigrations(kyselyUrl, 'kysely')).toEqual({ total: 3, distinct: 3 });
 });

@@ -92,10 +92,14 @@ describe('usage errors exit 2', () => {
   test.each([
     ['node-pg-migrate', ['-m', fixture('node-pg-migrate')], 'node-pg-migrate'],
     ['drizzle', ['--migrations-folder', fixture('drizzle')], 'drizzle-orm'],
+    ['typeorm', ['-d', fixture('typeorm/data-source.mjs')], 'typeorm'],
+    ['kysely', [], 'kysely'],
   ])('migrate %s with the migrator not installed', async (migrator, flags, pkg) => {
     const hide = new URL('../fixtures/adapters/hide-migrators.mjs', import.meta.url).pathname;
     const { code, stderr } = await cli(['migrate', migrator, ...flags, '--database-url', NOWHERE], {
       env: { NODE_OPTIONS: `--import=${hide}` },
+      // kysely-ctl's config is found from the working directory.
+      cwd: migrator === 'kysely' ? fixture('kysely') : undefined,
     });
     expect(stderr).toContain(`npm install ${pkg}`);
     expect(code).toBe(2);

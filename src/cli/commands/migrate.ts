@@ -4,7 +4,9 @@ import { signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import { drizzleFlags, migrateDrizzle } from '../migrators/drizzle.js';
 import { knexFlags, migrateKnex } from '../migrators/knex.js';
+import { KYSELY_KEY, kyselyFlags, migrateKysely } from '../migrators/kysely.js';
 import { migrateNodePgMigrate, NODE_PG_MIGRATE_KEY, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
+import { migrateTypeorm, typeormFlags } from '../migrators/typeorm.js';
 import type { AdapterLock, Applied } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
@@ -13,7 +15,7 @@ type Migrate<F> = (command: Command, out: Output, flags: F, lock: AdapterLock) =
 export function registerMigrate(program: Command, out: Output): Command {
   const migrate = program
     .command('migrate')
-    .summary('run knex, node-pg-migrate or drizzle under the lock')
+    .summary('run knex, node-pg-migrate, drizzle, typeorm or kysely under the lock')
     .description(
       'Run the pending migrations of one migrator under the lock, on the session that holds it, and print what was applied. For any other migrator (prisma, dbmate, atlas, sequelize-cli…) use `run -- CMD`.',
     )
@@ -23,7 +25,8 @@ export function registerMigrate(program: Command, out: Output): Command {
 Examples:
   $ pg-migration-lock migrate knex --knexfile knexfile.cjs --env production
   $ pg-migration-lock migrate node-pg-migrate -m migrations -t pgmigrations
-  $ pg-migration-lock migrate drizzle --migrations-folder ./drizzle --timeout 5m`,
+  $ pg-migration-lock migrate drizzle --migrations-folder ./drizzle --timeout 5m
+  $ pg-migration-lock migrate typeorm -d dist/data-source.js`,
     );
 
   const action =
@@ -86,6 +89,50 @@ Examples:
   $ pg-migration-lock migrate drizzle --migrations-folder db/migrations --timeout 10m`,
     ),
   ).action(action(migrateDrizzle));
+
+  addLockFlags(
+    typeormFlags(
+      migrate
+        .command('typeorm')
+        .description("TypeORM migration:run, for the DataSource a file exports (like TypeORM's own CLI)"),
+    )
+      .option(
+        '-t, --transaction <mode>',
+        "all, each or none (default: the data source's migrationsTransactionMode, else all)",
+      )
+      .option('-f, --fake', 'record the pending migrations as run without running them')
+      .addHelpText(
+        'after',
+        `
+--database-url (or DATABASE_URL when the data source names no server) replaces the data source's connection.
+
+Examples:
+  $ pg-migration-lock migrate typeorm -d dist/data-source.js
+  $ pg-migration-lock migrate typeorm --data-source dist/data-source.js --transaction each --timeout 5m`,
+      ),
+  ).action(action(migrateTypeorm));
+
+  addLockFlags(
+    kyselyFlags(
+      migrate
+        .command('kysely')
+        .description(
+          "kysely migrate latest, configured by your kysely-ctl config file (like kysely-ctl's CLI), under kysely's own lock key 3853314791062309107 unless --key or --name is given: this CLI, the pg-migration-lock/kysely adapter and plain kysely all wait for one another",
+        ),
+    )
+      .option('--no-transaction', 'run the migrations without transactions (disableTransactions)')
+      .addHelpText(
+        'after',
+        `
+The config's dialect must be 'pg', 'postgres' (postgres.js) or a PostgreSQL dialect instance; --database-url
+(or DATABASE_URL when the config has no dialect) replaces it with pg. A TypeScript config needs a Node that
+strips types (>= 22.18); otherwise wrap kysely-ctl: pg-migration-lock run -- npx kysely migrate latest
+
+Examples:
+  $ pg-migration-lock migrate kysely
+  $ pg-migration-lock migrate kysely --config db/kysely.config.mjs -e production --timeout 5m`,
+      ),
+  ).action(action(migrateKysely, KYSELY_KEY));
 
   return migrate;
 }

@@ -9,7 +9,9 @@ import { CliError, EXIT, InterruptedError, UsageError } from '../errors.js';
 import { trapSignals } from '../locking.js';
 import { drizzleFlags, pendingDrizzle } from '../migrators/drizzle.js';
 import { knexFlags, pendingKnex } from '../migrators/knex.js';
+import { KYSELY_KEY, kyselyFlags, pendingKysely } from '../migrators/kysely.js';
 import { NODE_PG_MIGRATE_KEY, nodePgMigrateFlags, pendingNodePgMigrate } from '../migrators/node-pg-migrate.js';
+import { pendingTypeorm, typeormFlags } from '../migrators/typeorm.js';
 import type { PendingCheck } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
@@ -110,6 +112,28 @@ Examples:
   $ pg-migration-lock pending drizzle --migrations-folder db/migrations --wait`,
     )
     .action(action(pendingDrizzle));
+
+  withPendingFlags(typeormFlags(pending.command('typeorm').description('what TypeORM migration:run would run')))
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ pg-migration-lock pending typeorm -d dist/data-source.js
+  $ pg-migration-lock pending typeorm --data-source dist/data-source.js --wait --timeout 10m`,
+    )
+    .action(action(pendingTypeorm));
+
+  withPendingFlags(
+    kyselyFlags(pending.command('kysely').description('what kysely migrate latest would run (your kysely-ctl config)')),
+  )
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ pg-migration-lock pending kysely
+  $ pg-migration-lock pending kysely --config db/kysely.config.mjs -e production --wait`,
+    )
+    .action(action(pendingKysely, KYSELY_KEY));
 
   return pending;
 }

@@ -1,0 +1,267 @@
+import { existsSync, promises as fs } from 'node:fs';
+import path, { basename, dirname, join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Command } from 'commander';
+import type { Dialect, Kysely, KyselyPlugin } from 'kysely';
+import type { MigrationProvider, MigratorProps } from 'kysely/migration';
+import type pg from 'pg';
+import { connectionConfig } from '../../session.js';
+import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
+import { UsageError } from '../errors.js';
+import type { Output } from '../output.js';
+import { migrationFailure } from './failure.js';
+import { existingDir, importFromProject } from './project.js';
+import type { AdapterLock, Applied, PendingCheck } from './types.js';
+
+export interface KyselyFlags {
+  config?: string;
+  environment?: string;
+  /** `migrate` only (`--no-transaction`). */
+  transaction?: boolean;
+}
+
+/**
+ * kysely's own migration lock id: `migrate kysely` uses it unless --key or --name is given, so this CLI,
+ * the pg-migration-lock/kysely adapter and plain kysely runs all wait for one another.
+ */
+export const KYSELY_KEY = { key: 3853314791062309107n, label: "kysely's own key" };
+
+/** The flags of `migrate kysely` and `pending kysely`: kysely-ctl's config file and environment. */
+export function kyselyFlags(command: Command): Command {
+  return command
+    .option(
+      '--config <path>',
+      'kysely-ctl config file (default: the nearest kysely.config.* or .config/kysely.config.*)',
+    )
+    .option('-e, --environment <name>', 'config environment ($<name> in the config file)');
+}
+
+// kysely-ctl's names, in its order of preference: `.config/` first, TypeScript first.
+const EXTENSIONS = ['ts', 'mts', 'cts', 'js', 'mjs', 'cjs'];
+const CONFIG_FILES = EXTENSIONS.flatMap((ext) => [`.config/kysely.config.${ext}`, `kysely.config.${ext}`]);
+
+/** The part of a kysely-ctl config (`kysely.config.*`, `defineConfig({ … })`) that migrating uses. */
+interface KyselyCtlConfig {
+  dialect?: string | Dialect | (() => Dialect | Promise<Dialect>);
+  dialectConfig?: Record<string, unknown> | (() => Record<string, unknown> | Promise<Record<string, unknown>>);
+  kysely?: Kysely<unknown>;
+  plugins?: KyselyPlugin[];
+  migrations?: {
+    migrationFolder?: string;
+    provider?: MigrationProvider | (() => MigrationProvider | Promise<MigrationProvider>);
+    migrator?: unknown;
+    allowJS?: boolean;
+    getMigrationPrefix?: unknown;
+    [prop: string]: unknown;
+  };
+  [key: string]: unknown;
+}
+
+/** `kysely migrate latest` (kysely-ctl) under the lock, configured by the project's kysely-ctl config file. */
+export async function migrateKysely(
+  command: Command,
+  out: Output,
+  flags: KyselyFlags,
+  lock: AdapterLock,
+): Promise<Applied> {
+  const { db, props, dirs } = await openKysely(command, out, flags);
+  announceTarget(out);
+  try {
+    const { Migrator } = await import('../../../adapters/kysely.js');
+    const disableTransactions = flags.transaction === false || (props.disableTransactions as boolean | undefined);
+    const result = await new Migrator({ ...props, disableTransactions, lock }).migrateToLatest();
+    if (result.error) {
+      const failed = result.results?.find((r) => r.status === 'Error')?.migrationName;
+      throw migrationFailure('kysely', result.error, failed, dirs);
+    }
+    const applied = (result.results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
+    return { migrator: 'kysely', applied };
+  } finally {
+    await db.destroy();
+  }
+}
+
+/** What `migrate kysely` would apply, with the same config: the adapter's `pending()` (kysely's rule). */
+export async function pendingKysely(command: Command, out: Output, flags: KyselyFlags): Promise<PendingCheck> {
+  const { db, props, database } = await openKysely(command, out, flags);
+  const { Migrator } = await import('../../../adapters/kysely.js');
+  const migrator = new Migrator(props);
+  return {
+    migrator: 'kysely',
+    check: () => migrator.pending(),
+    get database() {
+      if (database) return database;
+      throw new UsageError(
+        "pending kysely --wait needs to know the database, which this config's dialect does not tell",
+        "Pass --database-url (or use dialect 'pg' or 'postgres' with its dialectConfig).",
+      );
+    },
+    close: () => db.destroy(),
+  };
+}
+
+/** The Kysely instance and Migrator props the project's kysely-ctl config describes. */
+async function openKysely(
+  command: Command,
+  out: Output,
+  flags: KyselyFlags,
+): Promise<{ db: Kysely<unknown>; props: MigratorProps; dirs: string[]; database: pg.ClientConfig | undefined }> {
+  const file = findConfig(flags.config);
+  const config = await loadConfig(file, flags.environment);
+  const {
+    migrator,
+    migrationFolder = 'migrations',
+    provider: given,
+    allowJS,
+    getMigrationPrefix,
+    ...props
+  } = config.migrations ?? {};
+  if (migrator !== undefined) {
+    throw new UsageError(
+      `${file} builds its own Migrator (migrations.migrator), which pg-migration-lock cannot run on the lock's session`,
+      'Wrap kysely-ctl instead: pg-migration-lock run -- npx kysely migrate latest',
+    );
+  }
+  const provider = await hydrate(given);
+  // Like kysely-ctl: relative to the working directory.
+  const folder = provider
+    ? undefined
+    : existingDir(migrationFolder, 'kysely migrations folder', `migrations.migrationFolder in ${file}`);
+
+  const kyselyModule = await importFromProject<typeof import('kysely')>('kysely', dirname(file));
+  const migration = await importFromProject<typeof import('kysely/migration')>('kysely/migration', dirname(file)).catch(
+    // kysely 0.28 has the migrator in 'kysely' itself.
+    () => kyselyModule as unknown as typeof import('kysely/migration'),
+  );
+  const { db, database } = await kyselyOf(command, out, config, kyselyModule, dirname(file));
+  out.targetSource ??= basename(file);
+  return {
+    db,
+    database,
+    dirs: folder ? [folder] : [dirname(file)],
+    props: {
+      ...(props as Partial<MigratorProps>),
+      db,
+      provider: provider ?? new migration.FileMigrationProvider({ fs, path, migrationFolder: folder! }),
+    },
+  };
+}
+
+function findConfig(given: string | undefined): string {
+  if (given !== undefined) {
+    const file = resolve(given);
+    if (!existsSync(file)) throw new UsageError(`kysely config file not found: ${file}`);
+    return file;
+  }
+  // Like kysely-ctl: the nearest config from the working directory up.
+  for (let dir = process.cwd(); ; dir = dirname(dir)) {
+    const found = CONFIG_FILES.map((name) => join(dir, name)).find((file) => existsSync(file));
+    if (found) return found;
+    if (dirname(dir) === dir) break;
+  }
+  throw new UsageError(
+    `No kysely config file (kysely.config.ts, .js, .mjs, … or in .config/) in ${process.cwd()} or above`,
+    'Pass one with --config path/to/kysely.config.mjs',
+  );
+}
+
+/** The config for `environment`, as c12 (kysely-ctl's loader) layers it: `$<env>` / `$env.<env>` over the base. */
+async function loadConfig(file: string, environment: string | undefined): Promise<KyselyCtlConfig> {
+  let ns: Record<string, unknown>;
+  try {
+    ns = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
+  } catch (err) {
+    if (/\.[cm]?ts$/.test(file) && (err as { code?: string }).code === 'ERR_UNKNOWN_FILE_EXTENSION') {
+      throw new UsageError(
+        `${file} is TypeScript, which this Node cannot load as-is`,
+        'Use Node >= 22.18 (it strips types), compile it to .mjs, or wrap kysely-ctl: pg-migration-lock run -- npx kysely migrate latest',
+      );
+    }
+    throw err;
+  }
+  let config = (ns.default ?? ns) as unknown;
+  if (typeof config === 'function') config = await config();
+  if (!config || typeof config !== 'object') throw new UsageError(`${file} does not export a kysely-ctl config`);
+  const base = config as KyselyCtlConfig;
+  if (!environment) return base;
+  const layer = (base[`$${environment}`] ?? (base.$env as Record<string, unknown> | undefined)?.[environment]) as
+    | KyselyCtlConfig
+    | undefined;
+  if (!layer) throw new UsageError(`${file} has no "${environment}" environment ($${environment})`);
+  return { ...base, ...layer, migrations: { ...base.migrations, ...layer.migrations } };
+}
+
+/** The Kysely instance the config describes; --database-url (or DATABASE_URL when it names none) wins. */
+async function kyselyOf(
+  command: Command,
+  out: Output,
+  config: KyselyCtlConfig,
+  kysely: typeof import('kysely'),
+  fromDir: string,
+): Promise<{ db: Kysely<unknown>; database: pg.ClientConfig | undefined }> {
+  const plugins = config.plugins;
+  const override = command.optsWithGlobals<GlobalOptions>().databaseUrl;
+  if (override || (!config.kysely && !config.dialect)) {
+    const database = connectionConfig(clientConfig(databaseUrl(command, out, true)));
+    const pgModule = await importFromProject<typeof import('pg')>('pg', fromDir);
+    const pool = new pgModule.default.Pool({ ...database, max: 2 });
+    pool.on('error', () => {}); // a lost session is reported by the lock
+    return { db: new kysely.Kysely({ dialect: new kysely.PostgresDialect({ pool }), plugins }), database };
+  }
+  if (config.kysely) return { db: config.kysely, database: undefined };
+  const dialect = config.dialect;
+  if (dialect === 'pg') {
+    const dialectConfig = (await hydrate(config.dialectConfig)) as { pool?: unknown };
+    const pool = (await hydrate(dialectConfig?.pool)) as { options?: pg.ClientConfig } | undefined;
+    const db = new kysely.Kysely({
+      dialect: new kysely.PostgresDialect({ ...dialectConfig, pool } as never),
+      plugins,
+    });
+    return { db, database: describeDatabase(out, pool?.options) };
+  }
+  if (dialect === 'postgres') {
+    const { PostgresJSDialect } = await importFromProject<typeof import('kysely-postgres-js')>(
+      'kysely-postgres-js',
+      fromDir,
+    );
+    const dialectConfig = (await hydrate(config.dialectConfig)) as { postgres?: unknown };
+    const sql = dialectConfig?.postgres as
+      | { options?: { host?: string[]; port?: number[]; user?: string; pass?: string; database?: string } }
+      | undefined;
+    const o = sql?.options;
+    const database = o?.host
+      ? describeDatabase(out, {
+          host: o.host[0],
+          port: o.port?.[0],
+          user: o.user,
+          password: o.pass,
+          database: o.database,
+        })
+      : undefined;
+    return { db: new kysely.Kysely({ dialect: new PostgresJSDialect(dialectConfig as never), plugins }), database };
+  }
+  if (typeof dialect === 'string') {
+    throw new UsageError(
+      `The kysely config's dialect is ${JSON.stringify(dialect)}: pg-migration-lock needs 'pg' or 'postgres'`,
+    );
+  }
+  return { db: new kysely.Kysely({ dialect: (await hydrate(dialect)) as Dialect, plugins }), database: undefined };
+}
+
+/** The connection settings a pool was made with, for `pending --wait`'s own connection and the target line. */
+function describeDatabase(out: Output, options: pg.ClientConfig | undefined): pg.ClientConfig | undefined {
+  if (!options) return undefined;
+  if (typeof options.password === 'string') out.addSecret(options.password);
+  if (options.connectionString) {
+    out.addConnectionString(options.connectionString);
+    out.target = out.scrub(options.connectionString);
+  } else if (options.host) {
+    out.target = `postgres://${options.user ? `${options.user}@` : ''}${options.host}${options.port ? `:${options.port}` : ''}/${options.database ?? ''}`;
+  }
+  return connectionConfig(options);
+}
+
+/** kysely-ctl accepts a value or a (possibly async) factory of it in several places. */
+async function hydrate<T>(value: T | (() => T | Promise<T>)): Promise<T> {
+  return typeof value === 'function' ? await (value as () => T | Promise<T>)() : value;
+}

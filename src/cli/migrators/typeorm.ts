@@ -1,0 +1,174 @@
+import { existsSync } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { Command } from 'commander';
+import type pg from 'pg';
+import type { DataSource } from 'typeorm';
+import { connectionConfig } from '../../session.js';
+import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
+import { UsageError } from '../errors.js';
+import type { Output } from '../output.js';
+import { migrationFailure } from './failure.js';
+import type { AdapterLock, Applied, PendingCheck } from './types.js';
+
+export interface TypeormFlags {
+  dataSource: string;
+  transaction?: string;
+  fake?: boolean;
+}
+
+/** The flags of `migrate typeorm` and `pending typeorm`: TypeORM's CLI's `-d`. */
+export function typeormFlags(command: Command): Command {
+  return command.requiredOption('-d, --data-source <path>', 'file exporting the DataSource (.js, .cjs or .mjs)');
+}
+
+const MODES: Record<string, 'all' | 'each' | 'none'> = { all: 'all', each: 'each', none: 'none', false: 'none' };
+
+/** `typeorm migration:run -d PATH` under the lock, with TypeORM's CLI flags. */
+export async function migrateTypeorm(
+  command: Command,
+  out: Output,
+  flags: TypeormFlags,
+  lock: AdapterLock,
+): Promise<Applied> {
+  const transaction = flags.transaction === undefined ? undefined : MODES[flags.transaction];
+  if (flags.transaction !== undefined && transaction === undefined) {
+    throw new UsageError(`Invalid --transaction ${JSON.stringify(flags.transaction)}`, 'Use all, each or none.');
+  }
+  const { dataSource, dirs } = await openDataSource(command, out, flags);
+  announceTarget(out);
+  try {
+    await dataSource.initialize();
+    const { pending, runMigrations } = await import('../../../adapters/typeorm.js');
+    if (flags.fake) {
+      // TypeORM returns no Migration for a fake run: what it recorded is what stopped being pending.
+      const before = await pending(dataSource);
+      await runMigrations(dataSource, { transaction, fake: true, lock });
+      const after = await pending(dataSource);
+      return { migrator: 'typeorm', applied: before.filter((name) => !after.includes(name)), note: 'fake' };
+    }
+    const applied = await runMigrations(dataSource, { transaction, lock });
+    return { migrator: 'typeorm', applied: applied.map((m) => m.name) };
+  } catch (err) {
+    // TypeORM names the failing migration only in its (silenced) log: a stack frame in its folder names it here.
+    throw migrationFailure('typeorm', err, undefined, dirs);
+  } finally {
+    if (dataSource.isInitialized) await dataSource.destroy();
+  }
+}
+
+/** What `migrate typeorm` would apply, with the same flags: the adapter's `pending` (TypeORM's executor). */
+export async function pendingTypeorm(command: Command, out: Output, flags: TypeormFlags): Promise<PendingCheck> {
+  const { dataSource, database } = await openDataSource(command, out, flags);
+  await dataSource.initialize();
+  const { pending } = await import('../../../adapters/typeorm.js');
+  return {
+    migrator: 'typeorm',
+    check: () => pending(dataSource),
+    database,
+    close: () => dataSource.destroy(),
+  };
+}
+
+/** The data source of `--data-source`, set up like TypeORM's CLI does, with the connection the CLI chose. */
+async function openDataSource(
+  command: Command,
+  out: Output,
+  flags: TypeormFlags,
+): Promise<{ dataSource: DataSource; database: pg.ClientConfig; dirs: string[] }> {
+  const dataSource = await loadDataSource(flags.dataSource);
+  const options = dataSource.options as DataSource['options'] & {
+    url?: string;
+    host?: string;
+    port?: number;
+    username?: string;
+    password?: unknown;
+    database?: string;
+  };
+  if (options.type !== 'postgres') {
+    throw new UsageError(
+      `The data source's type is ${JSON.stringify(options.type)}: pg-migration-lock needs 'postgres'`,
+    );
+  }
+  // Like TypeORM's CLI: nothing but the migrations runs (no synchronize, no migrationsRun, no subscribers).
+  const overrides: Record<string, unknown> = {
+    subscribers: [],
+    synchronize: false,
+    migrationsRun: false,
+    dropSchema: false,
+    logging: false,
+  };
+  let database: pg.ClientConfig;
+  if (command.optsWithGlobals<GlobalOptions>().databaseUrl || (!options.url && !options.host)) {
+    // --database-url wins over the data source; DATABASE_URL fills in when it names no server.
+    overrides.url = databaseUrl(command, out, true);
+    database = connectionConfig(clientConfig(overrides.url as string));
+  } else {
+    registerSecrets(out, options);
+    if (options.url) {
+      database = connectionConfig(clientConfig(options.url));
+      out.target = out.scrub(options.url);
+    } else {
+      const { host, port, username: user, password, database: name } = options;
+      database = connectionConfig({ host, port, user, password: password as string | undefined, database: name });
+      out.target = `postgres://${user ? `${user}@` : ''}${host}${port ? `:${port}` : ''}/${name ?? ''}`;
+    }
+    out.targetSource = basename(flags.dataSource);
+  }
+  dataSource.setOptions(overrides as Parameters<DataSource['setOptions']>[0]);
+  // Where migrations live: the folders of the data source's migration globs (and the file's own).
+  const globs = ((options.migrations ?? []) as unknown[]).filter((m): m is string => typeof m === 'string');
+  const dirs = [dirname(resolve(flags.dataSource)), ...globs.map((glob) => dirname(resolve(glob)))];
+  return { dataSource, database, dirs };
+}
+
+/** The DataSource a file exports, found like TypeORM's CLI does (default or named export, awaited). */
+async function loadDataSource(file: string): Promise<DataSource> {
+  const path = resolve(file);
+  if (!existsSync(path))
+    throw new UsageError(`TypeORM data source file not found: ${path}`, 'Pass it with --data-source (-d).');
+  if (/\.[cm]?ts$/.test(path)) {
+    throw new UsageError(
+      `${path} is TypeScript, which Node cannot load as-is`,
+      "Compile it to .js, run under a TypeScript loader (NODE_OPTIONS='--import tsx'), or wrap TypeORM's own CLI: pg-migration-lock run -- npx typeorm-ts-node-commonjs migration:run -d " +
+        file,
+    );
+  }
+  let ns: Record<string, unknown>;
+  try {
+    ns = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if ((code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && /'typeorm'/.test(String(err))) {
+      throw new UsageError(`typeorm is not installed for ${path}`, 'Install it in your project: npm install typeorm');
+    }
+    throw err;
+  }
+  const found: DataSource[] = [];
+  for (const key of Object.keys(ns)) {
+    const value = await ns[key];
+    if (isDataSource(value) && !found.includes(value)) found.push(value);
+  }
+  if (found.length === 0) throw new UsageError(`${path} exports no TypeORM DataSource`);
+  if (found.length > 1) {
+    throw new UsageError(
+      `${path} exports ${found.length} DataSource instances`,
+      "Export exactly one, like for TypeORM's CLI.",
+    );
+  }
+  return found[0]!;
+}
+
+function isDataSource(value: unknown): value is DataSource {
+  const candidate = value as Partial<DataSource> | null;
+  return (
+    typeof candidate?.initialize === 'function' &&
+    typeof candidate.runMigrations === 'function' &&
+    typeof candidate.options === 'object'
+  );
+}
+
+function registerSecrets(out: Output, options: { url?: string; password?: unknown }): void {
+  if (typeof options.password === 'string') out.addSecret(options.password);
+  if (typeof options.url === 'string') out.addConnectionString(options.url);
+}
