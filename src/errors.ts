@@ -23,8 +23,8 @@ export class MigrationLockTimeoutError extends MigrationLockError {
   /** How long the call waited, in milliseconds. */
   readonly waitedMs: number;
 
-  constructor(message: string, key: bigint, holder: Holder | null, waitedMs: number) {
-    super(message, key, holder);
+  constructor(message: string, key: bigint, holder: Holder | null, waitedMs: number, options?: { cause?: unknown }) {
+    super(message, key, holder, options);
     this.waitedMs = waitedMs;
   }
 }

@@ -3,17 +3,44 @@ import pg from 'pg';
 
 /**
  * Where a session comes from: a `pg.Pool` (one connection checked out per call), a connected
- * `pg.Client` or pool client (used as-is, never ended by us), or a connection string / `pg`
- * client config (we open one connection and close it after).
+ * `pg.Client` or pool client (used as-is, never ended by us), or a connection string / `pg` client
+ * config (we open one connection and close it after).
  */
 export type ClientSource = pg.Pool | pg.ClientBase | string | pg.ClientConfig;
 
+/**
+ * One database session, whatever the driver. This is the only seam between the lock and a driver:
+ * the lock speaks SQL text through it, and never touches a driver's own API.
+ */
 export interface Session {
-  client: pg.ClientBase;
-  /** `own`: we opened it (we may set it up, and we close it); `pooled`: checked out of a pg.Pool; `borrowed`: the caller's client. */
-  kind: 'own' | 'pooled' | 'borrowed';
-  /** Gives the session back: ends our own connection, returns (or, with `destroy`, destroys) a pooled one. */
+  /** What `fn` receives as `client`: the driver's own handle on this very session. */
+  readonly client: unknown;
+  /** `own`: we opened it (and close it); `pooled`: checked out of a pool; `borrowed`: the caller's. */
+  readonly kind: 'own' | 'pooled' | 'borrowed';
+  /** Runs one statement and resolves its rows. */
+  query<R = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<R[]>;
+  /**
+   * Delivers the payloads of NOTIFY on `channel` until the returned function is called. Absent where
+   * the driver cannot deliver notifications to this session: waiters then only poll.
+   */
+  listen?(channel: string, onPayload: (payload: string) => void): Promise<() => Promise<void>>;
+  /** Calls `onLost` once when the connection dies (backend terminated, network error); returns an unsubscribe. */
+  onLost(onLost: (error: unknown) => void): () => void;
+  /** Gives the session back: closes our own, returns a pooled one (or with `destroy`, discards it), leaves the caller's. */
   release(destroy?: boolean): Promise<void>;
+  /** Cuts the connection now, without a round trip: for a session that stopped answering. */
+  destroy(): void;
+  /** Host and port the session talks to, when known: error messages use them to name a pooler. */
+  readonly endpoint?: { host?: string; port?: number };
+}
+
+/** Opens sessions from one client source. */
+export interface SessionSource {
+  open(): Promise<Session>;
+  /** A broken session can be replaced by opening another (a pool, a URL): waiters then reconnect. */
+  readonly reopenable: boolean;
+  /** The caller's own session object, which two concurrent calls must not share. */
+  readonly borrowed?: object;
 }
 
 export interface SessionOptions {
@@ -40,11 +67,6 @@ export function checkSource(source: unknown): asserts source is ClientSource {
   );
 }
 
-/** A client used as-is (not a pool, not a config to connect with). */
-export function isConnectedClient(source: ClientSource): source is pg.ClientBase {
-  return typeof source === 'object' && isClient(source) && !isPool(source);
-}
-
 function isPool(source: object): source is pg.Pool {
   return typeof (source as pg.Pool).connect === 'function' && typeof (source as pg.Pool).totalCount === 'number';
 }
@@ -53,44 +75,107 @@ function isClient(source: object): source is pg.ClientBase {
   return typeof (source as pg.ClientBase).query === 'function';
 }
 
-/** Opens (or borrows) one session from any accepted source. */
-export async function openSession(source: ClientSource, options: SessionOptions = {}): Promise<Session> {
+/** Where sessions of `source` come from. Validates its shape first, without touching the network. */
+export function sessionSource(source: unknown, options: SessionOptions = {}): SessionSource {
+  checkSource(source);
   if (typeof source === 'object' && isPool(source)) {
-    const client = await source.connect();
-    return {
-      client,
-      kind: 'pooled',
-      // Destroying (release with an error) closes the connection, so a lock it may still hold dies with it.
-      release: async (destroy) =>
-        client.release(destroy ? new Error('pg-migration-lock: session discarded') : undefined),
-    };
+    return { reopenable: true, open: async () => pgSession(await source.connect(), 'pooled') };
   }
   if (typeof source === 'object' && isClient(source)) {
-    return { client: source, kind: 'borrowed', release: async () => {} };
+    return { reopenable: false, borrowed: source, open: async () => pgSession(source, 'borrowed') };
   }
-  const client = new pg.Client(connectionConfig(source, options.applicationName));
-  // A connection error before `connect()` settles is reported by the promise; this keeps it from crashing the process.
-  client.on('error', () => {});
-  await client.connect();
+  const config = connectionConfig(source, options.applicationName);
   return {
-    client,
-    kind: 'own',
-    release: async () => {
-      await client.end().catch(() => {});
+    reopenable: true,
+    open: async () => {
+      const client = new pg.Client(config);
+      // A connection error before `connect()` settles is reported by the promise; this keeps it from crashing the process.
+      client.on('error', () => {});
+      try {
+        await client.connect();
+      } catch (err) {
+        socketOf(client)?.destroy();
+        throw err;
+      }
+      return pgSession(client, 'own');
     },
   };
+}
+
+/** The `pg` driver behind the seam: a Client, a pool client, or a connection we opened. */
+function pgSession(client: pg.ClientBase, kind: Session['kind']): Session {
+  const destroy = () => socketOf(client)?.destroy();
+  const params = client as unknown as { host?: string; port?: number };
+  return {
+    client,
+    kind,
+    endpoint: { host: params.host, port: params.port },
+    query: async <R>(sql: string, values?: unknown[]) => (await client.query(sql, values)).rows as R[],
+    async listen(channel, onPayload) {
+      const onNotification = (message: pg.Notification) => {
+        if (message.channel === channel) onPayload(message.payload ?? '');
+      };
+      client.on('notification', onNotification);
+      await client.query(`LISTEN "${channel}"`);
+      return async () => {
+        client.off('notification', onNotification);
+        await client.query(`UNLISTEN "${channel}"`);
+      };
+    },
+    onLost(onLost) {
+      let done = false;
+      const lost = (error: unknown) => {
+        if (done) return;
+        done = true;
+        onLost(error);
+      };
+      const onEnd = () => lost(new Error('Connection terminated unexpectedly'));
+      // A FATAL error (pg_terminate_backend, shutdown) rejects the running query before the socket's
+      // 'end' arrives; seeing it here, in the same dispatch, lets fn's own catch find the signal aborted.
+      const onMessage = (message: { severity?: string }) => {
+        if (message.severity === 'FATAL' || message.severity === 'PANIC') lost(message);
+      };
+      const connection = (client as { connection?: NodeJS.EventEmitter }).connection;
+      client.on('error', lost);
+      client.on('end', onEnd);
+      connection?.on('errorMessage', onMessage);
+      return () => {
+        client.off('error', lost);
+        client.off('end', onEnd);
+        connection?.off('errorMessage', onMessage);
+      };
+    },
+    destroy,
+    async release(discard) {
+      if (kind === 'pooled') {
+        // Discarding closes the connection, so a lock it may still hold dies with it (on the server,
+        // once it sees the close: at once on a live network, within keepalive's bound on a dead one).
+        if (discard) destroy();
+        (client as pg.PoolClient).release(discard ? new Error('pg-migration-lock: session discarded') : undefined);
+      } else if (kind === 'own') {
+        if (discard) return destroy();
+        // end() waits for the server to close; a server that no longer answers must not hold us.
+        const timer = setTimeout(destroy, 5_000);
+        await (client as pg.Client).end().catch(() => {});
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+function socketOf(client: pg.ClientBase): { destroy(): void } | undefined {
+  return (client as { connection?: { stream?: { destroy(): void } } }).connection?.stream;
 }
 
 /** Runs `fn` on one session from any source, and gives the session back after. */
 export async function withSession<T>(
   source: ClientSource,
-  fn: (client: pg.ClientBase) => Promise<T>,
+  fn: (session: Session) => Promise<T>,
   options?: SessionOptions,
 ): Promise<T> {
-  checkSource(source);
-  const session = await openSession(source, options);
+  const session = await sessionSource(source, options).open();
   try {
-    const result = await fn(session.client);
+    const result = await fn(session);
     await session.release();
     return result;
   } catch (err) {
@@ -110,8 +195,9 @@ export function defaultApplicationName(): string {
 }
 
 /**
- * The config for a connection we open: it names the holder and turns on TCP keepalive. An explicit
- * `applicationName` wins over the connection string's; otherwise the string's own wins over our default.
+ * The config for a connection we open: it names the holder, turns on TCP keepalive and bounds the
+ * connect. An explicit `applicationName` wins over the connection string's; otherwise the string's
+ * own wins over our default.
  */
 export function connectionConfig(source: string | pg.ClientConfig, applicationName?: string): pg.ClientConfig {
   const config: pg.ClientConfig = typeof source === 'string' ? { connectionString: source } : { ...source };
@@ -128,6 +214,8 @@ export function connectionConfig(source: string | pg.ClientConfig, applicationNa
   }
   config.keepAlive ??= true;
   config.keepAliveInitialDelayMillis ??= 10_000;
+  // Without it, connecting to a host that vanished waits for the kernel's SYN retries (about 2 min).
+  config.connectionTimeoutMillis ??= 10_000;
   return config;
 }
 

@@ -1,6 +1,5 @@
-import type pg from 'pg';
 import { keyParts, type LockKeyInput, parseKey } from './key.js';
-import { type ClientSource, withSession } from './session.js';
+import { type ClientSource, type Session, withSession } from './session.js';
 
 /** A session seen in `pg_locks` + `pg_stat_activity`. */
 export interface Holder {
@@ -70,9 +69,9 @@ interface StatusRow {
 }
 
 /** Reads the lock's state on an already open session (`prefix` lets a waiter keep its breadcrumb). */
-export async function queryLockStatus(client: pg.ClientBase, key: bigint, prefix = ''): Promise<LockStatus> {
+export async function queryLockStatus(session: Session, key: bigint, prefix = ''): Promise<LockStatus> {
   const { classid, objid } = keyParts(key);
-  const { rows } = await client.query<StatusRow>(prefix + STATUS_SQL, [classid, objid]);
+  const rows = await session.query<StatusRow>(prefix + STATUS_SQL, [classid, objid]);
   const toHolder = (row: StatusRow): Holder => ({
     pid: row.pid,
     applicationName: row.application_name,
@@ -138,7 +137,7 @@ export async function releaseLock(
   }
   const match = `${lockRowsOf(k, 1)} AND granted`;
   return withSession(client, async (session) => {
-    const { rows } = await session.query<{ pid: number }>(
+    const rows = await session.query<{ pid: number }>(
       `SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE ${match} AND pid <> pg_backend_pid()
          AND ($1::int IS NULL OR pid = $1)`,
       [onlyPid ?? null],
@@ -148,7 +147,7 @@ export async function releaseLock(
     // pg_terminate_backend only signals; the lock is gone once the backend has exited.
     for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
       const gone = await session.query(`SELECT 1 FROM pg_locks WHERE ${match} AND pid = $1`, [pid]);
-      if (gone.rowCount === 0) break;
+      if (gone.length === 0) break;
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
     return { released: true, pid };

@@ -42,14 +42,19 @@ export interface Exited {
 }
 
 /** Spawns a Node script as a real OS process and collects its output. */
-export function spawnNode(
-  script: string,
+export function spawnNode(script: string, args: string[] = [], env: Record<string, string> = {}) {
+  return spawnProcess(process.execPath, [script, ...args], env);
+}
+
+/** Spawns a command as a real OS process (stdin a pipe the test may write to) and collects its output. */
+export function spawnProcess(
+  command: string,
   args: string[] = [],
   env: Record<string, string> = {},
 ): { child: ChildProcess; exited: Promise<Exited>; output: () => string } {
-  const child = spawn(process.execPath, [script, ...args], {
+  const child = spawn(command, args, {
     env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['pipe', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';

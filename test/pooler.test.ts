@@ -297,7 +297,7 @@ describe(`PgBouncer, pool_mode = transaction (documents the limits)${skipped}`, 
         expect(logger.warnings).toHaveLength(1);
         expect(logger.warnings[0]).toMatch(
           new RegExp(
-            `taken on backend ${lockBackend} but released from backend \\d+.*Backend ${lockBackend} was terminated`,
+            `taken on backend ${lockBackend} but released from backend \\d+.*backend ${lockBackend} was terminated.*PgBouncer pool_mode = session`,
           ),
         );
         // pg_terminate_backend only signals: the lock is gone once that backend has exited.

@@ -1,0 +1,241 @@
+import pg from 'pg';
+import { describe, expect, test } from 'vitest';
+import { MigrationLockBusyError, withMigrationLock } from '../src/index.js';
+import { poolerAdvice, SKIPPED, unsupportedServer, withMigrationLockUnless } from '../src/lock.js';
+import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js';
+
+const url = await createTestDatabase();
+const quiet = { logger: null };
+const SETTINGS = `SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_interval') AS interval,
+  current_setting('tcp_keepalives_count') AS count, current_setting('tcp_user_timeout') AS user_timeout,
+  current_setting('client_connection_check_interval', true) AS check_interval`;
+const OURS = { idle: '10', interval: '5', count: '4', user_timeout: '30000' };
+const THEIRS = { idle: '77', interval: '7', count: '3', user_timeout: '0' };
+
+describe('server-side keepalive on every lock session', () => {
+  for (const form of ['pool', 'client'] as const) {
+    test(`${form}: set while fn runs (and while waiting), put back before the session goes back`, async () => {
+      const pool = new pg.Pool({ connectionString: url, max: 1 });
+      const client = form === 'client' ? await pool.connect() : undefined;
+      try {
+        // The session's own values, as a role or an app may have set them.
+        const own = client ?? pool;
+        await own.query('SET tcp_keepalives_idle = 77; SET tcp_keepalives_interval = 7; SET tcp_keepalives_count = 3');
+        const source = client ?? pool;
+        const inside = await withMigrationLock(
+          source,
+          91n,
+          async ({ client: c }) => (await c.query(SETTINGS)).rows[0],
+          quiet,
+        );
+        expect(inside).toMatchObject(OURS);
+        if (inside.check_interval !== null) expect(inside.check_interval).toBe('5s');
+        expect((await own.query(SETTINGS)).rows[0]).toMatchObject(THEIRS);
+
+        // Refused (busy) and after waiting: put back too.
+        await withMigrationLock(
+          url,
+          91n,
+          () =>
+            expect(withMigrationLock(source, 91n, () => {}, { ...quiet, wait: false })).rejects.toThrow(
+              MigrationLockBusyError,
+            ),
+          quiet,
+        );
+        expect((await own.query(SETTINGS)).rows[0]).toMatchObject(THEIRS);
+        let release!: () => void;
+        const holding = withMigrationLock(url, 91n, () => new Promise<void>((r) => (release = r)), quiet);
+        await waitFor(async () => (await lockRows(url, 91n)).length === 1);
+        const waited = withMigrationLock(
+          source,
+          91n,
+          async ({ client: c }) => (await c.query(SETTINGS)).rows[0],
+          quiet,
+        );
+        await waitFor(() => release !== undefined);
+        setTimeout(() => release(), 300);
+        await holding;
+        expect(await waited).toMatchObject(OURS);
+        expect((await own.query(SETTINGS)).rows[0]).toMatchObject(THEIRS);
+        expect((await own.query('SELECT count(*)::int AS n FROM pg_listening_channels()')).rows[0].n).toBe(0);
+      } finally {
+        client?.release();
+        await pool.end();
+      }
+    });
+  }
+});
+
+describe('withMigrationLockUnless (adapters: re-check at each release instead of queueing)', () => {
+  test('a waiter whose work is done skips without the lock, and hands the wake-up on to a plain waiter', async () => {
+    let release!: () => void;
+    const holding = withMigrationLock(url, 92n, () => new Promise<void>((r) => (release = r)), quiet);
+    await waitFor(() => release !== undefined);
+    let done = false;
+    const checkedOn: unknown[] = [];
+    const skipping = withMigrationLockUnless(
+      url,
+      92n,
+      () => 'ran',
+      quiet,
+      async (client) => {
+        checkedOn.push(client);
+        return done;
+      },
+    );
+    // The plain waiter polls only every 10 s: it can start quickly only if the wake-up reaches it.
+    let plainStartedAt = 0;
+    const plain = withMigrationLock(url, 92n, () => (plainStartedAt = performance.now()), {
+      ...quiet,
+      pollIntervalMs: 10_000,
+    });
+    await waitFor(
+      async () =>
+        (
+          await withClient(url, (c) =>
+            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
+          )
+        ).rows[0].n === 2,
+    );
+    done = true;
+    const releasedAt = performance.now();
+    release();
+    await holding;
+    expect(await skipping).toBe(SKIPPED);
+    await plain;
+    expect(plainStartedAt - releasedAt).toBeLessThan(2_000);
+    expect(checkedOn.length).toBeGreaterThanOrEqual(1);
+    expect(typeof (checkedOn[0] as pg.ClientBase).query).toBe('function');
+    expect(await lockRows(url, 92n)).toEqual([]);
+  });
+
+  test('a waiter with work left takes the lock and runs fn; an error of isDone reaches the caller as it is', async () => {
+    let release!: () => void;
+    const holding = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release = r)), quiet);
+    await waitFor(() => release !== undefined);
+    const running = withMigrationLockUnless(
+      url,
+      93n,
+      () => 'ran',
+      quiet,
+      async () => false,
+    );
+    await waitFor(
+      async () =>
+        (
+          await withClient(url, (c) =>
+            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
+          )
+        ).rows[0].n === 1,
+    );
+    release();
+    await holding;
+    expect(await running).toBe('ran');
+
+    const corrupt = new Error('The migration directory is corrupt');
+    const holding2 = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release = r)), quiet);
+    await waitFor(async () => (await lockRows(url, 93n)).length === 1);
+    const failing = withMigrationLockUnless(
+      url,
+      93n,
+      () => 'ran',
+      quiet,
+      async () => Promise.reject(corrupt),
+    ).catch((err: unknown) => err);
+    await waitFor(
+      async () =>
+        (
+          await withClient(url, (c) =>
+            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
+          )
+        ).rows[0].n === 1,
+    );
+    release();
+    await holding2;
+    expect(await failing).toBe(corrupt);
+    expect(await lockRows(url, 93n)).toEqual([]);
+  });
+});
+
+describe('servers and poolers that cannot lock', () => {
+  test('CockroachDB and YugabyteDB are named from version(); PostgreSQL is not', () => {
+    expect(unsupportedServer('CockroachDB CCL v23.1.11 (x86_64-pc-linux-gnu, built 2023/09/27)')).toBe('CockroachDB');
+    expect(unsupportedServer('PostgreSQL 11.2-YB-2.20.1.0-b0 on x86_64-pc-linux-gnu')).toBe('YugabyteDB');
+    expect(unsupportedServer('PostgreSQL 16.4 (Debian 16.4-1.pgdg120+1) on x86_64-pc-linux-gnu')).toBeUndefined();
+  });
+
+  test('the pooler advice names the culprit from the endpoint', () => {
+    expect(poolerAdvice({ endpoint: { host: 'aws-0-eu-central-1.pooler.supabase.com', port: 6543 } })).toMatch(
+      /Port 6543 is Supabase's transaction pooler/,
+    );
+    expect(
+      poolerAdvice({ endpoint: { host: 'ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech', port: 5432 } }),
+    ).toMatch(/Neon's pooled endpoint/);
+    expect(poolerAdvice({ endpoint: { host: 'db.example.com', port: 5432 } })).toMatch(/PgBouncer pool_mode = session/);
+  });
+});
+
+describe('bad input: a clear error before any query, and no lock left behind', () => {
+  const rejectsEarly: [string, () => Promise<unknown>, RegExp][] = [
+    [
+      'timeoutMs negative',
+      () => withMigrationLock(url, 1n, () => {}, { timeoutMs: -1 }),
+      /`timeoutMs` to be a finite number of milliseconds >= 0/,
+    ],
+    ['timeoutMs a string', () => withMigrationLock(url, 1n, () => {}, { timeoutMs: '5s' as never }), /`timeoutMs`/],
+    ['reportEveryMs 0', () => withMigrationLock(url, 1n, () => {}, { reportEveryMs: 0 }), /`reportEveryMs`/],
+    ['wait a string', () => withMigrationLock(url, 1n, () => {}, { wait: 'no' as never }), /`wait` to be a boolean/],
+    [
+      'a hook that is not a function',
+      () => withMigrationLock(url, 1n, () => {}, { hooks: { onAcquired: 1 as never } }),
+      /hook `onAcquired`/,
+    ],
+    [
+      'a logger without warn',
+      () => withMigrationLock(url, 1n, () => {}, { logger: { info() {} } as never }),
+      /`logger` to have info, warn and error/,
+    ],
+    [
+      'signal not an AbortSignal',
+      () => withMigrationLock(url, 1n, () => {}, { signal: {} as never }),
+      /`signal` to be an AbortSignal/,
+    ],
+    [
+      'applicationName a number',
+      () => withMigrationLock(url, 1n, () => {}, { applicationName: 1 as never }),
+      /`applicationName` to be a string/,
+    ],
+    ['fn not a function', () => withMigrationLock(url, 1n, 'migrate' as never), /`fn` to be a function/],
+    ['client null', () => withMigrationLock(null as never, 1n, () => {}), /Expected `client` to be a pg.Pool/],
+    ['client an empty string', () => withMigrationLock('', 1n, () => {}), /empty string/],
+    [
+      'a client never connected',
+      () => withMigrationLock(new pg.Client(url), 1n, () => {}),
+      /call `await client.connect\(\)` first/,
+    ],
+    ['key fractional', () => withMigrationLock(url, 1.5, () => {}), /Invalid lock key/],
+  ];
+  for (const [name, call, message] of rejectsEarly) {
+    test(name, async () => {
+      await expect(call()).rejects.toThrow(message);
+    });
+  }
+
+  const port = new URL(url).port;
+  const connectFailures: [string, string, RegExp][] = [
+    ['unreachable server', 'postgres://migrator:s3cret-PASS@127.0.0.1:1/app', /ECONNREFUSED/],
+    ['wrong password', `postgres://postgres:s3cret-PASS@127.0.0.1:${port}/postgres`, /password authentication failed/],
+    ['missing database', url.replace(/\/[^/?]+(\?|$)/, '/no_such_db$1'), /database "no_such_db" does not exist/],
+  ];
+  for (const [name, target, message] of connectFailures) {
+    test(`${name}: the driver's own error, at once, without the password`, async () => {
+      let called = false;
+      const started = performance.now();
+      const error = await withMigrationLock(target, 94n, () => (called = true), quiet).catch((err: Error) => err);
+      expect(String(error)).toMatch(message);
+      expect(String(error)).not.toContain('s3cret-PASS');
+      expect(called).toBe(false);
+      expect(performance.now() - started).toBeLessThan(5_000);
+    });
+  }
+});
