@@ -164,6 +164,7 @@ try {
 }
 
 machine.loadAverageAtEnd = os.loadavg().map((l) => l.toFixed(2));
+machine.totalSeconds = Math.round(performance.now() / 1000);
 if (report.targets.length) {
   console.log(
     `\n## Targets\n\n${table(
@@ -172,7 +173,9 @@ if (report.targets.length) {
     )}`,
   );
 }
-console.log(`\nLoad average at the end: ${machine.loadAverageAtEnd.join(' ')}. JSON: ${out}`);
+console.log(
+  `\nLoad average at the end: ${machine.loadAverageAtEnd.join(' ')}; ${machine.totalSeconds} s in all. JSON: ${out}`,
+);
 await writeFile(out, `${JSON.stringify(report, null, 2)}\n`);
 if (problems.length) {
   console.error(`\nProblems:\n${problems.map((p) => `- ${p}`).join('\n')}`);
