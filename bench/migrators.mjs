@@ -7,6 +7,16 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
+/** Whether every specifier resolves from here (the migrator is installed, this build has its adapter). */
+export function available(entry) {
+  try {
+    for (const specifier of entry.requires) import.meta.resolve(specifier);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The SQL of each migration in a set: `count` tiny ones, then optionally one slow one. */
 export function migrationSet(count, slowSeconds) {
   const set = Array.from({ length: count }, (_, i) => ({
@@ -20,7 +30,8 @@ export function migrationSet(count, slowSeconds) {
 
 /**
  * name → {
- *   table: the migrator's own table (where it records applied migrations), for the checks;
+ *   requires: what must resolve for the entry to run (else the bench skips it, saying so);
+ *   table: the migrator's own table (where it records applied migrations, by `name`), for the checks;
  *   baseline: the bare mode the wrapped one is compared with;
  *   write(dir, set): writes the set in the migrator's format;
  *   open(url, dir): imports the migrator and the adapter, connects nothing; resolves to
@@ -29,6 +40,7 @@ export function migrationSet(count, slowSeconds) {
  */
 export const MIGRATORS = {
   knex: {
+    requires: ['knex', 'pg-migration-lock/knex'],
     table: 'public.knex_migrations',
     baseline: 'bare',
     async write(dir, set) {
@@ -56,6 +68,7 @@ export const MIGRATORS = {
   },
 
   'node-pg-migrate': {
+    requires: ['node-pg-migrate', 'pg-migration-lock/node-pg-migrate'],
     table: 'public.pgmigrations',
     // Bare node-pg-migrate takes its own lock in 'fail' mode: replicas that find it taken fail. The fair
     // baseline is `noLock` (every replica runs, none fails); plain `bare` is measured for its failures.
@@ -85,6 +98,7 @@ export const MIGRATORS = {
   },
 
   drizzle: {
+    requires: ['drizzle-orm', 'pg-migration-lock/drizzle'],
     table: 'drizzle.__drizzle_migrations',
     baseline: 'bare',
     async write(dir, set) {
@@ -118,6 +132,89 @@ export const MIGRATORS = {
           wrapped: () => migrate(db, { ...config, lock: { logger: null } }),
         },
         close: () => pool.end(),
+      };
+    },
+  },
+
+  kysely: {
+    requires: ['kysely', 'pg-migration-lock/kysely'],
+    table: 'public.kysely_migration',
+    baseline: 'bare',
+    async write(dir, set) {
+      await mkdir(dir, { recursive: true });
+      for (const { name, sql } of set) {
+        await writeFile(
+          join(dir, `${name}.mjs`),
+          `import { sql } from 'kysely';\nexport const up = (db) => sql.raw(${JSON.stringify(sql)}).execute(db);\nexport const down = async () => {};\n`,
+        );
+      }
+    },
+    async open(url, dir) {
+      const [fs, path, kysely, { default: pg }, { Migrator }] = await Promise.all([
+        import('node:fs/promises'),
+        import('node:path'),
+        import('kysely'),
+        import('pg'),
+        import('pg-migration-lock/kysely'),
+      ]);
+      // kysely 0.29 has its migrator in 'kysely/migration', 0.28 in 'kysely'.
+      const migration = await import('kysely/migration').catch(() => kysely);
+      const db = new kysely.Kysely({
+        dialect: new kysely.PostgresDialect({ pool: new pg.Pool({ connectionString: url }) }),
+      });
+      const props = { db, provider: new migration.FileMigrationProvider({ fs, path, migrationFolder: dir }) };
+      const check = ({ error }) => {
+        if (error) throw error;
+      };
+      return {
+        modes: {
+          bare: async () => check(await new migration.Migrator(props).migrateToLatest()),
+          wrapped: async () => check(await new Migrator({ ...props, lock: { logger: null } }).migrateToLatest()),
+        },
+        close: () => db.destroy(),
+      };
+    },
+  },
+
+  typeorm: {
+    requires: ['typeorm', 'pg-migration-lock/typeorm'],
+    table: 'public.migrations',
+    baseline: 'bare',
+    async write(dir, set) {
+      await mkdir(dir, { recursive: true });
+      for (const [i, { name, sql }] of set.entries()) {
+        // TypeORM reads a migration's timestamp from the last 13 digits of its class name.
+        const className = `Bench${i}T${1700000000000 + i}`;
+        await writeFile(
+          join(dir, `${1700000000000 + i}-${name}.mjs`),
+          `export class ${className} {\n  async up(queryRunner) { await queryRunner.query(${JSON.stringify(sql)}); }\n  async down() {}\n}\n`,
+        );
+      }
+    },
+    async open(url, dir) {
+      const [{ DataSource }, { runMigrations }] = await Promise.all([
+        import('typeorm'),
+        import('pg-migration-lock/typeorm'),
+      ]);
+      const dataSource = new DataSource({ type: 'postgres', url, migrations: [join(dir, '*.mjs')], logging: false });
+      // An app initializes its data source at boot: part of what both modes do, after `go`.
+      const ready = async () => {
+        if (!dataSource.isInitialized) await dataSource.initialize();
+      };
+      return {
+        modes: {
+          bare: async () => {
+            await ready();
+            await dataSource.runMigrations();
+          },
+          wrapped: async () => {
+            await ready();
+            await runMigrations(dataSource, { lock: { logger: null } });
+          },
+        },
+        close: async () => {
+          if (dataSource.isInitialized) await dataSource.destroy();
+        },
       };
     },
   },

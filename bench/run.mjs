@@ -4,7 +4,7 @@
 // (bench/results.json, or BENCH_RESULTS / --out). BENCH_SMOKE=1 is --smoke: tiny N, few iterations.
 // Exits 1 when a correctness check fails (a wrapped replica failed, a migration applied twice, two
 // critical sections overlapped), not when a timing target is missed: timings depend on the machine.
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,10 +12,11 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { createDatabase, startPostgres } from '../test/postgres.mjs';
 import { table } from './lib.mjs';
-import { MIGRATORS, migrationSet } from './migrators.mjs';
+import { available, MIGRATORS, migrationSet } from './migrators.mjs';
 import { SECTIONS } from './sections.mjs';
 
-const usage = `Usage: npm run bench [-- --smoke] [-- --only ${Object.keys(SECTIONS).join(',')}] [-- --out FILE]
+const usage = `Usage: npm run bench [-- --smoke] [-- --only ${Object.keys(SECTIONS).join(',')}] [-- --repeats N] [-- --out FILE]
+  --repeats N         steady state: runs of each mode per N, the median counts (default 2)
   BENCH_DATABASE_URL  use this server instead of an embedded one (databases bench_* are created and dropped)
   BENCH_SMOKE=1       same as --smoke: a tiny run (CI)
   BENCH_RESULTS=FILE  where to write the JSON (default bench/results.json)`;
@@ -26,6 +27,7 @@ try {
     options: {
       smoke: { type: 'boolean', default: process.env.BENCH_SMOKE === '1' },
       only: { type: 'string' },
+      repeats: { type: 'string' },
       out: { type: 'string', default: process.env.BENCH_RESULTS },
       help: { type: 'boolean', short: 'h' },
     },
@@ -76,15 +78,25 @@ const config = values.smoke
       iterations: 2000,
       overheadIterations: 40,
     };
+if (values.repeats !== undefined) {
+  config.repeats = Number(values.repeats);
+  if (!Number.isInteger(config.repeats) || config.repeats < 1) {
+    console.error(`--repeats must be a whole number ≥ 1, got ${values.repeats}\n${usage}`);
+    process.exit(2);
+  }
+}
 const out = values.out ?? fileURLToPath(new URL('results.json', import.meta.url));
 
 const server = await startPostgres({ url: process.env.BENCH_DATABASE_URL });
-const tmp = await mkdtemp(join(os.tmpdir(), 'pgml-bench-'));
+// Inside the project (.tmp/ is ignored by git), so generated migrations can import its packages.
+const root = fileURLToPath(new URL('..', import.meta.url));
+await mkdir(join(root, '.tmp'), { recursive: true });
+const tmp = await mkdtemp(join(root, '.tmp', 'bench-'));
 const created = new Set();
 const problems = [];
 const ctx = {
   config,
-  migrators: Object.keys(MIGRATORS),
+  migrators: Object.keys(MIGRATORS).filter((name) => available(MIGRATORS[name])),
   sets: {},
   noopWall: {},
   log: (message) => process.stderr.write(`  ${message}\n`),
@@ -125,10 +137,12 @@ const machine = {
   migrationsPerSet: config.migrations,
 };
 const versions = {};
-for (const name of ['knex', 'node-pg-migrate', 'drizzle-orm', 'pg']) {
+for (const name of ['knex', 'node-pg-migrate', 'drizzle-orm', 'kysely', 'typeorm', 'pg']) {
   const file = new URL(`../node_modules/${name}/package.json`, import.meta.url);
-  versions[name] = JSON.parse(await readFile(file, 'utf8').catch(() => '{}')).version;
+  const { version } = JSON.parse(await readFile(file, 'utf8').catch(() => '{}'));
+  if (version) versions[name] = version;
 }
+const skipped = Object.keys(MIGRATORS).filter((name) => !ctx.migrators.includes(name));
 console.log(
   `pg-migration-lock bench${values.smoke ? ' (smoke)' : ''}: PostgreSQL ${machine.postgres}${machine.embedded ? ' (embedded)' : ''} on loopback; Node ${machine.node}; ${machine.cpus}; ${machine.memoryGiB} GiB; load average ${machine.loadAverageAtStart.join(' ')}; ${Object.entries(
     versions,
@@ -137,9 +151,14 @@ console.log(
     .join(', ')}; ${machine.date}`,
 );
 
-const report = { machine, versions, config, sections: {}, targets: [], problems };
+if (skipped.length) {
+  console.log(`Skipped (the migrator is not installed, or this build has no adapter for it): ${skipped.join(', ')}`);
+}
+
+const report = { machine, versions, config, migrators: ctx.migrators, sections: {}, targets: [], problems };
 try {
-  for (const [migrator, entry] of Object.entries(MIGRATORS)) {
+  for (const migrator of ctx.migrators) {
+    const entry = MIGRATORS[migrator];
     const steady = join(tmp, migrator, 'steady');
     const converge = join(tmp, migrator, 'converge');
     await entry.write(steady, migrationSet(config.migrations));

@@ -150,13 +150,15 @@ export async function steadyState(ctx) {
           ctx.problem(`steady state: wrapped ${migrator} replicas failed: ${describeErrors(mergeErrors(runs[mode]))}`);
         }
         const errors = mergeErrors(runs[mode]);
-        if (Object.keys(errors).length) notes.push(`${migrator} ${mode}, N=${n}: ${describeErrors(errors)}`);
+        if (Object.keys(errors).length) {
+          notes.push(`${migrator} ${mode}, N=${n}, in ${runs[mode].length} runs: ${describeErrors(errors)}`);
+        }
         rows.push([
           migrator,
           n,
           mode,
           fmtS(wall[mode]),
-          `${failed.join(', ')} of ${n}`,
+          `${failed.join(' / ')} of ${n}`,
           ratio === undefined ? '' : `${ratio.toFixed(2)} (vs ${baseline})`,
           ratio === undefined ? '' : met(ratio <= 1.1),
         ]);
@@ -182,7 +184,7 @@ export async function steadyState(ctx) {
   }
   const worst = ratios.reduce((a, b) => (b.ratio > a.ratio ? b : a), ratios[0]);
   return {
-    headers: ['migrator', 'N', 'mode', 'wall (median)', 'replicas failed', 'wrapped / bare', 'target ≤ 1.1'],
+    headers: ['migrator', 'N', 'mode', 'wall (median)', 'replicas failed (per run)', 'wrapped / bare', 'target ≤ 1.1'],
     rows,
     notes,
     targets: [
@@ -593,6 +595,16 @@ export async function uncontended(ctx) {
   };
   const noop = () => {};
   ctx.log(`uncontended: ${iterations} calls`);
+  // Counts the round trips a call makes on the caller's client (each query() call is one; a string of
+  // several statements sent at once is one too).
+  const query = client.query;
+  let roundTrips = 0;
+  client.query = function (...args) {
+    roundTrips++;
+    return query.apply(this, args);
+  };
+  await withMigrationLock(client, BENCH_KEY, noop, { logger: null });
+  const perCall = roundTrips;
   const select1 = await time(() => client.query('SELECT 1'));
   const locked = await time(() => withMigrationLock(client, BENCH_KEY, noop, { logger: null }));
   const pool = new pg.Pool({ connectionString: url, max: 1 });
@@ -608,7 +620,7 @@ export async function uncontended(ctx) {
     headers: ['call (fn does nothing)', 'mean ms', 'in SELECT 1 round trips', 'target ≤ 3'],
     rows: [
       ['SELECT 1', unit.toFixed(3), '1', ''],
-      ['withMigrationLock(client, …)', locked.toFixed(3), ratio.toFixed(2), met(ratio <= 3)],
+      [`withMigrationLock(client, …): ${perCall} queries`, locked.toFixed(3), ratio.toFixed(2), met(ratio <= 3)],
       ['withMigrationLock(pool of max 1, …)', pooled.toFixed(3), (pooled / unit).toFixed(2), ''],
     ],
     notes: [`${iterations} calls each, one after the other, on one connection.`],
