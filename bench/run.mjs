@@ -51,6 +51,7 @@ const config = values.smoke
   ? {
       migrations: 10,
       slowSeconds: 0.5,
+      settleMs: 100,
       replicas: [3],
       repeats: 1,
       handoffWaiters: [4],
@@ -66,6 +67,7 @@ const config = values.smoke
   : {
       migrations: 60,
       slowSeconds: 0.5,
+      settleMs: 300,
       replicas: [8, 32, 64],
       repeats: 2,
       handoffWaiters: [8, 64],

@@ -50,13 +50,13 @@ async function query(url, sql) {
  * the parent has seen the last one exit. With `monitor`, pg_stat_activity is sampled every ~5 ms during
  * the run for the most connections each replica had open at once.
  */
-async function race({ migrator, mode, n, url, dir, monitor = false }) {
+async function race(ctx, { migrator, mode, n, url, dir, monitor = false }) {
   const replicas = Array.from({ length: n }, (_, i) =>
     startReplica(['migrate', migrator, mode, withAppName(url, `bench-r${i}`), dir]),
   );
   try {
     await within(180_000, Promise.all(replicas.map((r) => r.next('ready'))), `${n} ${migrator} replicas starting`);
-    await sleep(300); // let the start-ups' last garbage collections settle
+    await sleep(ctx.config.settleMs); // let the start-ups' last garbage collections settle
     const sampler = monitor ? await connectionSampler(url, replicas) : undefined;
     const go = now();
     for (const replica of replicas) replica.send('go');
@@ -137,7 +137,7 @@ export async function steadyState(ctx) {
         // Alternate the order, so a drift in the machine's load does not favour one mode.
         for (const mode of rep % 2 ? [...modes].reverse() : modes) {
           ctx.log(`steady state: ${migrator}, ${n} replicas, ${mode} (${rep + 1}/${ctx.config.repeats})`);
-          runs[mode].push(await race({ migrator, mode, n, url, dir: ctx.sets[migrator].steady }));
+          runs[mode].push(await race(ctx, { migrator, mode, n, url, dir: ctx.sets[migrator].steady }));
         }
       }
       const wall = Object.fromEntries(modes.map((mode) => [mode, median(runs[mode].map((r) => r.wallMs))]));
@@ -226,7 +226,7 @@ export async function convergence(ctx) {
       const url = await migratedDatabase(ctx, migrator, `bench_converge_${slug(migrator)}_${n}`);
       const dir = ctx.sets[migrator].converge;
       ctx.log(`convergence: ${migrator}, ${n} replicas, wrapped, one ${ctx.config.slowSeconds} s migration pending`);
-      const run = await race({ migrator, mode: 'wrapped', n, url, dir, monitor: true });
+      const run = await race(ctx, { migrator, mode: 'wrapped', n, url, dir, monitor: true });
       const count = await applied(url, migrator);
       if (count.total !== ctx.config.migrations + 1 || count.distinct !== count.total) {
         ctx.problem(
@@ -237,7 +237,7 @@ export async function convergence(ctx) {
       if (noop === undefined) {
         // The steady-state section did not run: measure the bare no-op here, on the now up-to-date database.
         ctx.log(`convergence: ${migrator}, ${n} replicas, ${baseline} no-op (baseline)`);
-        noop = (await race({ migrator, mode: baseline, n, url, dir })).wallMs;
+        noop = (await race(ctx, { migrator, mode: baseline, n, url, dir })).wallMs;
       }
       await ctx.drop(url);
       const bound = noop + slowMs + 300;
