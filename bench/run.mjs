@@ -173,7 +173,7 @@ try {
     const started = performance.now();
     const result = await run(ctx);
     const seconds = (performance.now() - started) / 1000;
-    console.log(`\n## ${title}\n\n${table(result.headers, result.rows)}`);
+    console.log(`\n#### ${title}\n\n${table(result.headers, result.rows)}`);
     for (const note of result.notes) console.log(`- ${note}`);
     report.sections[name] = { title, seconds, data: result.data, notes: result.notes };
     report.targets.push(...result.targets.map((t) => ({ section: name, ...t })));
@@ -188,7 +188,7 @@ machine.loadAverageAtEnd = os.loadavg().map((l) => l.toFixed(2));
 machine.totalSeconds = Math.round(performance.now() / 1000);
 if (report.targets.length) {
   console.log(
-    `\n## Targets\n\n${table(
+    `\n#### Targets\n\n${table(
       ['measure', 'target', 'measured', 'met'],
       report.targets.map((t) => [t.what, t.target, t.measured, t.met]),
     )}`,
