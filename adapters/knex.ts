@@ -1,7 +1,8 @@
 import { promisify } from 'node:util';
 import type { Knex } from 'knex';
 import type pg from 'pg';
-import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
+import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
 import type { ClientSource } from '../src/session.js';
 
@@ -46,12 +47,7 @@ export async function latest(
   config: KnexLatestConfig = {},
   lock?: KnexLockOptions,
 ): Promise<[batchNo: number, log: string[]]> {
-  const client = knex?.client;
-  if (typeof knex !== 'function' || client?.driverName !== 'pg') {
-    throw new TypeError(
-      `pg-migration-lock/knex: expected a knex instance for PostgreSQL (knex({ client: 'pg', … })), got ${client?.driverName ? `a '${client.driverName}' knex` : typeof knex}`,
-    );
-  }
+  const client = checkKnex(knex);
   const { lock: lockInConfig, ...migratorConfig } = config;
   const { key = DEFAULT_LOCK_KEY, ...lockOptions } = lock ?? lockInConfig ?? {};
   const logger = resolveLogger(lockOptions.logger);
@@ -61,17 +57,119 @@ export async function latest(
    * so is the migration's connection (its transaction rolls back). The lock is taken on a connection of
    * our own, made from knex's connection settings, and knex migrates through a copy of your knex whose
    * "pool" is that one connection. Your pool is never touched, so a pool of max 1 cannot deadlock.
+   * The pending check runs first on that same connection; with nothing to do, no lock is taken.
    */
-  return withMigrationLock(
+  const merged = { ...client.config.migrations, ...migratorConfig };
+  // One knex per session, made once: the check and the migration then share its setup (search path, afterCreate).
+  const onSessions = new WeakMap<pg.ClientBase, Promise<Knex>>();
+  const knexOn = (session: pg.ClientBase) => {
+    if (!onSessions.has(session)) onSessions.set(session, onSession(knex, session));
+    return onSessions.get(session)!;
+  };
+  let batchNo = 0;
+  const result = await withMigrationLockUnless(
     await lockSource(client),
     key,
     async ({ client: session }) => {
-      const locked = await onSession(knex, session);
-      await freeStaleLockRow(locked, { ...client.config.migrations, ...migratorConfig }, logger);
+      const locked = await knexOn(session);
+      await freeStaleLockRow(locked, merged, logger);
       return locked.migrate.latest(migratorConfig);
     },
     lockOptions,
+    // Up to date (and no stale knex_migrations_lock row to free): what knex returns for a no-op, no lock taken.
+    async (session) => {
+      const state = await inspect(await knexOn(session), migratorConfig);
+      batchNo = state.batchNo;
+      return state.pending.length === 0 && !state.lockRowStuck;
+    },
   );
+  return result === SKIPPED ? [batchNo, []] : result;
+}
+
+/**
+ * The migrations `knex.migrate.latest(config)` would run now, by name, in order: what `migrate.list(config)`
+ * reports as pending, with its errors (e.g. "The migration directory is corrupt" when the database records
+ * migrations the directory lacks). Unlike `migrate.list`, it creates nothing: a database without knex's
+ * tables has every migration pending. Takes no lock; runs on your knex's pool.
+ *
+ * @param knex your knex instance (`client: 'pg'`).
+ * @param config the config you give {@link latest} (its `lock` is ignored).
+ * @returns the names of the pending migrations (`[]` when up to date).
+ *
+ * @example
+ * import { pending } from 'pg-migration-lock/knex';
+ * if ((await pending(db, { directory: './migrations' })).length > 0) throw new Error('database not migrated yet');
+ */
+export async function pending(knex: Knex, config: KnexLatestConfig = {}): Promise<string[]> {
+  checkKnex(knex);
+  const { lock: _lock, ...migratorConfig } = config;
+  return (await inspect(knex, migratorConfig)).pending;
+}
+
+function checkKnex(knex: Knex): Knex.Client {
+  const client = knex?.client;
+  if (typeof knex !== 'function' || client?.driverName !== 'pg') {
+    throw new TypeError(
+      `pg-migration-lock/knex: expected a knex instance for PostgreSQL (knex({ client: 'pg', … })), got ${client?.driverName ? `a '${client.driverName}' knex` : typeof knex}`,
+    );
+  }
+  return client;
+}
+
+/** What a database looks like to `migrate.latest`: what it would run, its batch number, and the stale-row case. */
+interface KnexState {
+  pending: string[];
+  /** The batch number `latest` returns when it runs nothing (the highest recorded, else 0). */
+  batchNo: number;
+  /** `<table>_lock` is at `is_locked = 1`: bare knex would fail, `latest` frees it under the lock. */
+  lockRowStuck: boolean;
+}
+
+interface KnexMigrationSource {
+  getMigrations(loadExtensions?: readonly string[]): Promise<unknown[]>;
+  getMigrationName(migration: unknown): string;
+}
+type MergedConfig = Knex.MigratorConfig & { migrationSource: KnexMigrationSource; tableName: string };
+type GetMergedConfig = (config: Knex.MigratorConfig, current: unknown, logger: unknown) => MergedConfig;
+
+/**
+ * `migrate.list` without its side effect: knex's list first creates its tables (`ensureTable`), which a
+ * check must not do, so the read is ours: knex's own config merging and migration source, the completed
+ * rows read like knex reads them (same table, same order), and knex's validation and difference.
+ */
+async function inspect(knex: Knex, config: Knex.MigratorConfig): Promise<KnexState> {
+  const { getMergedConfig } = (await import(
+    // @ts-expect-error: knex ships no types for its internals; this module has stayed put since knex 0.95.
+    'knex/lib/migrations/migrate/migrator-configuration-merger.js'
+  )) as { getMergedConfig: GetMergedConfig };
+  const migrator = knex.migrate as unknown as { config: unknown };
+  const merged = getMergedConfig(config, migrator.config, knex.client.logger);
+  const { migrationSource: source, tableName, schemaName } = merged;
+  const schema = () => (schemaName ? knex.schema.withSchema(schemaName) : knex.schema);
+  const table = (name: string) => (schemaName ? knex(name).withSchema(schemaName) : knex(name));
+  const [all, hasTable, hasLockTable] = await Promise.all([
+    source.getMigrations(merged.loadExtensions),
+    schema().hasTable(tableName),
+    schema().hasTable(`${tableName}_lock`),
+  ]);
+  const completed: { name: string; batch: number | null }[] = hasTable
+    ? await table(tableName).orderBy('id').select('name', 'batch')
+    : [];
+  const lockRowStuck = hasLockTable && (await table(`${tableName}_lock`).where('is_locked', 1).first()) !== undefined;
+  const names = all.map((migration) => source.getMigrationName(migration));
+  if (!merged.disableMigrationsListValidation) {
+    const missing = completed.filter((row) => !names.includes(row.name)).map((row) => row.name);
+    if (missing.length > 0) {
+      // knex's own message (validateMigrationList), so a check fails exactly like the run would.
+      throw new Error(`The migration directory is corrupt, the following files are missing: ${missing.join(', ')}`);
+    }
+  }
+  const done = new Set(completed.map((row) => row.name));
+  return {
+    pending: names.filter((name) => !done.has(name)),
+    batchNo: Math.max(0, ...completed.map((row) => row.batch ?? 0)),
+    lockRowStuck,
+  };
 }
 
 /** Where the lock session comes from: knex's connection settings, or the pg.Pool given as `connectionPool`. */

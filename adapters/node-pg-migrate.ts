@@ -1,7 +1,11 @@
-import type { runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
+import { readdir } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { Migration, runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
 import { missingMigrator } from '../src/errors.js';
-import { type LockKeyInput, type MigrationLockOptions, withMigrationLock } from '../src/index.js';
+import type { LockKeyInput, MigrationLockOptions } from '../src/index.js';
+import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
+import { type ClientSource, withSession } from '../src/session.js';
 import { lockRowsOf } from '../src/status.js';
 
 /** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x). */
@@ -21,8 +25,13 @@ export interface NodePgMigrateLockOptions extends MigrationLockOptions {
   key?: LockKeyInput;
 }
 
-/** node-pg-migrate's own `runner` options, plus `lock`. */
-export type NodePgMigrateRunnerOption = RunnerOption & {
+/** node-pg-migrate's options with a `dbClient` that may also be a `pg.Pool` (one connection is checked out for the run). */
+type WithPoolClient<O> = O extends { dbClient: unknown }
+  ? Omit<O, 'dbClient'> & { dbClient: pg.ClientBase | pg.Pool }
+  : O;
+
+/** node-pg-migrate's own `runner` options (`dbClient` may be a `pg.Pool` too), plus `lock`. */
+export type NodePgMigrateRunnerOption = WithPoolClient<RunnerOption> & {
   /** How to take the lock, see {@link NodePgMigrateLockOptions}. @default {} */
   lock?: NodePgMigrateLockOptions;
 };
@@ -64,8 +73,8 @@ export async function runner(
     throw new TypeError('pg-migration-lock/node-pg-migrate: you must provide either a databaseUrl or a dbClient');
   const { runner: run } = await importNodePgMigrate();
   const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
-  return withMigrationLock(
-    source,
+  const result = await withMigrationLockUnless(
+    source as ClientSource,
     key,
     async ({ client, key: lockKey }) => {
       // Holding node-pg-migrate's own key already, its own (re-entrant) lock would add nothing but a hold
@@ -88,10 +97,151 @@ export async function runner(
       }
     },
     lockOptions,
+    // Nothing to run: what runner returns for a no-op, without queueing for the lock.
+    async (client) => (await toRun(client, rest as RunnerOption)).length === 0,
+  );
+  return result === SKIPPED ? [] : result;
+}
+
+/**
+ * The migrations `runner(options)` would run now, by name, in the order it would run them (for
+ * `direction: 'down'`, the ones it would revert), with the same errors: its file filtering and ordering
+ * (`dir`, `ignorePattern`, `useGlob`, and in 9.x its migration loaders), `checkOrder` ("Not run migration …
+ * is preceding already run migration …"), `count`, `timestamp` and `file`. Unlike `runner`, it creates
+ * nothing (no schema, no migrations table) and takes no lock.
+ *
+ * @param options the options you give {@link runner} (`databaseUrl` or `dbClient`, `dir`, `migrationsTable`, …).
+ * @returns the names of the pending migrations (`[]` when up to date).
+ *
+ * @example
+ * import { pending } from 'pg-migration-lock/node-pg-migrate';
+ * const names = await pending({ databaseUrl, dir: 'migrations', direction: 'up', migrationsTable: 'pgmigrations' });
+ */
+export async function pending(options: NodePgMigrateRunnerOption): Promise<string[]> {
+  const { runnerOptions, source } = checkOptions(options);
+  return withSession(source, (session) => toRun(session.client as pg.ClientBase, runnerOptions));
+}
+
+function checkOptions(options: NodePgMigrateRunnerOption) {
+  if (options === null || typeof options !== 'object')
+    throw new TypeError('pg-migration-lock/node-pg-migrate: expected runner options');
+  const { lock, ...runnerOptions } = options;
+  const { dbClient, databaseUrl } = runnerOptions as { dbClient?: unknown; databaseUrl?: unknown };
+  const source = (dbClient ?? databaseUrl) as ClientSource | undefined;
+  if (source == null)
+    throw new TypeError('pg-migration-lock/node-pg-migrate: you must provide either a databaseUrl or a dbClient');
+  return { lock, runnerOptions: runnerOptions as RunnerOption, source };
+}
+
+interface MigrationLike {
+  name: string;
+  timestamp: number;
+}
+
+/**
+ * node-pg-migrate's own steps before it runs anything (runner.ts: loadMigrations, getRunMigrations, checkOrder,
+ * getMigrationsToRun), minus ensureMigrationsTable: a missing table means nothing has run. Loading and
+ * naming migrations is node-pg-migrate's code; the three small steps it does not export are repeated here.
+ */
+async function toRun(client: pg.ClientBase, options: RunnerOption): Promise<string[]> {
+  const { migrations, schema, table } = await loadMigrationList(options);
+  const { migrationsTable } = options;
+  const tables = await client.query(
+    'SELECT table_name FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2',
+    [schema, migrationsTable],
+  );
+  let runNames: string[] = [];
+  if (tables.rowCount === 1) {
+    runNames = (await client.query(`SELECT name FROM ${table} ORDER BY run_on, id`)).rows.map((row) => row.name);
+  }
+  if (options.checkOrder !== false) {
+    for (let i = 0; i < Math.min(runNames.length, migrations.length); i += 1) {
+      if (runNames[i] !== migrations[i]!.name) {
+        throw new Error(`Not run migration ${migrations[i]!.name} is preceding already run migration ${runNames[i]}`);
+      }
+    }
+  }
+  if (options.direction === 'down') {
+    const down = runNames
+      .filter((name) => !options.file || options.file === name)
+      .map((name) => migrations.find((migration) => migration.name === name) ?? name);
+    const count = options.count ?? 1;
+    const picked = (
+      options.timestamp
+        ? down.filter((migration) => typeof migration === 'object' && migration.timestamp >= count)
+        : down.slice(-Math.abs(count))
+    ).reverse();
+    const deleted = picked.filter((migration) => typeof migration === 'string');
+    if (deleted.length > 0) throw new Error(`Definitions of migrations ${deleted.join(', ')} have been deleted.`);
+    return picked.map((migration) => (migration as MigrationLike).name);
+  }
+  const up = migrations.filter(({ name }) => !runNames.includes(name) && (!options.file || options.file === name));
+  const count = options.count ?? Number.POSITIVE_INFINITY;
+  return (options.timestamp ? up.filter(({ timestamp }) => timestamp <= count) : up.slice(0, Math.abs(count))).map(
+    ({ name }) => name,
   );
 }
 
-async function importNodePgMigrate(): Promise<{ runner: typeof nodePgMigrateRunner }> {
+/**
+ * The migrations as node-pg-migrate's runner sees them, and its table name. 9.x exports `loadMigrations`
+ * (which loads the files through its configurable loaders) and its helpers as modules of their own. 8.x's
+ * such modules do not load (they import a ./utils.js it does not ship), so for 8.x its directory listing
+ * (getMigrationFilePaths, not exported) is repeated, naming and dating each file with its own `Migration`.
+ */
+async function loadMigrationList(options: RunnerOption) {
+  const { Migration } = await importNodePgMigrate();
+  const logger =
+    options.logger ??
+    (options.log ? { debug: options.log, info: options.log, warn: options.log, error: options.log } : console);
+  const [runnerModule, utils] = await Promise.all([
+    import('node-pg-migrate/runner').catch(() => undefined),
+    import('node-pg-migrate/utils/index').catch(() => undefined),
+  ]);
+  const migrations: MigrationLike[] = runnerModule?.loadMigrations
+    ? await runnerModule.loadMigrations(null as never, options as never, logger as never)
+    : await listFiles(options, (path) => new Migration(null as never, path, {} as never, options, {}, logger));
+  const schemas = (Array.isArray(options.schema) ? options.schema : [options.schema]).filter(
+    (schema): schema is string => typeof schema === 'string' && schema.length > 0,
+  );
+  const schema = options.migrationsSchema === undefined ? (schemas[0] ?? 'public') : options.migrationsSchema;
+  let table = `${quoteIdent(schema)}.${quoteIdent(options.migrationsTable)}`;
+  if (options.decamelize) {
+    if (!utils)
+      throw new TypeError('pg-migration-lock/node-pg-migrate: pending() with `decamelize` needs node-pg-migrate 9');
+    table = utils.createSchemalize({ shouldDecamelize: true, shouldQuote: true })({
+      schema,
+      name: options.migrationsTable,
+    });
+  }
+  return { migrations, schema, table };
+}
+
+const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
+
+/** node-pg-migrate 8.x's getMigrationFilePaths (without `useGlob`), its Migration giving names and timestamps. */
+async function listFiles(options: RunnerOption, migration: (path: string) => MigrationLike): Promise<MigrationLike[]> {
+  const { dir, ignorePattern } = options;
+  if (options.useGlob) {
+    throw new TypeError('pg-migration-lock/node-pg-migrate: pending() with `useGlob` needs node-pg-migrate 9');
+  }
+  if (Array.isArray(dir) || Array.isArray(ignorePattern)) {
+    throw new TypeError('Options "dir" and "ignorePattern" can only be arrays when "useGlob" is true');
+  }
+  const ignore = new RegExp(ignorePattern?.length ? `^${ignorePattern}$` : '^\\..*');
+  const files = (await readdir(`${dir}/`, { withFileTypes: true }))
+    .filter((entry) => (entry.isFile() || entry.isSymbolicLink()) && !ignore.test(entry.name))
+    .map((entry) => entry.name);
+  // 8.x dates the file name, extension included: a Migration named exactly that computes the same number.
+  const stamps = new Map(files.map((file) => [file, migration(`${file}.x`).timestamp]));
+  files.sort(
+    (a, b) =>
+      stamps.get(a)! - stamps.get(b)! ||
+      a.localeCompare(b, undefined, { usage: 'sort', numeric: true, sensitivity: 'variant', ignorePunctuation: true }),
+  );
+  return files.map((file) => migration(resolve(dir, file)));
+}
+
+async function importNodePgMigrate(): Promise<{ runner: typeof nodePgMigrateRunner; Migration: typeof Migration }> {
   try {
     return await import('node-pg-migrate');
   } catch (err) {

@@ -91,9 +91,11 @@ export interface MigrationLockOptions {
    */
   signal?: AbortSignal;
   /**
-   * While waiting, retry this often when no release notification arrives (a holder that died, or one
-   * that is not using this library, cannot notify).
-   * @default 250
+   * While waiting, retry about this often (0.9 to 1.3 times it) when no release notification arrives: a holder
+   * that died, or one that is not using this library, cannot notify. A release by this library wakes a
+   * waiter at once, so this only bounds how soon a dead holder's lock is noticed, and each waiting
+   * session costs the server about one statement per interval.
+   * @default 1000
    */
   pollIntervalMs?: number;
 }
@@ -127,10 +129,12 @@ export async function withMigrationLock<T>(
 }
 
 /**
- * For adapters: `withMigrationLock`, except that each time a holder releases the lock while this call
- * waits, `isDone(waitingSession)` is asked first; when it resolves true (e.g. nothing is pending any
- * more) the call stops waiting and resolves to {@link SKIPPED}, without taking the lock. Safe as long as
- * what `fn` does re-checks under the lock, as every migrator does.
+ * For adapters: `withMigrationLock`, except that it checks before queueing. `isDone(session)` is asked on
+ * each session this call opens, before it tries the lock (one connection serves the check and the lock),
+ * and again each time a holder releases the lock while this call waits. When it resolves true (nothing
+ * is pending any more) the call resolves to {@link SKIPPED} without taking the lock. Safe as long as what
+ * `fn` does re-checks under the lock, as every migrator does: a wrong "not done" only costs a wait.
+ * An error of `isDone` (e.g. a corrupt migrations directory) reaches the caller as it is.
  */
 export async function withMigrationLockUnless<T, C = pg.ClientBase>(
   client: ClientSource | SessionSource,
@@ -193,7 +197,7 @@ function resolveOptions(options: MigrationLockOptions): ResolvedOptions {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(`Expected \`options\` to be an object, got ${options === null ? 'null' : typeof options}`);
   }
-  const { wait = true, timeoutMs, reportEveryMs = 10_000, pollIntervalMs = 250, hooks = {} } = options;
+  const { wait = true, timeoutMs, reportEveryMs = 10_000, pollIntervalMs = 1_000, hooks = {} } = options;
   if (typeof wait !== 'boolean') throw new TypeError(`Expected \`wait\` to be a boolean, got ${typeof wait}`);
   checkMs('timeoutMs', timeoutMs, 0, true);
   checkMs('reportEveryMs', reportEveryMs, 1, false);
@@ -287,6 +291,10 @@ class IsDoneFailure {
   constructor(readonly error: unknown) {}
 }
 
+function askIsDone(isDone: (client: unknown) => Promise<boolean>, session: Session): Promise<boolean> {
+  return isDone(session.client).catch((error) => Promise.reject(new IsDoneFailure(error)));
+}
+
 /** Resolves like `promise`, or cuts the session and rejects after `ms`. */
 function bounded<T>(session: Session, promise: Promise<T>, ms = STATEMENT_BOUND_MS): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -321,7 +329,11 @@ async function acquireWithRetries(
       session = await source.open();
       connected = true;
       watch = watchSession(session);
-      const acquired = await acquire(session, key, opts, watch, startedAt, isDone);
+      // Checked on every session, a reopened one too: a release may have come while we were disconnected.
+      const acquired =
+        isDone && (await askIsDone(isDone, session))
+          ? SKIPPED
+          : await acquire(session, key, opts, watch, startedAt, isDone);
       if (acquired === SKIPPED) {
         watch.dispose();
         await session.release(watch.error !== undefined);
@@ -455,16 +467,21 @@ const quote = (text: string) => `'${text.replace(/'/g, "''")}'`;
 const sqlKey = (key: bigint) => `'${key}'::bigint`;
 const channelOf = (key: bigint) => `pg_migration_lock_${key}`;
 
-// One registered waiter, picked at random (no waiter starves): the release wakes only it, so N
-// waiters do not stampede the server and the CPU at every hand-off. The others keep polling.
-// The exclusive try-lock on the registry key succeeds only when nobody is registered: then the
-// pg_locks scan (which reads every lock of the server) is skipped, which is the common, uncontended case.
-const nextWaiterSql = (key: bigint) => {
+// Wakes one registered waiter, picked at random (no waiter starves), so N waiters do not stampede the
+// server and the CPU at every hand-off; the others keep polling. Nobody registered (the exclusive
+// try-lock on the registry key succeeds, and is dropped at once) is the common, uncontended case: then
+// neither the pg_locks scan (which reads every lock of the server) nor the NOTIFY runs. A NOTIFY makes
+// its transaction take a transaction id, and so a commit record the server must flush to disk.
+const wakeNextWaiterSql = (key: bigint) => {
   const { hi, lo } = keyParts(key);
-  return `CASE WHEN pg_try_advisory_lock(${hi}, ${lo}) THEN (SELECT '' FROM pg_advisory_unlock(${hi}, ${lo}))
-    ELSE (SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END`;
+  return `(SELECT pg_notify('${channelOf(key)}', next.pid) FROM (SELECT
+      CASE WHEN pg_try_advisory_lock(${hi}, ${lo}) THEN (SELECT NULL::text FROM pg_advisory_unlock(${hi}, ${lo}))
+      ELSE (SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END
+    AS pid OFFSET 0) next WHERE next.pid IS NOT NULL)`;
 };
-const sleepTimer = (ms: number) => ms * (0.8 + Math.random() * 0.4);
+// From 0.9 to 1.3 times the interval: waiters drift apart instead of polling in step, and with the
+// report every reportEveryMs a waiter costs the server about one statement per second by default.
+const sleepTimer = (ms: number) => ms * (0.9 + Math.random() * 0.4);
 
 /*
  * Waiting never blocks inside pg_advisory_lock(): a session blocked there holds a snapshot, and a
@@ -576,9 +593,9 @@ async function acquire(
         const handedToUs = chosen;
         released = false;
         chosen = false;
-        if (await isDone(session.client).catch((error) => Promise.reject(new IsDoneFailure(error)))) {
+        if (await askIsDone(isDone, session)) {
           // The release that woke us chose us: pass its wake-up on, or a plain waiter would sleep until its poll.
-          if (handedToUs) await query(`SELECT pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))`);
+          if (handedToUs) await query(`SELECT ${wakeNextWaiterSql(key)}`);
           return SKIPPED;
         }
       }
@@ -834,11 +851,10 @@ async function unlockAfter(session: Session, key: bigint, acquired: Acquired, lo
 /** Unlocks and wakes the next waiter in one round trip. */
 async function unlock(session: Session, key: bigint, acquired: Acquired, logger: Logger): Promise<UnlockRow> {
   const { hi, lo } = keyParts(key);
-  const channel = channelOf(key);
   // pg_notify is delivered when this statement's implicit transaction commits, just after the unlock.
   const [row] = await session.query<UnlockRow>(
     `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid,
-      now() <> statement_timestamp() AS in_transaction, pg_notify('${channel}', coalesce(${nextWaiterSql(key)}, ''))
+      now() <> statement_timestamp() AS in_transaction, ${wakeNextWaiterSql(key)}
       ${acquired.registered ? `, pg_advisory_unlock_shared(${hi}, ${lo})` : ''}${acquired.restore}`,
   );
   if (row!.pid !== acquired.pid) {

@@ -52,6 +52,7 @@ export interface SessionOptions {
 export function checkSource(source: unknown): asserts source is ClientSource {
   if (typeof source === 'string') {
     if (source.trim() === '') throw new TypeError('Expected a connection string, got an empty string');
+    checkConnectionString(source);
     return;
   }
   if (source !== null && typeof source === 'object' && !Array.isArray(source)) {
@@ -65,6 +66,30 @@ export function checkSource(source: unknown): asserts source is ClientSource {
   throw new TypeError(
     `Expected \`client\` to be a pg.Pool, a connected pg.Client, a connection string or a pg client config, got ${source === null ? 'null' : typeof source}`,
   );
+}
+
+const EXAMPLE_URL = 'postgres://user:password@host:5432/database';
+
+/**
+ * pg reads a connection string as a URL (or a Unix socket path), and reads anything else as a host
+ * name relative to "base": say what is wrong before that. The string is never echoed: it may hold a password.
+ */
+function checkConnectionString(text: string): void {
+  if (text.startsWith('/')) return;
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(text)?.[1]?.toLowerCase();
+  if (scheme !== 'postgres' && scheme !== 'postgresql' && scheme !== 'socket') {
+    throw new TypeError(
+      `Expected a PostgreSQL connection string like ${EXAMPLE_URL}, got ${scheme ? `a ${scheme}: URL` : 'a string that is not a URL'}`,
+    );
+  }
+  try {
+    // As pg does: a URL with no host (`postgres://user@/db?host=/socket/dir`) is valid.
+    new URL(text.replace('@/', '@localhost/'));
+  } catch {
+    throw new TypeError(
+      `The connection string is not a valid URL (expected ${EXAMPLE_URL}; a port must be 1-65535, and a host in [brackets] must be an IPv6 address)`,
+    );
+  }
 }
 
 function isPool(source: object): source is pg.Pool {

@@ -124,7 +124,7 @@ describe('lock loss while fn runs', () => {
     holder.child.kill('SIGKILL');
     await waiting;
     expect((await holder.exited).signal).toBe('SIGKILL');
-    // The backend sees the socket close at once; the waiter's poll (250 ms) then finds the lock free.
+    // The backend sees the socket close at once; the waiter's next poll (every 0.9–1.3 s) then finds the lock free.
     expect(startedAt - killedAt).toBeLessThan(2_000);
   });
 });

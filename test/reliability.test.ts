@@ -1,10 +1,12 @@
 import pg from 'pg';
 import { describe, expect, test } from 'vitest';
-import { MigrationLockBusyError, withMigrationLock } from '../src/index.js';
+import { getLockStatus, MigrationLockBusyError, withMigrationLock } from '../src/index.js';
 import { poolerAdvice, SKIPPED, unsupportedServer, withMigrationLockUnless } from '../src/lock.js';
-import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js';
+import { createTestDatabase, lockRows, waitFor } from './helpers.js';
 
 const url = await createTestDatabase();
+/** How many sessions wait for `key` in this database (other test files wait for keys of their own). */
+const waiters = async (key: bigint) => (await getLockStatus(url, key)).waiters.length;
 const quiet = { logger: null };
 const SETTINGS = `SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_interval') AS interval,
   current_setting('tcp_keepalives_count') AS count, current_setting('tcp_user_timeout') AS user_timeout,
@@ -89,14 +91,7 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       ...quiet,
       pollIntervalMs: 10_000,
     });
-    await waitFor(
-      async () =>
-        (
-          await withClient(url, (c) =>
-            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
-          )
-        ).rows[0].n === 2,
-    );
+    await waitFor(async () => (await waiters(92n)) === 2);
     done = true;
     const releasedAt = performance.now();
     release();
@@ -107,6 +102,28 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
     expect(checkedOn.length).toBeGreaterThanOrEqual(1);
     expect(typeof (checkedOn[0] as pg.ClientBase).query).toBe('function');
     expect(await lockRows(url, 92n)).toEqual([]);
+  });
+
+  test('nothing to do: skipped before queueing, on the one session the call opened, without touching the lock', async () => {
+    let release!: () => void;
+    const holding = withMigrationLock(url, 95n, () => new Promise<void>((r) => (release = r)), quiet);
+    await waitFor(() => release !== undefined);
+    let checkedOn: pg.ClientBase | undefined;
+    const result = await withMigrationLockUnless(
+      url,
+      95n,
+      () => 'ran',
+      { ...quiet, wait: false },
+      async (client) => {
+        checkedOn = client;
+        return true;
+      },
+    );
+    // wait: false with the lock held would have thrown MigrationLockBusyError had the lock been tried.
+    expect(result).toBe(SKIPPED);
+    expect(typeof checkedOn?.query).toBe('function');
+    release();
+    await holding;
   });
 
   test('a waiter with work left takes the lock and runs fn; an error of isDone reaches the caller as it is', async () => {
@@ -120,39 +137,29 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       quiet,
       async () => false,
     );
-    await waitFor(
-      async () =>
-        (
-          await withClient(url, (c) =>
-            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
-          )
-        ).rows[0].n === 1,
-    );
+    await waitFor(async () => (await waiters(93n)) === 1);
     release();
     await holding;
     expect(await running).toBe('ran');
 
     const corrupt = new Error('The migration directory is corrupt');
-    const holding2 = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release = r)), quiet);
-    await waitFor(async () => (await lockRows(url, 93n)).length === 1);
+    let release2: (() => void) | undefined;
+    const holding2 = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release2 = r)), quiet);
+    await waitFor(() => release2 !== undefined);
+    let checks = 0;
     const failing = withMigrationLockUnless(
       url,
       93n,
       () => 'ran',
       quiet,
-      async () => Promise.reject(corrupt),
+      // Checked before queueing (work left), then again at the release: there it fails.
+      async () => (checks++ === 0 ? false : Promise.reject(corrupt)),
     ).catch((err: unknown) => err);
-    await waitFor(
-      async () =>
-        (
-          await withClient(url, (c) =>
-            c.query("SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"),
-          )
-        ).rows[0].n === 1,
-    );
-    release();
+    await waitFor(async () => (await waiters(93n)) === 1);
+    release2!();
     await holding2;
     expect(await failing).toBe(corrupt);
+    expect(checks).toBe(2);
     expect(await lockRows(url, 93n)).toEqual([]);
   });
 });
@@ -213,11 +220,34 @@ describe('bad input: a clear error before any query, and no lock left behind', (
       () => withMigrationLock(new pg.Client(url), 1n, () => {}),
       /call `await client.connect\(\)` first/,
     ],
+    [
+      'a URL that does not parse',
+      () => withMigrationLock('postgres://u:s3cret-PASS@[bad/db', 1n, () => {}),
+      /not a valid URL/,
+    ],
+    [
+      'a port out of range',
+      () => withMigrationLock('postgres://u:s3cret-PASS@127.0.0.1:99999/db', 1n, () => {}),
+      /port must be 1-65535/,
+    ],
+    [
+      'not a URL at all',
+      () => withMigrationLock('host=db user=app password=s3cret-PASS', 1n, () => {}),
+      /got a string that is not a URL/,
+    ],
+    [
+      'another database',
+      () => withMigrationLock('mysql://u:s3cret-PASS@127.0.0.1/db', 1n, () => {}),
+      /got a mysql: URL/,
+    ],
     ['key fractional', () => withMigrationLock(url, 1.5, () => {}), /Invalid lock key/],
   ];
   for (const [name, call, message] of rejectsEarly) {
     test(name, async () => {
-      await expect(call()).rejects.toThrow(message);
+      const error = await call().catch((err: unknown) => err);
+      expect(error instanceof TypeError || error instanceof RangeError).toBe(true);
+      expect(String(error)).toMatch(message);
+      expect(String(error)).not.toContain('s3cret-PASS');
     });
   }
 

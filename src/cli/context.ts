@@ -2,7 +2,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import type pg from 'pg';
 import { DEFAULT_LOCK_KEY, lockKey, parseKey } from '../key.js';
 import { UsageError } from './errors.js';
-import { type Output, redact } from './output.js';
+import type { Output } from './output.js';
 
 /** Options every command accepts (before or after the command name). */
 export interface GlobalOptions {
@@ -52,7 +52,15 @@ export function parseDurationArg(value: string): number {
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
-export function createContext(command: Command, out: Output): Context {
+/**
+ * The lock and output settings of a command. `defaultKey` replaces DEFAULT_LOCK_KEY when neither --key nor
+ * --name is given (node-pg-migrate's own key, so the CLI, the adapter and plain node-pg-migrate exclude each other).
+ */
+export function createContext(
+  command: Command,
+  out: Output,
+  defaultKey: { key: bigint; label: string } = { key: DEFAULT_LOCK_KEY, label: 'default key' },
+): Context {
   const opts = command.optsWithGlobals<GlobalOptions>();
   out.quiet = Boolean(opts.quiet);
   if (opts.key !== undefined && opts.name !== undefined) {
@@ -64,17 +72,18 @@ export function createContext(command: Command, out: Output): Context {
     const key = lockKey(opts.name);
     return { out, key, keyLabel: `"${opts.name}" (key ${key})` };
   }
-  return { out, key: DEFAULT_LOCK_KEY, keyLabel: `${DEFAULT_LOCK_KEY} (default key)` };
+  return { out, key: defaultKey.key, keyLabel: `${defaultKey.key} (${defaultKey.label})` };
 }
 
 /**
  * The connection string from --database-url or DATABASE_URL, checked before any network access.
- * Its password is registered with the output, so no error message can echo it.
+ * Its password (as pg's own parser reads it) is registered with the output first, so no message can echo it.
  */
 export function databaseUrl(command: Command, out: Output, required: true): string;
 export function databaseUrl(command: Command, out: Output, required: false): string | undefined;
 export function databaseUrl(command: Command, out: Output, required: boolean): string | undefined {
-  const url = command.optsWithGlobals<GlobalOptions>().databaseUrl ?? (process.env.DATABASE_URL || undefined);
+  const flag = command.optsWithGlobals<GlobalOptions>().databaseUrl;
+  const url = flag ?? (process.env.DATABASE_URL || undefined);
   if (url === undefined) {
     if (!required) return undefined;
     throw new UsageError(
@@ -82,22 +91,39 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
       'Example: DATABASE_URL=postgres://user:password@host:5432/db pg-migration-lock status',
     );
   }
+  out.addConnectionString(url);
+  const source = flag === undefined ? 'DATABASE_URL' : '--database-url';
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
     throw new UsageError(
-      `Invalid database URL ${redact(url)}`,
-      'Expected postgres://user:password@host:5432/database (percent-encode special characters in the password).',
+      `Invalid database URL ${shownUrl(out, url)} (from ${source})`,
+      // Not written as a URL with a password: this hint is masked like every other line.
+      'Expected postgres://user@host:5432/database with the password after the user (user:password@), percent-encoding special characters in it.',
     );
   }
-  out.target = redact(url);
   out.addSecret(parsed.password);
   out.addSecret(parsed.searchParams.get('password'));
   if (!['postgres:', 'postgresql:', 'socket:'].includes(parsed.protocol)) {
-    throw new UsageError(`Invalid database URL ${redact(url)}: expected a postgres:// or postgresql:// URL`);
+    throw new UsageError(
+      `Invalid database URL ${shownUrl(out, url)} (from ${source}): expected a postgres:// or postgresql:// URL`,
+    );
   }
+  out.target = out.scrub(url);
+  out.targetSource = source;
   return url;
+}
+
+/** A URL for an error message, redacted; not shown at all when an `@` is left that might end a password. */
+function shownUrl(out: Output, url: string): string {
+  const shown = out.scrub(url);
+  return /@/.test(shown.replace(/:\*\*\*@/g, '')) ? '(not shown: it may contain a password)' : shown;
+}
+
+/** "Database: postgres://app:***@db:5432/app (from DATABASE_URL)": which database a migrate run acts on. */
+export function announceTarget(out: Output): void {
+  if (out.target) out.info(`Database: ${out.target} (from ${out.targetSource ?? 'the configuration'})`);
 }
 
 /** A pg config for connections we open: a bounded connect time, so an unreachable server fails instead of hanging. */

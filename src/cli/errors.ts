@@ -37,6 +37,13 @@ export class InterruptedError extends CliError {
   }
 }
 
+/** The process that started the CLI went away while it waited for the lock: the wait is given up. */
+export class ParentGoneError extends CliError {
+  constructor() {
+    super('The process that started pg-migration-lock is gone: stopped waiting for the lock', signalExitCode('SIGHUP'));
+  }
+}
+
 export function signalExitCode(signal: NodeJS.Signals): number {
   return 128 + (constants.signals[signal] ?? 0);
 }

@@ -3,7 +3,7 @@ import { formatMs, type MigrationLockOptions } from '../lock.js';
 import type { Logger } from '../logger.js';
 import type { Holder } from '../status.js';
 import { type Context, parseDurationArg } from './context.js';
-import { InterruptedError } from './errors.js';
+import { InterruptedError, ParentGoneError } from './errors.js';
 import type { Output } from './output.js';
 
 export interface LockFlags {
@@ -48,7 +48,7 @@ const WAITING_REPORT = /^Waiting for migration lock /;
 export function lockOptions(
   ctx: Context,
   flags: LockFlags,
-  onSignalWhileLocked: (signal: NodeJS.Signals) => void,
+  onSignalWhileLocked: (signal: NodeJS.Signals, why: StopReason) => void,
 ): { options: MigrationLockOptions; dispose: () => void } {
   const { out, keyLabel } = ctx;
   const timeoutMs = flags.timeout;
@@ -74,11 +74,17 @@ export function lockOptions(
     out.clearStatus();
   };
 
-  let interrupted: NodeJS.Signals | undefined;
-  const disposeSignals = trapSignals((signal) => {
-    if (locked) return onSignalWhileLocked(signal);
-    interrupted ??= signal;
-    abort.abort(new InterruptedError(signal));
+  let interrupted: { signal: NodeJS.Signals; why: StopReason } | undefined;
+  const stop = (signal: NodeJS.Signals, why: StopReason) => {
+    if (locked) return onSignalWhileLocked(signal, why);
+    interrupted ??= { signal, why };
+    abort.abort(why === 'parent-gone' ? new ParentGoneError() : new InterruptedError(signal));
+  };
+  const disposeSignals = trapSignals((signal) => stop(signal, 'signal'));
+  // Nobody would forward a signal any more (an npx wrapper or CI runner SIGKILLed): stop as if sent SIGTERM.
+  const disposeWatch = watchParent(() => {
+    out.warn(`The process that started pg-migration-lock is gone (now a child of pid ${process.ppid}): stopping`);
+    stop('SIGTERM', 'parent-gone');
   });
 
   const options: MigrationLockOptions = {
@@ -109,7 +115,7 @@ export function lockOptions(
         const waited = info.waitedMs > 0 ? ` after waiting ${formatMs(info.waitedMs)}` : '';
         out.info(`Acquired migration lock ${keyLabel}${waited} (session pid ${info.pid})`);
         // A signal that came while connecting (before the wait could be aborted) still counts.
-        if (interrupted) onSignalWhileLocked(interrupted);
+        if (interrupted) onSignalWhileLocked(interrupted.signal, interrupted.why);
       },
       onReleased(info) {
         out.info(`Released migration lock ${keyLabel} (held ${formatMs(info.heldMs)})`);
@@ -121,6 +127,7 @@ export function lockOptions(
     dispose: () => {
       stopTicker();
       disposeSignals();
+      disposeWatch();
     },
   };
 }
@@ -134,6 +141,30 @@ export function cliLogger(out: Output): Logger {
     warn: (message) => out.warn(message),
     error: (message) => out.error(message),
   };
+}
+
+/** Why the CLI is asked to stop: a signal, or the process that started it went away. */
+export type StopReason = 'signal' | 'parent-gone';
+
+/** How often the parent is checked: it is gone within half a second, well inside the SPEC's 15 s. */
+const PARENT_POLL_MS = 500;
+
+/**
+ * Calls `onGone` once when the process that started this one exits (the CLI is then re-parented, to init
+ * or a subreaper, so `process.ppid` changes). Polling is the portable way: no signal tells a child that
+ * its parent died (Linux's PR_SET_PDEATHSIG is not reachable from Node), and stdin may be a terminal or
+ * /dev/null. A parent that is pid 1 already (`exec` in a container) is the container itself: not watched.
+ */
+export function watchParent(onGone: () => void): () => void {
+  const parent = process.ppid;
+  if (parent <= 1) return () => {};
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    onGone();
+  }, PARENT_POLL_MS);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 /** Handles SIGINT and SIGTERM instead of dying at once; returns the function that restores the default. */

@@ -1,3 +1,4 @@
+import { parse } from 'pg-connection-string';
 import pc from 'picocolors';
 
 type Colors = ReturnType<typeof pc.createColors>;
@@ -11,19 +12,40 @@ function colorsFor(stream: NodeJS.WriteStream): Colors {
 }
 
 /**
- * Passwords in URLs (`scheme://user:secret@`), in `password=…` / `password: '…'` settings, and in SQL
- * (`ALTER ROLE … PASSWORD '…'`, which a holder's current query may well be).
+ * Passwords in URLs (`scheme://user:secret@`, up to the token's last `@`: pg reads a raw `@` in a password
+ * as part of it), in `password=…` / `password: '…'` settings (query strings, libpq key=value strings,
+ * config objects), and in SQL (`ALTER ROLE … PASSWORD '…'`, which a holder's current query may well be).
+ * `secrets` (passwords known to this run) are erased wherever they appear.
  */
 export function redact(text: string, secrets: Iterable<string> = []): string {
   let out = text
-    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:\s/@]*:)[^@\s]*@/gi, '$1***@')
+    .replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^:\s/@'"]*:)[^\s'"]*@/gi, '$1***@')
     .replace(/(\bPASSWORD\s+)'(?:[^']|'')*'/gi, "$1'***'")
     .replace(/(password["']?\s*[=:]\s*)(["'])(?:(?!\2).)*\2/gi, '$1$2***$2')
     .replace(/(password\s*=\s*)(?!\*\*\*)[^\s&"',}]+/gi, '$1***');
   for (const secret of secrets) {
-    if (secret) out = out.split(secret).join('***');
+    if (!secret) continue;
+    // Not inside a longer word, and not a URL's scheme or the user name before an already masked password:
+    // with the (weak) password "postgres", `postgres://postgres:***@db` stays readable.
+    const escaped = secret.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    out = out.replace(new RegExp(`(?<![A-Za-z0-9])${escaped}(?![A-Za-z0-9])(?!:\\/\\/|:\\*\\*\\*@)`, 'g'), '***');
   }
   return out;
+}
+
+/**
+ * The passwords pg would send for a connection string, found by pg's own parser (pg-connection-string): the
+ * URL's password however it is written (a raw `@`, `:` or `/` in it, percent-encoded), or `?password=`.
+ * Never throws: input pg cannot parse yields nothing here (the patterns of {@link redact} still apply).
+ */
+export function connectionStringSecrets(url: string): string[] {
+  try {
+    // Without the TLS parameters: pg's parser would read certificate files from disk, and warn about sslmode.
+    const config = parse(url.replace(/([?&])(sslcert|sslkey|sslrootcert|sslmode)=[^&#]*/gi, '$1_='));
+    return typeof config.password === 'string' && config.password ? [config.password] : [];
+  } catch {
+    return [];
+  }
 }
 
 /**
@@ -37,6 +59,8 @@ export class Output {
   quiet = false;
   /** The database this run talks to, password redacted: named in connection errors. */
   target?: string;
+  /** Where {@link target} came from: `--database-url`, `DATABASE_URL`, a knexfile. */
+  targetSource?: string;
   private liveText = '';
   /** Passwords known to this run: erased from error messages, which may come from third-party code. */
   private readonly secrets = new Set<string>();
@@ -49,12 +73,17 @@ export class Output {
   addSecret(secret: string | undefined | null): void {
     if (!secret) return;
     this.secrets.add(secret);
+    this.secrets.add(encodeURIComponent(secret));
     try {
       this.secrets.add(decodeURIComponent(secret));
-      this.secrets.add(encodeURIComponent(secret));
     } catch {
       // not percent-encoded: the raw form is enough
     }
+  }
+
+  /** Registers the password pg would send for this connection string (see {@link connectionStringSecrets}). */
+  addConnectionString(url: string): void {
+    for (const secret of connectionStringSecrets(url)) this.addSecret(secret);
   }
 
   /** Redacts URLs and every known password: for text that did not come from this CLI. */
@@ -64,14 +93,14 @@ export class Output {
 
   /** What was explicitly asked for (status), on stdout: printed even with --quiet. */
   data(text: string): void {
-    this.write(process.stdout, `${redact(text)}\n`);
+    this.write(process.stdout, `${this.scrub(text)}\n`);
   }
 
   /** A value as JSON on stdout (bigint as a string), every string in it redacted before it is serialised. */
   json(value: unknown): void {
     const text = JSON.stringify(
       value,
-      (_name, v) => (typeof v === 'bigint' ? v.toString() : typeof v === 'string' ? redact(v) : v),
+      (_name, v) => (typeof v === 'bigint' ? v.toString() : typeof v === 'string' ? this.scrub(v) : v),
       2,
     );
     this.write(process.stdout, `${text}\n`);
@@ -79,15 +108,15 @@ export class Output {
 
   /** The outcome of a command (what was applied), on stdout. */
   result(text: string): void {
-    if (!this.quiet) this.write(process.stdout, `${redact(text)}\n`);
+    if (!this.quiet) this.write(process.stdout, `${this.scrub(text)}\n`);
   }
 
   info(message: string): void {
-    if (!this.quiet) this.write(process.stderr, `${this.err.dim('[pg-migration-lock]')} ${redact(message)}\n`);
+    if (!this.quiet) this.write(process.stderr, `${this.err.dim('[pg-migration-lock]')} ${this.scrub(message)}\n`);
   }
 
   success(message: string): void {
-    if (!this.quiet) this.write(process.stderr, `${this.err.green('✔')} ${redact(message)}\n`);
+    if (!this.quiet) this.write(process.stderr, `${this.err.green('✔')} ${this.scrub(message)}\n`);
   }
 
   /** Context for an error (e.g. the failing SQL), as-is on stderr, even with --quiet. */
@@ -110,7 +139,8 @@ export class Output {
     if (!this.live) return;
     const width = process.stderr.columns || 80;
     // One physical line: a wrapped line could not be redrawn in place.
-    this.liveText = text.length >= width ? `${text.slice(0, width - 2)}…` : text;
+    const line = this.scrub(text);
+    this.liveText = line.length >= width ? `${line.slice(0, width - 2)}…` : line;
     process.stderr.write(`\r\x1b[2K${this.liveText}`);
   }
 

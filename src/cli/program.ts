@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { MigrationLockBusyError, MigrationLockError, MigrationLockTimeoutError } from '../errors.js';
 import { errorMessage } from '../logger.js';
 import { registerMigrate } from './commands/migrate.js';
+import { registerPending } from './commands/pending.js';
 import { registerRelease } from './commands/release.js';
 import { registerRun } from './commands/run.js';
 import { registerStatus } from './commands/status.js';
@@ -17,6 +18,7 @@ Examples:
   $ pg-migration-lock migrate knex --knexfile knexfile.cjs --env production
   $ pg-migration-lock migrate node-pg-migrate -m migrations
   $ pg-migration-lock migrate drizzle --migrations-folder ./drizzle
+  $ pg-migration-lock pending knex --wait --timeout 10m
   $ pg-migration-lock status --json
   $ pg-migration-lock release --force
 
@@ -24,7 +26,11 @@ Exit codes:
   0   success
   1   failure (run: CMD's own non-zero exit code passes through, 128+n if a signal killed it)
   2   usage or configuration error (bad flag, bad key, no database URL, missing migrations folder)
-  75  lock not acquired (--no-wait while another process holds it, or --timeout elapsed)
+  3   pending: migrations are pending
+  75  lock not acquired (--no-wait while another process holds it, or --timeout elapsed);
+      pending --wait: --timeout elapsed with migrations still pending
+  126 run: CMD is not executable; 127: CMD not found (the lock is never taken)
+  129 the process that started pg-migration-lock went away while it waited for the lock
 
 The lock is a PostgreSQL session advisory lock; from psql:
   SELECT * FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1;`;
@@ -48,6 +54,7 @@ export function buildProgram(out: Output): Command {
   addGlobalOptions(program);
   registerRun(program, out);
   registerMigrate(program, out);
+  registerPending(program, out);
   registerStatus(program, out);
   registerRelease(program, out);
   // Every command takes the global options too (commands inherit the settings above when created).

@@ -22,9 +22,9 @@ describe('exit codes', () => {
     expect(await lockRows(url, DEFAULT_LOCK_KEY)).toEqual([]);
   });
 
-  test('CMD not found: exit 1, one clear message', async () => {
+  test('CMD not found: exit 127 as in a shell, one clear message', async () => {
     const { code, stderr } = await cli(run('--', 'no-such-command-xyz'), { env });
-    expect(code).toBe(1);
+    expect(code).toBe(127);
     expect(stderr).toContain('error: Command not found: no-such-command-xyz');
     expect(stderr.match(/error:/g)).toHaveLength(1);
   });

@@ -12,7 +12,7 @@ describe('help and version', () => {
   test('--help lists every command with examples and the exit codes', async () => {
     const { code, stdout } = await cli(['--help']);
     expect(code).toBe(0);
-    for (const command of ['run', 'migrate', 'status', 'release'])
+    for (const command of ['run', 'migrate', 'pending', 'status', 'release'])
       expect(stdout).toMatch(new RegExp(`^  ${command} `, 'm'));
     expect(stdout).toContain('Examples:');
     expect(stdout).toMatch(/75 +lock not acquired/);
@@ -24,6 +24,10 @@ describe('help and version', () => {
     ['migrate', 'knex'],
     ['migrate', 'node-pg-migrate'],
     ['migrate', 'drizzle'],
+    ['pending'],
+    ['pending', 'knex'],
+    ['pending', 'node-pg-migrate'],
+    ['pending', 'drizzle'],
     ['status'],
     ['release'],
   ])('%s %s --help has examples and the global options', async (...command) => {

@@ -2,9 +2,9 @@ import type { Command } from 'commander';
 import { createContext } from '../context.js';
 import { signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
-import { migrateDrizzle } from '../migrators/drizzle.js';
-import { migrateKnex } from '../migrators/knex.js';
-import { migrateNodePgMigrate } from '../migrators/node-pg-migrate.js';
+import { drizzleFlags, migrateDrizzle } from '../migrators/drizzle.js';
+import { knexFlags, migrateKnex } from '../migrators/knex.js';
+import { migrateNodePgMigrate, NODE_PG_MIGRATE_KEY, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
 import type { AdapterLock, Applied } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
@@ -27,13 +27,14 @@ Examples:
     );
 
   const action =
-    <F>(run: Migrate<F>) =>
+    <F>(run: Migrate<F>, defaultKey?: { key: bigint; label: string }) =>
     async (flags: F & LockFlags, command: Command) => {
-      const ctx = createContext(command, out);
-      const lock = lockOptions(ctx, flags, (signal) => {
+      const ctx = createContext(command, out, defaultKey);
+      const lock = lockOptions(ctx, flags, (signal, why) => {
         // The migrator runs in this process: stopping it closes the session, so PostgreSQL rolls back the
         // open transaction and frees the lock.
-        out.error(`Interrupted by ${signal} while migrating: stopping; the open transaction is rolled back`);
+        const by = why === 'parent-gone' ? 'the exit of the process that started it' : signal;
+        out.error(`Interrupted by ${by} while migrating: stopping; the open transaction is rolled back`);
         process.exit(signalExitCode(signal));
       });
       try {
@@ -44,57 +45,46 @@ Examples:
     };
 
   addLockFlags(
-    migrate
-      .command('knex')
-      .description("knex migrate:latest, configured by your knexfile (like knex's own CLI)")
-      .option('--knexfile <path>', 'knexfile (.js, .cjs or .mjs) (default: the nearest knexfile.js/.cjs/.mjs)')
-      .option('--env <name>', 'knexfile environment (default: $NODE_ENV, else development)')
-      .addHelpText(
-        'after',
-        `
+    knexFlags(
+      migrate.command('knex').description("knex migrate:latest, configured by your knexfile (like knex's own CLI)"),
+    ).addHelpText(
+      'after',
+      `
 --database-url (or DATABASE_URL when the knexfile has no connection) replaces the knexfile's connection.
 
 Examples:
   $ pg-migration-lock migrate knex
   $ pg-migration-lock migrate knex --knexfile db/knexfile.mjs --env production --timeout 5m`,
-      ),
+    ),
   ).action(action(migrateKnex));
 
   addLockFlags(
-    migrate
-      .command('node-pg-migrate')
-      .description('node-pg-migrate up (all pending migrations)')
-      .option('-m, --migrations-dir <dir>', 'migrations directory', 'migrations')
-      .option('-t, --migrations-table <table>', 'table recording the applied migrations', 'pgmigrations')
-      .option('-s, --schema <schema>', 'schema to migrate (search_path)')
-      .option('--migrations-schema <schema>', 'schema of the migrations table (default: --schema)')
-      .option('--create-schema', 'create --schema if missing')
-      .option('--create-migrations-schema', 'create --migrations-schema if missing')
-      .option('--no-check-order', 'do not check that applied migrations come before new ones')
-      .addHelpText(
-        'after',
-        `
+    nodePgMigrateFlags(
+      migrate
+        .command('node-pg-migrate')
+        .description(
+          "node-pg-migrate up (all pending migrations), under node-pg-migrate's own lock key 7241865325823964 unless --key or --name is given: this CLI, the pg-migration-lock/node-pg-migrate adapter and plain node-pg-migrate all wait for one another",
+        ),
+    ).addHelpText(
+      'after',
+      `
 Examples:
   $ pg-migration-lock migrate node-pg-migrate
   $ pg-migration-lock migrate node-pg-migrate -m db/migrations -t schema_migrations --no-wait
-  $ pg-migration-lock migrate node-pg-migrate --key 7241865325823964   # also waits for plain node-pg-migrate runs`,
-      ),
-  ).action(action(migrateNodePgMigrate));
+  $ pg-migration-lock migrate node-pg-migrate --name billing   # a lock of your own instead`,
+    ),
+  ).action(action(migrateNodePgMigrate, NODE_PG_MIGRATE_KEY));
 
   addLockFlags(
-    migrate
-      .command('drizzle')
-      .description("drizzle's migrate() for node-postgres (what drizzle-kit migrate does)")
-      .option('--migrations-folder <dir>', 'drizzle-kit\'s "out" folder', './drizzle')
-      .option('--migrations-table <name>', 'table recording the applied migrations', '__drizzle_migrations')
-      .option('--migrations-schema <name>', 'schema of that table', 'drizzle')
-      .addHelpText(
-        'after',
-        `
+    drizzleFlags(
+      migrate.command('drizzle').description("drizzle's migrate() for node-postgres (what drizzle-kit migrate does)"),
+    ).addHelpText(
+      'after',
+      `
 Examples:
   $ pg-migration-lock migrate drizzle
   $ pg-migration-lock migrate drizzle --migrations-folder db/migrations --timeout 10m`,
-      ),
+    ),
   ).action(action(migrateDrizzle));
 
   return migrate;

@@ -5,6 +5,7 @@ import { clientConfig, createContext, databaseUrl } from '../context.js';
 import { CliError, UsageError } from '../errors.js';
 import { describeSession } from '../locking.js';
 import type { Output } from '../output.js';
+import { releaseRefused } from '../privileges.js';
 import { formatHolder } from './status.js';
 
 const DANGER = `Releasing terminates that PostgreSQL session (pg_terminate_backend). If it is running a migration, the migration is cut off mid-way: its open transaction rolls back, but steps already committed stay (a migration without a transaction can be left half-applied, CREATE INDEX CONCURRENTLY can leave an INVALID index), and the process that held the lock fails. Release only a holder that is stuck or gone.`;
@@ -42,8 +43,9 @@ Examples:
       }
       const { pid } = status.holder;
       if (!out.quiet) {
+        // The holder's query may hold a password (ALTER ROLE … PASSWORD): scrubbed like every other line.
         process.stderr.write(
-          `Migration lock ${ctx.keyLabel} is held by:\n${formatHolder(out, status.holder).join('\n')}\n`,
+          out.scrub(`Migration lock ${ctx.keyLabel} is held by:\n${formatHolder(out, status.holder).join('\n')}\n`),
         );
       }
       out.warn(DANGER);
@@ -58,7 +60,14 @@ Examples:
       }
 
       // Only the session shown: a human may take a while to answer, and the lock may change hands meanwhile.
-      const result = await releaseLock(connection, ctx.key, { pid });
+      let result: Awaited<ReturnType<typeof releaseLock>>;
+      try {
+        result = await releaseLock(connection, ctx.key, { pid });
+      } catch (err) {
+        // insufficient_privilege: say which role lacks which right, not just PostgreSQL's "permission denied".
+        if ((err as { code?: unknown }).code === '42501') throw await releaseRefused(connection, pid, err);
+        throw err;
+      }
       if (result.released) {
         out.success(`Released migration lock ${ctx.keyLabel}: terminated pid ${result.pid}`);
         return;

@@ -1,4 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { accessSync, constants, type Stats, statSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
 import type { Command } from 'commander';
 import { MigrationLockLostError } from '../../errors.js';
 import { withMigrationLock } from '../../lock.js';
@@ -8,8 +10,70 @@ import { CliError, InterruptedError, signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import type { Output } from '../output.js';
 
-/** How long CMD gets to exit after SIGTERM when the lock is lost, before SIGKILL. */
+/**
+ * How long CMD gets to exit after SIGTERM when the lock is lost or the CLI's parent is gone, before SIGKILL:
+ * with the parent check every 0.5 s, the lock is free within the SPEC's 15 s.
+ */
 const KILL_AFTER_MS = 10_000;
+
+/** SIGKILL for CMD if it has not exited `KILL_AFTER_MS` after being asked to stop. */
+function stopAfterGrace(child: ChildProcess): void {
+  const timer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS);
+  timer.unref();
+  child.once('exit', () => clearTimeout(timer));
+}
+
+/** Exit codes of a shell for a command it cannot run. */
+const NOT_FOUND = 127;
+const NOT_EXECUTABLE = 126;
+
+/**
+ * Why a shell could not run `file` (127: not found, 126: found but not executable), looked up in PATH like
+ * execvp does; undefined when it can be run.
+ */
+function whyNotRunnable(file: string): CliError | undefined {
+  const candidates = file.includes('/')
+    ? [file]
+    : (process.env.PATH ?? '').split(delimiter).map((dir) => join(dir || '.', file));
+  let found: string | undefined;
+  for (const path of candidates) {
+    let stats: Stats;
+    try {
+      stats = statSync(path);
+    } catch {
+      continue;
+    }
+    if (stats.isFile() && isExecutable(path)) return undefined;
+    // In PATH a directory of that name is skipped, as a shell does; a path given is what was asked for.
+    if (stats.isFile() || file.includes('/')) found ??= path;
+  }
+  if (found === undefined) {
+    return new CliError(
+      `Command not found: ${file}`,
+      NOT_FOUND,
+      file.includes('/')
+        ? undefined
+        : 'Check the spelling, or install it (or give its path); PATH is searched like a shell does.',
+    );
+  }
+  return new CliError(`Permission denied: ${found} is not an executable file`, NOT_EXECUTABLE, `chmod +x ${found}?`);
+}
+
+function isExecutable(path: string): boolean {
+  try {
+    accessSync(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A spawn that failed anyway (the file changed since the check): the shell's exit codes still apply. */
+function spawnError(err: NodeJS.ErrnoException, file: string, shown: string): CliError {
+  if (err.code === 'ENOENT') return new CliError(`Command not found: ${file}`, NOT_FOUND);
+  if (err.code === 'EACCES') return new CliError(`Permission denied: cannot run ${file}`, NOT_EXECUTABLE);
+  return new CliError(`Cannot run \`${shown}\`: ${err.message}`, NOT_EXECUTABLE);
+}
 
 export function registerRun(program: Command, out: Output): Command {
   return addLockFlags(
@@ -17,7 +81,7 @@ export function registerRun(program: Command, out: Output): Command {
       .command('run')
       .summary('hold the lock while a command runs (any migrator)')
       .description(
-        'Take the lock, run CMD with the same stdio, and release the lock when it exits. Exits with CMD’s exit code (128+n if a signal killed it). SIGINT and SIGTERM are forwarded to CMD. If the lock session is lost while CMD runs, CMD is stopped and the command fails (exit 1).',
+        'Take the lock, run CMD with the same stdio, and release the lock when it exits. Exits with CMD’s exit code (128+n if a signal killed it). SIGINT and SIGTERM are forwarded to CMD. If the lock session is lost while CMD runs, CMD is stopped and the command fails (exit 1). If the process that started this one goes away (an npx wrapper or CI runner killed), CMD gets SIGTERM (SIGKILL after 10 s) and the lock is released. A CMD that cannot be run exits 127 (not found) or 126 (not executable), without taking the lock.',
       )
       .argument('<cmd...>', 'the command and its arguments (put them after --)'),
   )
@@ -38,10 +102,19 @@ Examples:
 
       let child: ChildProcess | undefined;
       let interrupted: NodeJS.Signals | undefined;
-      const lock = lockOptions(ctx, flags, (signal) => {
-        // CMD decides what a signal means (finish the current migration, roll back…); we wait for it.
-        if (child) child.kill(signal);
-        else interrupted ??= signal;
+      // Before any connection: a CMD a shell could not run never takes the lock.
+      const notRunnable = whyNotRunnable(file);
+      if (notRunnable) throw notRunnable;
+
+      const lock = lockOptions(ctx, flags, (signal, why) => {
+        if (!child) {
+          interrupted ??= signal;
+          return;
+        }
+        // CMD decides what a signal means (finish the current migration, roll back…); we wait for it. With
+        // the parent gone nobody waits for us, so CMD gets a bounded grace and the lock is freed in time.
+        child.kill(signal);
+        if (why === 'parent-gone') stopAfterGrace(child);
       });
       try {
         process.exitCode = await withMigrationLock(
@@ -55,18 +128,12 @@ Examples:
             // The core reports the loss as it happens; the final error says what became of CMD.
             const onLost = () => {
               running.kill('SIGTERM');
-              setTimeout(() => running.kill('SIGKILL'), KILL_AFTER_MS).unref();
+              stopAfterGrace(running);
             };
             lockLost.addEventListener('abort', onLost, { once: true });
             try {
               return await new Promise<number>((resolve, reject) => {
-                running.once('error', (err: NodeJS.ErrnoException) =>
-                  reject(
-                    new CliError(
-                      err.code === 'ENOENT' ? `Command not found: ${file}` : `Cannot run \`${shown}\`: ${err.message}`,
-                    ),
-                  ),
-                );
+                running.once('error', (err: NodeJS.ErrnoException) => reject(spawnError(err, file, shown)));
                 running.once('exit', (code, signal) => resolve(code ?? signalExitCode(signal ?? 'SIGTERM')));
               });
             } finally {

@@ -4,6 +4,7 @@ import { getLockStatus, type Holder, type LockStatus } from '../../status.js';
 import { clientConfig, createContext, databaseUrl } from '../context.js';
 import { ago, describeSession } from '../locking.js';
 import type { Output } from '../output.js';
+import { visibilityNote } from '../privileges.js';
 
 export function registerStatus(program: Command, out: Output): Command {
   return program
@@ -23,9 +24,12 @@ Examples:
     )
     .action(async (flags: { json?: boolean }, command: Command) => {
       const ctx = createContext(command, out);
-      const status = await getLockStatus(clientConfig(databaseUrl(command, out, true)), ctx.key);
+      const connection = clientConfig(databaseUrl(command, out, true));
+      const status = await getLockStatus(connection, ctx.key);
       if (flags.json) out.json(status);
       else out.data(formatStatus(out, status, ctx.keyLabel));
+      const note = await visibilityNote(connection, status);
+      if (note) out.warn(note);
     });
 }
 

@@ -5,16 +5,25 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { drizzle as drizzleFn } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { connectionConfig } from '../../session.js';
-import { clientConfig, databaseUrl } from '../context.js';
+import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
+import { migrationFailure } from './failure.js';
 import { existingDir, importFromProject } from './project.js';
-import type { AdapterLock, Applied } from './types.js';
+import type { AdapterLock, Applied, PendingCheck } from './types.js';
 
 export interface DrizzleFlags {
   migrationsFolder: string;
   migrationsTable: string;
   migrationsSchema: string;
+}
+
+/** The flags of `migrate drizzle` and `pending drizzle`: drizzle's config names and defaults. */
+export function drizzleFlags(command: Command): Command {
+  return command
+    .option('--migrations-folder <dir>', 'drizzle-kit\'s "out" folder', './drizzle')
+    .option('--migrations-table <name>', 'table recording the applied migrations', '__drizzle_migrations')
+    .option('--migrations-schema <name>', 'schema of that table', 'drizzle');
 }
 
 /** drizzle's `migrate()` (what `drizzle-kit migrate` does) under the lock, with drizzle's config names. */
@@ -25,14 +34,8 @@ export async function migrateDrizzle(
   lock: AdapterLock,
 ): Promise<Applied> {
   const url = databaseUrl(command, out, true);
-  const folder = existingDir(flags.migrationsFolder, 'drizzle migrations folder', '--migrations-folder');
-  const journalPath = join(folder, 'meta', '_journal.json');
-  if (!existsSync(journalPath)) {
-    throw new UsageError(
-      `No meta/_journal.json in ${folder}: not a drizzle-kit migrations folder`,
-      'Point --migrations-folder at drizzle-kit\'s "out" folder (default ./drizzle).',
-    );
-  }
+  announceTarget(out);
+  const { folder, journalPath } = migrationsFolder(flags);
   const journal = JSON.parse(readFileSync(journalPath, 'utf8')) as { entries: { when: number; tag: string }[] };
   const tagOf = new Map(journal.entries.map((entry) => [String(entry.when), entry.tag]));
 
@@ -56,14 +59,76 @@ export async function migrateDrizzle(
   pool.on('error', () => {}); // a lost session is reported by the lock (MigrationLockLostError)
   try {
     const { migrate } = await import('../../../adapters/drizzle.js');
-    await migrate(drizzle({ client: pool, logger }), {
-      migrationsFolder: folder,
-      migrationsTable: flags.migrationsTable,
-      migrationsSchema: flags.migrationsSchema,
-      lock,
-    });
+    try {
+      await migrate(drizzle({ client: pool, logger }), {
+        migrationsFolder: folder,
+        migrationsTable: flags.migrationsTable,
+        migrationsSchema: flags.migrationsSchema,
+        lock,
+      });
+    } catch (err) {
+      const query = (err as { query?: unknown }).query;
+      const file = typeof query === 'string' ? fileOf(folder, journal.entries, applied, query) : undefined;
+      // drizzle's own message is "Failed query: … params: …"; the database's reason is its cause.
+      const cause = file && err instanceof Error && err.cause !== undefined ? err.cause : err;
+      throw migrationFailure('drizzle', cause, file, [folder]);
+    }
   } finally {
     await pool.end();
   }
   return { migrator: 'drizzle', applied };
+}
+
+/** What `migrate drizzle` would apply, with the same flags: the adapter's `pending` (journal tags). */
+export async function pendingDrizzle(command: Command, out: Output, flags: DrizzleFlags): Promise<PendingCheck> {
+  const database = connectionConfig(clientConfig(databaseUrl(command, out, true)));
+  const { folder } = migrationsFolder(flags);
+  const { drizzle } = await importFromProject<{ drizzle: typeof drizzleFn }>(
+    'drizzle-orm/node-postgres',
+    process.cwd(),
+  );
+  const { pending } = await import('../../../adapters/drizzle.js');
+  // One connection, kept for every check of a --wait.
+  const pool = new pg.Pool({ ...database, max: 1 });
+  pool.on('error', () => {}); // a check on a broken connection fails with the connection's own error
+  const config = {
+    migrationsFolder: folder,
+    migrationsTable: flags.migrationsTable,
+    migrationsSchema: flags.migrationsSchema,
+  };
+  return {
+    migrator: 'drizzle',
+    check: () => pending(drizzle({ client: pool }), config),
+    database,
+    close: () => pool.end(),
+  };
+}
+
+function migrationsFolder(flags: DrizzleFlags): { folder: string; journalPath: string } {
+  const folder = existingDir(flags.migrationsFolder, 'drizzle migrations folder', '--migrations-folder');
+  const journalPath = join(folder, 'meta', '_journal.json');
+  if (!existsSync(journalPath)) {
+    throw new UsageError(
+      `No meta/_journal.json in ${folder}: not a drizzle-kit migrations folder`,
+      'Point --migrations-folder at drizzle-kit\'s "out" folder (default ./drizzle).',
+    );
+  }
+  return { folder, journalPath };
+}
+
+/**
+ * The migration file a failed statement comes from: drizzle runs each file's statements (split at
+ * `--> statement-breakpoint`) as they are written, in journal order, skipping the files already applied.
+ */
+function fileOf(folder: string, entries: { tag: string }[], applied: string[], query: string): string | undefined {
+  for (const { tag } of entries) {
+    if (applied.includes(tag)) continue;
+    try {
+      const statements = readFileSync(join(folder, `${tag}.sql`), 'utf8').split('--> statement-breakpoint');
+      if (statements.some((statement) => statement.trim() === query.trim())) return `${tag}.sql`;
+    } catch {
+      // unreadable: drizzle has said so already
+    }
+  }
+  return undefined;
 }

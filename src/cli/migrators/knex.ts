@@ -1,13 +1,15 @@
 import { existsSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type { Knex } from 'knex';
-import { clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
+import type pg from 'pg';
+import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
+import { migrationFailure } from './failure.js';
 import { existingDir, importFromProject } from './project.js';
-import type { AdapterLock, Applied } from './types.js';
+import type { AdapterLock, Applied, PendingCheck } from './types.js';
 
 export interface KnexFlags {
   knexfile?: string;
@@ -16,6 +18,13 @@ export interface KnexFlags {
 
 const KNEXFILES = ['knexfile.js', 'knexfile.cjs', 'knexfile.mjs'];
 
+/** The flags of `migrate knex` and `pending knex`. */
+export function knexFlags(command: Command): Command {
+  return command
+    .option('--knexfile <path>', 'knexfile (.js, .cjs or .mjs) (default: the nearest knexfile.js/.cjs/.mjs)')
+    .option('--env <name>', 'knexfile environment (default: $NODE_ENV, else development)');
+}
+
 /** `knex migrate:latest` under the lock, configured by the project's knexfile like knex's own CLI. */
 export async function migrateKnex(
   command: Command,
@@ -23,22 +32,73 @@ export async function migrateKnex(
   flags: KnexFlags,
   lock: AdapterLock,
 ): Promise<Applied> {
+  const { knex, failedFile, dirs } = await openKnex(command, out, flags);
+  try {
+    const { latest } = await import('../../../adapters/knex.js');
+    let batchNo: number;
+    let log: string[];
+    try {
+      [batchNo, log] = await latest(knex, { lock });
+    } catch (err) {
+      throw migrationFailure('knex', err, failedFile(), dirs);
+    }
+    return { migrator: 'knex', applied: log, note: log.length > 0 ? `batch ${batchNo}` : undefined };
+  } finally {
+    await knex.destroy();
+  }
+}
+
+/** What `migrate knex` would apply, by the same knexfile: the adapter's `pending`. */
+export async function pendingKnex(command: Command, out: Output, flags: KnexFlags): Promise<PendingCheck> {
+  const { knex, config } = await openKnex(command, out, flags);
+  const { pending } = await import('../../../adapters/knex.js');
+  const connection = typeof config.connection === 'function' ? await config.connection() : config.connection;
+  return {
+    migrator: 'knex',
+    check: () => pending(knex),
+    database: (typeof connection === 'string' ? clientConfig(connection) : connection) as pg.ClientConfig,
+    close: () => knex.destroy(),
+  };
+}
+
+/** A knex instance from the project's knexfile (environment, connection, paths), like knex's own CLI makes it. */
+async function openKnex(
+  command: Command,
+  out: Output,
+  flags: KnexFlags,
+): Promise<{ knex: Knex; config: Knex.Config; failedFile: () => string | undefined; dirs: string[] }> {
   const knexfile = findKnexfile(flags.knexfile);
   // Like knex's CLI: paths in the knexfile (migrations.directory…) are relative to the knexfile.
   process.chdir(dirname(knexfile));
   const envName = flags.env ?? (process.env.NODE_ENV || 'development');
   const config = await loadKnexfile(knexfile, envName);
 
+  // Precedence: --database-url, then the knexfile's own connection (what plain knex uses; knexfiles that
+  // want DATABASE_URL read it themselves), then DATABASE_URL. Which one won is printed.
   if (command.optsWithGlobals<GlobalOptions>().databaseUrl || !config.connection) {
-    // --database-url wins over the knexfile; DATABASE_URL fills in when the knexfile has no connection.
     config.connection = clientConfig(databaseUrl(command, out, true)) as Knex.PgConnectionConfig;
   } else {
     registerSecrets(out, config.connection);
+    out.target = describeConnection(out, config.connection);
+    const fromEnv = process.env.DATABASE_URL;
+    const ignored = !fromEnv
+      ? ''
+      : config.connection === fromEnv
+        ? ', which reads DATABASE_URL'
+        : '; DATABASE_URL is set but not used: --database-url overrides';
+    out.targetSource = `${basename(knexfile)}, environment "${envName}"${ignored}`;
   }
+  announceTarget(out);
   config.client ??= 'pg';
   // knex logs to the console (stdout); ours keeps stdout for the summary.
+  let failedFile: string | undefined;
   config.log ??= {
-    warn: (message) => out.detail(`knex: ${message}`),
+    warn: (message) => {
+      // knex names the failing file, then repeats the error our final line gives: keep the name for that line.
+      const file = /^migration file "(.+)" failed$/.exec(message)?.[1];
+      if (file) failedFile = file;
+      else if (!message.startsWith('migration failed with error:')) out.detail(`knex: ${message}`);
+    },
     error: (message) => out.detail(`knex: ${message}`),
     deprecate: (method, alternative) => out.warn(`knex: ${method} is deprecated, use ${alternative}`),
     debug: () => {},
@@ -46,22 +106,17 @@ export async function migrateKnex(
   if (typeof config.client !== 'string' || !['pg', 'postgres', 'postgresql'].includes(config.client)) {
     throw new UsageError(`The knexfile's client is ${JSON.stringify(config.client)}: pg-migration-lock needs 'pg'`);
   }
+  const dirs: string[] = [];
   if (!config.migrations?.migrationSource) {
-    const dirs = config.migrations?.directory ?? './migrations';
-    for (const dir of Array.isArray(dirs) ? dirs : [dirs]) {
-      existingDir(dir, 'knex migrations directory', `migrations.directory in ${knexfile}`);
+    const given = config.migrations?.directory ?? './migrations';
+    for (const dir of Array.isArray(given) ? given : [given]) {
+      dirs.push(existingDir(dir, 'knex migrations directory', `migrations.directory in ${knexfile}`));
     }
   }
 
   const knexModule = await importFromProject<{ default: (config: Knex.Config) => Knex }>('knex', dirname(knexfile));
-  const knex = knexModule.default(config);
-  try {
-    const { latest } = await import('../../../adapters/knex.js');
-    const [batchNo, log] = await latest(knex, { lock });
-    return { migrator: 'knex', applied: log, note: log.length > 0 ? `batch ${batchNo}` : undefined };
-  } finally {
-    await knex.destroy();
-  }
+  // The file knex names as failing (its own log), and the directories it read: what our last line names.
+  return { knex: knexModule.default(config), config, failedFile: () => failedFile, dirs };
 }
 
 function findKnexfile(given: string | undefined): string {
@@ -107,18 +162,24 @@ async function loadKnexfile(path: string, envName: string): Promise<Knex.Config>
 }
 
 function registerSecrets(out: Output, connection: unknown): void {
-  const strings: unknown[] = [connection];
-  if (connection && typeof connection === 'object') {
-    const settings = connection as { password?: unknown; connectionString?: unknown };
-    if (typeof settings.password === 'string') out.addSecret(settings.password);
-    strings.push(settings.connectionString);
+  if (typeof connection === 'string') {
+    out.addConnectionString(connection);
+    return;
   }
-  for (const value of strings) {
-    if (typeof value !== 'string') continue;
-    try {
-      out.addSecret(new URL(value).password);
-    } catch {
-      // not a URL: nothing to extract
-    }
-  }
+  if (!connection || typeof connection !== 'object') return;
+  const settings = connection as { password?: unknown; connectionString?: unknown };
+  if (typeof settings.password === 'string') out.addSecret(settings.password);
+  if (typeof settings.connectionString === 'string') out.addConnectionString(settings.connectionString);
+}
+
+/** A knexfile's connection as a redacted URL-like name (a function or other shape: named as such). */
+function describeConnection(out: Output, connection: unknown): string {
+  if (typeof connection === 'string') return out.scrub(connection);
+  if (typeof connection === 'function') return 'the connection function in the knexfile';
+  if (!connection || typeof connection !== 'object') return 'the knexfile connection';
+  const c = connection as Record<string, unknown>;
+  if (typeof c.connectionString === 'string') return out.scrub(c.connectionString);
+  const user = typeof c.user === 'string' ? `${c.user}${c.password ? ':***' : ''}@` : '';
+  const port = c.port === undefined ? '' : `:${c.port}`;
+  return `postgres://${user}${c.host ?? 'localhost'}${port}/${c.database ?? ''}`;
 }

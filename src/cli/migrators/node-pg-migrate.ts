@@ -1,8 +1,17 @@
 import type { Command } from 'commander';
-import { clientConfig, databaseUrl } from '../context.js';
+import type { RunnerOption } from 'node-pg-migrate';
+import pg from 'pg';
+import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import type { Output } from '../output.js';
+import { migrationFailure, migrationFile } from './failure.js';
 import { existingDir } from './project.js';
-import type { AdapterLock, Applied } from './types.js';
+import type { AdapterLock, Applied, PendingCheck } from './types.js';
+
+/**
+ * node-pg-migrate's own advisory-lock key (its PG_MIGRATE_LOCK_ID), the default of its adapter too: the
+ * CLI, the adapter and plain node-pg-migrate all wait for one another.
+ */
+export const NODE_PG_MIGRATE_KEY = { key: 7241865325823964n, label: "node-pg-migrate's own key" };
 
 export interface NodePgMigrateFlags {
   migrationsDir: string;
@@ -14,6 +23,18 @@ export interface NodePgMigrateFlags {
   checkOrder: boolean;
 }
 
+/** The flags of `migrate node-pg-migrate` and `pending node-pg-migrate`: node-pg-migrate's own names and defaults. */
+export function nodePgMigrateFlags(command: Command): Command {
+  return command
+    .option('-m, --migrations-dir <dir>', 'migrations directory', 'migrations')
+    .option('-t, --migrations-table <table>', 'table recording the applied migrations', 'pgmigrations')
+    .option('-s, --schema <schema>', 'schema to migrate (search_path)')
+    .option('--migrations-schema <schema>', 'schema of the migrations table (default: --schema)')
+    .option('--create-schema', 'create --schema if missing')
+    .option('--create-migrations-schema', 'create --migrations-schema if missing')
+    .option('--no-check-order', 'do not check that applied migrations come before new ones');
+}
+
 /** `node-pg-migrate up` under the lock, with node-pg-migrate's own flag names and defaults. */
 export async function migrateNodePgMigrate(
   command: Command,
@@ -21,12 +42,69 @@ export async function migrateNodePgMigrate(
   flags: NodePgMigrateFlags,
   lock: AdapterLock,
 ): Promise<Applied> {
-  const url = databaseUrl(command, out, true);
-  const dir = existingDir(flags.migrationsDir, 'node-pg-migrate migrations directory', '--migrations-dir');
+  const options = upOptions(command, out, flags);
+  announceTarget(out);
+  const dir = options.dir as string;
   const { runner } = await import('../../../adapters/node-pg-migrate.js');
-  const ran = await runner({
-    databaseUrl: clientConfig(url),
-    dir,
+  let current: string | undefined;
+  let failed = false;
+  let ran: Awaited<ReturnType<typeof runner>>;
+  try {
+    ran = await runner({
+      ...options,
+      // Progress on stderr, one line per migration (the summary lists them again). On failure: the failing
+      // SQL, then our one line; not the clean-up that follows (its own unlock, in the aborted transaction).
+      logger: {
+        debug: () => {},
+        info: (message: string) => {
+          const name = /^### MIGRATION (.+) \(UP\) ###$/.exec(message)?.[1];
+          if (!name) return;
+          current = name;
+          out.info(`node-pg-migrate: migrating ${name}`);
+        },
+        warn: (message: string) => {
+          if (!failed) out.warn(`node-pg-migrate: ${message}`);
+        },
+        error: (message: string) => {
+          if (failed && /pg_advisory_unlock/.test(message)) return;
+          failed = true;
+          out.detail(withoutFinalError(message));
+        },
+      },
+      lock,
+    });
+  } catch (err) {
+    throw migrationFailure('node-pg-migrate', err, current && migrationFile(dir, current), [dir]);
+  }
+  return { migrator: 'node-pg-migrate', applied: ran.map((migration) => migration.name) };
+}
+
+/** What `migrate node-pg-migrate` would apply, with the same flags: the adapter's `pending`. */
+export async function pendingNodePgMigrate(
+  command: Command,
+  out: Output,
+  flags: NodePgMigrateFlags,
+): Promise<PendingCheck> {
+  const options = upOptions(command, out, flags);
+  const database = (options as { databaseUrl: pg.ClientConfig }).databaseUrl;
+  const { pending } = await import('../../../adapters/node-pg-migrate.js');
+  // One connection, kept for every check of a --wait.
+  const pool = new pg.Pool({ ...database, max: 1 });
+  pool.on('error', () => {}); // a check on a broken connection fails with the connection's own error
+  return {
+    migrator: 'node-pg-migrate',
+    check: () =>
+      pending({ ...options, databaseUrl: undefined, dbClient: pool as never, log: () => {} } as RunnerOption),
+    database,
+    close: () => pool.end(),
+  };
+}
+
+/** `node-pg-migrate up` (all pending migrations) from the flags. */
+function upOptions(command: Command, out: Output, flags: NodePgMigrateFlags): RunnerOption {
+  return {
+    databaseUrl: clientConfig(databaseUrl(command, out, true)),
+    dir: existingDir(flags.migrationsDir, 'node-pg-migrate migrations directory', '--migrations-dir'),
     migrationsTable: flags.migrationsTable,
     schema: flags.schema,
     migrationsSchema: flags.migrationsSchema,
@@ -35,17 +113,12 @@ export async function migrateNodePgMigrate(
     checkOrder: flags.checkOrder,
     direction: 'up',
     count: Number.POSITIVE_INFINITY,
-    // Progress on stderr, one line per migration (the summary lists them again); on failure it logs the failing SQL.
-    logger: {
-      debug: () => {},
-      info: (message: string) => {
-        const name = /^### MIGRATION (.+) \(UP\) ###$/.exec(message)?.[1];
-        if (name) out.info(`node-pg-migrate: migrating ${name}`);
-      },
-      warn: (message: string) => out.warn(`node-pg-migrate: ${message}`),
-      error: (message: string) => out.detail(message),
-    },
-    lock,
-  });
-  return { migrator: 'node-pg-migrate', applied: ran.map((migration) => migration.name) };
+  };
+}
+
+/** node-pg-migrate's "Error executing: SQL / error: …" without its last line, which our final line repeats. */
+function withoutFinalError(message: string): string {
+  const lines = message.trimEnd().split('\n');
+  if (lines.length > 1 && /^error: /.test(lines.at(-1)!)) lines.pop();
+  return `node-pg-migrate: ${lines.join('\n').trimEnd()}`;
 }

@@ -1,0 +1,207 @@
+import { type Command, Option } from 'commander';
+import pg from 'pg';
+import { keyParts } from '../../key.js';
+import { formatMs } from '../../lock.js';
+import { connectionConfig } from '../../session.js';
+import { lockRowsOf } from '../../status.js';
+import { type Context, createContext, parseDurationArg } from '../context.js';
+import { CliError, EXIT, InterruptedError, UsageError } from '../errors.js';
+import { trapSignals } from '../locking.js';
+import { drizzleFlags, pendingDrizzle } from '../migrators/drizzle.js';
+import { knexFlags, pendingKnex } from '../migrators/knex.js';
+import { NODE_PG_MIGRATE_KEY, nodePgMigrateFlags, pendingNodePgMigrate } from '../migrators/node-pg-migrate.js';
+import type { PendingCheck } from '../migrators/types.js';
+import type { Output } from '../output.js';
+
+/** The SPEC's exit code of `pending` when migrations are pending. */
+const EXIT_PENDING = 3;
+
+/**
+ * --wait re-checks when the lock is released (the core NOTIFYs on its channel as it unlocks) and, for
+ * releases that cannot notify (a migration job not using this lock, a holder that died), this often.
+ */
+const FALLBACK_POLL_MS = 5_000;
+
+interface PendingFlags {
+  wait?: boolean;
+  /** Milliseconds, parsed from a duration. */
+  timeout?: number;
+  json?: boolean;
+}
+
+type OpenCheck<F> = (command: Command, out: Output, flags: F) => Promise<PendingCheck>;
+
+export function registerPending(program: Command, out: Output): Command {
+  const pending = program
+    .command('pending')
+    .summary('list the migrations not yet applied, without the lock; --wait until there are none')
+    .description(
+      'Print the migrations `migrate <migrator>` would apply, one name per line, without taking the lock and without changing anything. Exit 0 when none is pending, 3 when some are. With --wait, wait until none is pending (for app replicas or readiness checks that must not start before a separate migration job ran): exit 0 then, 75 on --timeout.',
+    )
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ pg-migration-lock pending knex --knexfile knexfile.cjs --env production
+  $ pg-migration-lock pending node-pg-migrate -m migrations --json
+  $ pg-migration-lock pending drizzle --migrations-folder ./drizzle --wait --timeout 10m`,
+    );
+
+  const action =
+    <F>(open: OpenCheck<F>, defaultKey?: { key: bigint; label: string }) =>
+    async (flags: F & PendingFlags, command: Command) => {
+      const ctx = createContext(command, out, defaultKey);
+      if (flags.timeout !== undefined && !flags.wait) {
+        throw new UsageError('--timeout needs --wait', 'Add --wait to wait until no migration is pending.');
+      }
+      const check = await open(command, out, flags);
+      let names: string[];
+      try {
+        names = await check.check();
+        if (flags.wait && names.length > 0) names = await waitUntilNone(ctx, check, names, flags.timeout);
+      } finally {
+        await check.close();
+      }
+      if (flags.json) out.json(names);
+      else if (names.length > 0) out.data(names.join('\n'));
+      if (names.length === 0) out.success(`${check.migrator}: no pending migrations`);
+      else out.info(`${check.migrator}: ${count(names)} pending`);
+      process.exitCode = names.length === 0 ? EXIT.ok : EXIT_PENDING;
+    };
+
+  const withPendingFlags = (command: Command) =>
+    command
+      .option('--wait', 'wait until no migration is pending (exit 0), instead of exiting 3')
+      .addOption(
+        new Option('--timeout <duration>', 'with --wait: give up after this long (exit 75), e.g. 30s, 5m').argParser(
+          parseDurationArg,
+        ),
+      )
+      .option('--json', 'print the names as a JSON array');
+
+  withPendingFlags(knexFlags(pending.command('knex').description('what knex migrate:latest would run (your knexfile)')))
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ pg-migration-lock pending knex
+  $ pg-migration-lock pending knex --knexfile db/knexfile.mjs --env production --wait --timeout 5m`,
+    )
+    .action(action(pendingKnex));
+
+  withPendingFlags(
+    nodePgMigrateFlags(pending.command('node-pg-migrate').description('what node-pg-migrate up would run')),
+  )
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ pg-migration-lock pending node-pg-migrate
+  $ pg-migration-lock pending node-pg-migrate -m db/migrations -t schema_migrations --json`,
+    )
+    .action(action(pendingNodePgMigrate, NODE_PG_MIGRATE_KEY));
+
+  withPendingFlags(drizzleFlags(pending.command('drizzle').description("what drizzle's migrate() would apply")))
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ pg-migration-lock pending drizzle
+  $ pg-migration-lock pending drizzle --migrations-folder db/migrations --wait`,
+    )
+    .action(action(pendingDrizzle));
+
+  return pending;
+}
+
+const count = (names: string[]) => `${names.length} migration${names.length === 1 ? '' : 's'}`;
+
+/**
+ * Waits, holding no lock and polling nothing, until the check finds nothing pending: it LISTENs on the
+ * lock's channel and re-checks when a holder releases, plus every FALLBACK_POLL_MS for releases that
+ * do not notify. Resolves `[]`; throws exit 75 on timeout.
+ *
+ * A release NOTIFYs only when a waiter is registered (the shared registry lock waiters hold), and then
+ * names one of them at random. So this session registers too (it shows among `status`'s waiters), and
+ * when a release names it, it passes the wake-up on to everyone (an empty payload): a lock waiter must
+ * not lose its turn to a session that never takes the lock, and passing on by name could bounce between
+ * two `pending --wait` sessions forever. It reacts to every notification on the channel.
+ */
+async function waitUntilNone(
+  { out, key, keyLabel }: Context,
+  check: PendingCheck,
+  first: string[],
+  timeoutMs: number | undefined,
+): Promise<string[]> {
+  const startedAt = performance.now();
+  const elapsed = () => performance.now() - startedAt;
+  const deadline = timeoutMs ?? Number.POSITIVE_INFINITY;
+  let wake: (() => void) | undefined;
+  let interrupted: NodeJS.Signals | undefined;
+  const disposeSignals = trapSignals((signal) => {
+    interrupted ??= signal;
+    wake?.();
+  });
+  const listener = new pg.Client(connectionConfig(check.database));
+  // A listener that breaks only costs the prompt wake-ups: the fallback poll goes on.
+  listener.on('error', () => {});
+  const { hi, lo } = keyParts(key);
+  const channel = `pg_migration_lock_${key}`;
+  let pid = 0;
+  listener.on('notification', (message) => {
+    if (message.channel !== channel) return;
+    if (message.payload === String(pid)) {
+      listener
+        .query(
+          `SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid())`,
+          [channel],
+        )
+        .catch(() => {});
+    }
+    wake?.();
+  });
+  out.info(
+    `Waiting for ${count(first)} to be applied (${first.join(', ')}): re-checking when migration lock ${keyLabel} is released${timeoutMs === undefined ? '' : `, for up to ${formatMs(timeoutMs)}`}`,
+  );
+  let names = first;
+  try {
+    await listener.connect();
+    await listener.query(`LISTEN "${channel}"`);
+    pid = (
+      await listener.query<{ pid: number }>(
+        `SELECT pg_backend_pid() AS pid, pg_try_advisory_lock_shared(${hi}, ${lo}) AS registered`,
+      )
+    ).rows[0]!.pid;
+    // A release between the first check and the LISTEN would not wake us: check once more now.
+    names = await check.check();
+    while (names.length > 0) {
+      if (interrupted) throw new InterruptedError(interrupted);
+      if (elapsed() >= deadline) {
+        throw new CliError(
+          `Timed out after ${formatMs(elapsed())}: ${count(names)} still pending (${names.join(', ')})`,
+          EXIT.notAcquired,
+          'Is the migration job running? See who holds the lock: pg-migration-lock status',
+        );
+      }
+      const pause = Math.min(FALLBACK_POLL_MS * (0.8 + Math.random() * 0.4), deadline - elapsed());
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.max(0, pause));
+        function done() {
+          clearTimeout(timer);
+          wake = undefined;
+          resolve();
+        }
+        wake = done;
+      });
+      if (interrupted) throw new InterruptedError(interrupted);
+      const before = names.length;
+      names = await check.check();
+      if (names.length > 0 && names.length !== before) out.info(`Still waiting for ${count(names)}`);
+    }
+    out.info(`Waited ${formatMs(elapsed())} for the migrations to be applied`);
+    return names;
+  } finally {
+    disposeSignals();
+    await listener.end().catch(() => {});
+  }
+}

@@ -1,0 +1,166 @@
+// Check before queueing, with real replica processes: on an up-to-date database no replica takes (or even
+// waits for) the lock; with migrations pending, one replica applies them once and the others find nothing
+// left to do, whether they checked before queueing or re-checked when the holder released.
+import { drizzle } from 'drizzle-orm/node-postgres';
+import { migrate as bareDrizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
+import knexFactory from 'knex';
+import { runner as bareRunner } from 'node-pg-migrate';
+import pg from 'pg';
+import { describe, expect, test } from 'vitest';
+import { migrate as drizzleMigrate } from '../../adapters/drizzle.js';
+import { latest } from '../../adapters/knex.js';
+import { runner } from '../../adapters/node-pg-migrate.js';
+import { DEFAULT_LOCK_KEY } from '../../src/index.js';
+import { appliedMigrations, type Migrator, race } from '../fixtures/adapters/race.mjs';
+import { createTestDatabase, fixture, withClient } from '../helpers.js';
+import { expectAllSucceeded, report } from './race-report.js';
+
+const REPLICAS = 12;
+const NODE_PG_MIGRATE_KEY = 7241865325823964n;
+
+/** Each migrator: how to apply its first migration only (leaving the slow 0.5 s one and the last pending), and its key. */
+const SETUPS: Record<Migrator, { key: bigint; applyFirst: (url: string) => Promise<void>; rest: string[] }> = {
+  knex: {
+    key: DEFAULT_LOCK_KEY,
+    rest: ['002_slow_add_size.cjs', '003_index_name.cjs'],
+    async applyFirst(url) {
+      const db = knexFactory({ client: 'pg', connection: url });
+      try {
+        await db.migrate.up({ directory: fixture('knex/migrations') });
+      } finally {
+        await db.destroy();
+      }
+    },
+  },
+  'node-pg-migrate': {
+    key: NODE_PG_MIGRATE_KEY,
+    rest: ['1700000000002_slow-add-size', '1700000000003_index-name'],
+    async applyFirst(url) {
+      await bareRunner({
+        databaseUrl: url,
+        dir: fixture('node-pg-migrate/migrations'),
+        direction: 'up',
+        count: 1,
+        migrationsTable: 'pgmigrations',
+        log: () => {},
+      });
+    },
+  },
+  drizzle: {
+    key: DEFAULT_LOCK_KEY,
+    rest: [],
+    // drizzle applies what is newer than its last row: this is how its first migration leaves the database.
+    async applyFirst(url) {
+      await withClient(url, (client) =>
+        client.query(`CREATE TABLE widgets (id serial PRIMARY KEY, name text NOT NULL);
+          CREATE SCHEMA drizzle; CREATE TABLE drizzle.__drizzle_migrations (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint);
+          INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('first', 1700000000001)`),
+      );
+    },
+  },
+};
+
+/** Holds `key` on a session of its own until `done` is called: any replica that tried to take it would wait. */
+async function holdLock(url: string, key: bigint) {
+  const client = new pg.Client(url);
+  await client.connect();
+  await client.query('SELECT pg_advisory_lock($1::bigint)', [key.toString()]);
+  return async () => {
+    await client.query('SELECT pg_advisory_unlock($1::bigint)', [key.toString()]);
+    await client.end();
+  };
+}
+
+const MIGRATORS = Object.keys(SETUPS) as Migrator[];
+const urls = await Promise.all(MIGRATORS.flatMap(() => [createTestDatabase(), createTestDatabase()]));
+const noOpUrl = await createTestDatabase();
+
+describe.each(MIGRATORS)('%s', (migrator) => {
+  const setup = SETUPS[migrator];
+  const [pendingUrl, upToDateUrl] = urls.slice(MIGRATORS.indexOf(migrator) * 2);
+
+  test(`${REPLICAS} replicas, two migrations pending: applied once each, 0 failures, the others skip without the lock`, async () => {
+    const url = pendingUrl!;
+    await setup.applyFirst(url);
+    const outcome = await race({ migrator, mode: 'locked', replicas: REPLICAS, databaseUrl: url });
+    report(migrator, 'locked', outcome, ' (check first, 2 pending)');
+    expectAllSucceeded(outcome);
+    expect(await appliedMigrations(url, migrator)).toEqual({ total: 3, distinct: 3 });
+    if (setup.rest.length > 0) {
+      // One replica ran both; no other ran anything.
+      const ran = outcome.results.map((r) => r.result?.ran ?? []).filter((names) => names.length > 0);
+      expect(ran).toEqual([setup.rest]);
+    }
+    const locked = outcome.results.filter((r) => r.result?.locked).length;
+    const skippedAfterWaiting = outcome.results.filter((r) => r.result?.waited && !r.result?.locked).length;
+    console.info(
+      `[check-first] ${migrator}: ${locked}/${REPLICAS} took the lock, ${skippedAfterWaiting} waited then skipped at the release, ${REPLICAS - locked - skippedAfterWaiting} skipped before queueing`,
+    );
+    expect(locked).toBeGreaterThanOrEqual(1);
+  });
+
+  test(`${REPLICAS} replicas on an up-to-date database: none takes or waits for the lock (held meanwhile by a test session)`, async () => {
+    const url = upToDateUrl!;
+    await race({ migrator, mode: 'locked', replicas: 1, databaseUrl: url });
+    expect(await appliedMigrations(url, migrator)).toEqual({ total: 3, distinct: 3 });
+    // Held for the whole race: a replica that queued would wait (and say so through onWaiting) instead of exiting.
+    const release = await holdLock(url, setup.key);
+    let outcome: Awaited<ReturnType<typeof race>>;
+    try {
+      outcome = await race({ migrator, mode: 'locked', replicas: REPLICAS, databaseUrl: url });
+    } finally {
+      await release();
+    }
+    report(migrator, 'locked', outcome, ' (up to date, lock held by a test session)');
+    expectAllSucceeded(outcome);
+    expect(outcome.results.map((r) => [r.result?.waited, r.result?.locked])).toEqual(
+      Array(REPLICAS).fill([false, false]),
+    );
+    expect(await appliedMigrations(url, migrator)).toEqual({ total: 3, distinct: 3 });
+  });
+});
+
+test("an up-to-date database: each adapter returns exactly the bare migrator's no-op, without the lock", async () => {
+  // The lock is held elsewhere and the calls may not wait: touching the lock would throw MigrationLockBusyError.
+  const calls: string[] = [];
+  const lock = {
+    wait: false,
+    logger: null,
+    hooks: { onWaiting: () => calls.push('waiting'), onAcquired: () => calls.push('acquired') },
+  };
+  const knex = knexFactory({ client: 'pg', connection: noOpUrl });
+  const pool = new pg.Pool({ connectionString: noOpUrl, max: 1 });
+  const npmOptions = {
+    databaseUrl: noOpUrl,
+    dir: fixture('node-pg-migrate/migrations'),
+    direction: 'up' as const,
+    migrationsTable: 'pgmigrations',
+    log: () => {},
+  };
+  const knexConfig = { directory: fixture('knex/migrations') };
+  const drizzleConfig = { migrationsFolder: fixture('drizzle/migrations') };
+  try {
+    await knex.migrate.latest(knexConfig);
+    await withClient(noOpUrl, (client) => client.query('DROP TABLE widgets, migration_session'));
+    await bareRunner(npmOptions);
+    await withClient(noOpUrl, (client) => client.query('DROP TABLE widgets, migration_session'));
+    await bareDrizzleMigrate(drizzle({ client: pool }), drizzleConfig);
+
+    const release = await holdLock(noOpUrl, DEFAULT_LOCK_KEY);
+    const releaseOwn = await holdLock(noOpUrl, NODE_PG_MIGRATE_KEY);
+    try {
+      const bareKnex = await knex.migrate.latest(knexConfig);
+      expect(bareKnex).toEqual([1, []]);
+      expect(await latest(knex, { ...knexConfig, lock })).toEqual(bareKnex);
+      expect(await runner({ ...npmOptions, lock })).toEqual([]);
+      expect(await drizzleMigrate(drizzle({ client: pool }), { ...drizzleConfig, lock })).toBeUndefined();
+    } finally {
+      await release();
+      await releaseOwn();
+    }
+    expect(calls).toEqual([]);
+  } finally {
+    await knex.destroy();
+    await pool.end();
+  }
+});

@@ -1,0 +1,201 @@
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, test } from 'vitest';
+import { runner } from '../../adapters/node-pg-migrate.js';
+import { DEFAULT_LOCK_KEY } from '../../src/index.js';
+import { createTestDatabase, lockRows, sleep, waitFor, withClient } from '../helpers.js';
+import { CHILD, CLI, cli, fixture, holdLock, start } from './cli.js';
+
+/** node-pg-migrate's own key: its adapter's default, and the CLI's for `migrate node-pg-migrate`. */
+const PG_MIGRATE_LOCK_ID = 7241865325823964n;
+const url = await createTestDatabase();
+const env = { DATABASE_URL: url };
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+describe('migrate node-pg-migrate and the adapter share node-pg-migrate’s key', () => {
+  test('while the adapter’s runner() migrates, the CLI waits, then finds nothing pending', async () => {
+    const dir = fixture('node-pg-migrate-3s');
+    const adapter = runner({ databaseUrl: url, dir, direction: 'up', migrationsTable: 'pgm_shared', log: () => {} });
+    await waitFor(async () => (await lockRows(url, PG_MIGRATE_LOCK_ID)).some((row) => row.granted), 10_000, 'runner()');
+    const waiting = start(['migrate', 'node-pg-migrate', '-m', dir, '-t', 'pgm_shared'], { env });
+    await waiting.waitForOutput(/Waiting for migration lock 7241865325823964 \(node-pg-migrate's own key\)/);
+    expect((await adapter).map((migration) => migration.name)).toEqual(['1700000000001_three-seconds']);
+    const { code, stdout, stderr } = await waiting.exited;
+    expect(code, stderr).toBe(0);
+    expect(stdout).toBe('✔ node-pg-migrate: already up to date, no pending migrations\n');
+  });
+
+  test('--name still chooses another key', async () => {
+    const holder = await holdLock(url, PG_MIGRATE_LOCK_ID);
+    try {
+      const { code, stderr } = await cli(
+        ['migrate', 'node-pg-migrate', '-m', fixture('node-pg-migrate-3s'), '-t', 'pgm_shared', '--name', 'mine'],
+        { env },
+      );
+      // Our lock is free; node-pg-migrate's own (taken inside, in its 'fail' mode) is not: it says so.
+      expect(code).toBe(1);
+      expect(stderr).toMatch(/Acquired migration lock "mine"/);
+    } finally {
+      await holder.release();
+    }
+  });
+});
+
+describe('run: a CMD that cannot be run exits like a shell, without the lock', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'pgml-run-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const notExecutable = join(dir, 'script.sh');
+  writeFileSync(notExecutable, '#!/bin/sh\necho never\n');
+  chmodSync(notExecutable, 0o644);
+
+  test.each([
+    ['not found in PATH', ['pgml-no-such-command-x'], 127, /error: Command not found: pgml-no-such-command-x/],
+    ['a missing path', [join(dir, 'missing')], 127, /error: Command not found: /],
+    ['a file that is not executable', [notExecutable], 126, /error: Permission denied: .*script\.sh/],
+    ['a directory', [dir], 126, /error: Permission denied: /],
+  ])('%s → %i', async (_what, cmd, exitCode, message) => {
+    const { code, stderr } = await cli(['run', '--', ...cmd], { env });
+    expect(code).toBe(exitCode);
+    expect(stderr).toMatch(message);
+    // Refused before connecting: the lock was never taken.
+    expect(stderr).not.toContain('Acquired');
+    expect(await lockRows(url, 0n)).toEqual([]);
+  });
+
+  test('not found even where the lock is held by another: 127 at once, not a wait', async () => {
+    const holder = await holdLock(url, DEFAULT_LOCK_KEY);
+    try {
+      const started = performance.now();
+      const { code } = await cli(['run', '--', 'pgml-no-such-command-x'], { env });
+      expect(code).toBe(127);
+      expect(performance.now() - started).toBeLessThan(10_000);
+    } finally {
+      await holder.release();
+    }
+  });
+});
+
+describe('the CLI never outlives the process that started it', () => {
+  // A failed test leaves nothing running.
+  const started: number[] = [];
+  afterAll(() => {
+    for (const pid of started) if (alive(pid)) process.kill(pid, 'SIGKILL');
+  });
+
+  /** Starts the CLI under an intermediate parent (fixtures/cli/parent.mjs); resolves the CLI's pid. */
+  async function underParent(args: string[], databaseUrl = url) {
+    const child = spawn(process.execPath, [fixture('parent.mjs'), CLI, ...args], {
+      env: { ...process.env, NO_COLOR: '1', DATABASE_URL: databaseUrl },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (chunk) => (output += chunk));
+    child.stderr.on('data', (chunk) => (output += chunk));
+    const cliPid = Number((await waitFor(() => /cli pid (\d+)/.exec(output), 10_000, 'the CLI to start'))?.[1]);
+    started.push(child.pid!, cliPid);
+    return { parent: child, cliPid, output: () => output };
+  }
+
+  test('parent SIGKILLed while CMD runs: CMD gets SIGTERM, the lock is free within 15 s', async () => {
+    const key = 4242n;
+    const { parent, cliPid, output } = await underParent([
+      'run',
+      '--key',
+      String(key),
+      '--',
+      process.execPath,
+      CHILD,
+      'hold',
+    ]);
+    await waitFor(() => output().includes('ready'), 10_000, 'CMD to start');
+    expect((await lockRows(url, key)).filter((row) => row.granted)).toHaveLength(1);
+    const killed = performance.now();
+    parent.kill('SIGKILL');
+    await waitFor(() => output().includes('got SIGTERM'), 15_000, 'CMD to get SIGTERM');
+    await waitFor(async () => (await lockRows(url, key)).length === 0, 15_000, 'the lock to be free');
+    const freedMs = performance.now() - killed;
+    await waitFor(() => !alive(cliPid), 5_000, 'the CLI to exit');
+    console.log(`parent killed → CMD stopped, lock free after ${Math.round(freedMs)} ms`);
+    expect(freedMs).toBeLessThan(15_000);
+    expect(output()).toContain('The process that started pg-migration-lock is gone');
+  });
+
+  test('parent SIGKILLed while CMD ignores SIGTERM: SIGKILL after the grace, lock free within 15 s', async () => {
+    const key = 4243n;
+    const stubborn = join(tmpdir(), `pgml-stubborn-${process.pid}.mjs`);
+    writeFileSync(stubborn, "process.on('SIGTERM', () => {}); console.log('ready'); setInterval(() => {}, 1000);\n");
+    try {
+      const { parent, cliPid, output } = await underParent([
+        'run',
+        '--key',
+        String(key),
+        '--',
+        process.execPath,
+        stubborn,
+      ]);
+      await waitFor(() => output().includes('ready'), 10_000, 'CMD to start');
+      const killed = performance.now();
+      parent.kill('SIGKILL');
+      await waitFor(async () => (await lockRows(url, key)).length === 0, 15_000, 'the lock to be free');
+      const freedMs = performance.now() - killed;
+      await waitFor(() => !alive(cliPid), 5_000, 'the CLI to exit');
+      console.log(`parent killed, CMD ignoring SIGTERM → lock free after ${Math.round(freedMs)} ms`);
+      expect(freedMs).toBeGreaterThan(9_000); // the grace was given
+      expect(freedMs).toBeLessThan(15_000);
+    } finally {
+      rmSync(stubborn, { force: true });
+    }
+  });
+
+  test('parent SIGKILLed while waiting for the lock: the CLI stops waiting and CMD never starts', async () => {
+    const key = 4244n;
+    const holder = await holdLock(url, key);
+    try {
+      const { parent, cliPid, output } = await underParent([
+        'run',
+        '--key',
+        String(key),
+        '--',
+        process.execPath,
+        CHILD,
+        'hold',
+      ]);
+      await waitFor(() => output().includes('Waiting for migration lock'), 15_000, 'the CLI to wait');
+      parent.kill('SIGKILL');
+      await waitFor(() => !alive(cliPid), 5_000, 'the CLI to exit');
+      await sleep(200);
+      expect(output()).not.toContain('ready');
+      const rows = await lockRows(url, key);
+      expect(rows.map((row) => row.pid)).toEqual([holder.pid]);
+    } finally {
+      await holder.release();
+    }
+  });
+
+  test('parent SIGKILLed during `migrate`: the migration is rolled back and the lock freed', async () => {
+    // A database of its own: the first test of this file applied the same migration in the shared one.
+    const db = await createTestDatabase();
+    const { parent, cliPid, output } = await underParent(
+      ['migrate', 'node-pg-migrate', '-m', fixture('node-pg-migrate-3s')],
+      db,
+    );
+    await waitFor(async () => (await lockRows(db, PG_MIGRATE_LOCK_ID)).some((row) => row.granted), 10_000, 'the lock');
+    parent.kill('SIGKILL');
+    await waitFor(async () => (await lockRows(db, PG_MIGRATE_LOCK_ID)).length === 0, 15_000, 'the lock to be free');
+    await waitFor(() => !alive(cliPid), 5_000, 'the CLI to exit');
+    expect(output()).toContain('Interrupted by the exit of the process that started it while migrating');
+    // Stopped inside its 3 s migration: rolled back as a whole (node-pg-migrate runs it in a transaction).
+    const { rows } = await withClient(db, (client) => client.query("SELECT to_regclass('three_seconds_done') AS t"));
+    expect(rows[0].t).toBeNull();
+  });
+});
