@@ -16,7 +16,7 @@ import { available, MIGRATORS, migrationSet } from './migrators.mjs';
 import { SECTIONS } from './sections.mjs';
 
 const usage = `Usage: npm run bench [-- --smoke] [-- --only ${Object.keys(SECTIONS).join(',')}] [-- --repeats N] [-- --out FILE]
-  --repeats N         steady state: runs of each mode per N, the median counts (default 2)
+  --repeats N         steady state: runs of each mode per N, the median counts (default 1)
   BENCH_DATABASE_URL  use this server instead of an embedded one (databases bench_* are created and dropped)
   BENCH_SMOKE=1       same as --smoke: a tiny run (CI)
   BENCH_RESULTS=FILE  where to write the JSON (default bench/results.json)`;
@@ -69,7 +69,7 @@ const config = values.smoke
       slowSeconds: 0.5,
       settleMs: 300,
       replicas: [8, 32, 64],
-      repeats: 2,
+      repeats: 1,
       handoffWaiters: [8, 64],
       handoffRounds: 9,
       strategies: ['library', 'blocking', 'poll:100', 'poll:1000', 'poll:5000'],
