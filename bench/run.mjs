@@ -50,19 +50,19 @@ if (unknown.length) {
 const config = values.smoke
   ? {
       migrations: 10,
-      slowSeconds: 0.5,
+      slowSeconds: 0.3,
       settleMs: 100,
-      replicas: [3],
+      replicas: [2],
       repeats: 1,
-      handoffWaiters: [4],
-      handoffRounds: 2,
+      handoffWaiters: [3],
+      handoffRounds: 1,
       strategies: ['library', 'blocking', 'poll:100'],
-      loadWaiters: 20,
+      loadWaiters: 10,
       loadProcesses: 2,
-      loadSettleMs: 500,
-      loadWindowMs: 1500,
-      iterations: 200,
-      overheadIterations: 5,
+      loadSettleMs: 300,
+      loadWindowMs: 1000,
+      iterations: 100,
+      overheadIterations: 3,
     }
   : {
       migrations: 60,
