@@ -2,7 +2,7 @@ import pg from 'pg';
 import { describe, expect, test } from 'vitest';
 import { getLockStatus, MigrationLockBusyError, withMigrationLock } from '../src/index.js';
 import { poolerAdvice, SKIPPED, unsupportedServer, withMigrationLockUnless } from '../src/lock.js';
-import { createTestDatabase, lockRows, waitFor } from './helpers.js';
+import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js';
 
 const url = await createTestDatabase();
 /** How many sessions wait for `key` in this database (other test files wait for keys of their own). */
@@ -258,7 +258,11 @@ describe('bad input: a clear error before any query, and no lock left behind', (
     ['missing database', url.replace(/\/[^/?]+(\?|$)/, '/no_such_db$1'), /database "no_such_db" does not exist/],
   ];
   for (const [name, target, message] of connectFailures) {
-    test(`${name}: the driver's own error, at once, without the password`, async () => {
+    test(`${name}: the driver's own error, at once, without the password`, async (ctx) => {
+      // A server with trust authentication (the machine's own, in CI's second run) takes any password.
+      if (name === 'wrong password' && (await withClient(target, async () => true).catch(() => false))) {
+        ctx.skip('this server trusts every password');
+      }
       let called = false;
       const started = performance.now();
       const error = await withMigrationLock(target, 94n, () => (called = true), quiet).catch((err: Error) => err);
