@@ -11,6 +11,15 @@ import { lockRowsOf } from '../src/status.js';
 /** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x). */
 const PG_MIGRATE_LOCK_ID = 7241865325823964;
 
+// node-pg-migrate's `loadMigrations` and helpers live in a module tree of their own beside its bundle,
+// which takes ~90 ms to load cold. Loading starts when this adapter is imported (whoever imports it uses
+// node-pg-migrate), so a replica's first call does not pay for it; a missing module is `undefined` here
+// and reported where it is needed.
+const runnerModules = Promise.all([
+  import('node-pg-migrate/runner').catch(() => undefined),
+  import('node-pg-migrate/utils/index').catch(() => undefined),
+]);
+
 /**
  * The `lock` option of {@link runner}: the key, plus every option of `withMigrationLock`.
  * @example { timeoutMs: 5 * 60_000, hooks: { onWaiting: ({ holder }) => metrics.waiting(holder?.pid) } }
@@ -193,10 +202,7 @@ async function loadMigrationList(options: RunnerOption) {
   const logger =
     options.logger ??
     (options.log ? { debug: options.log, info: options.log, warn: options.log, error: options.log } : console);
-  const [runnerModule, utils] = await Promise.all([
-    import('node-pg-migrate/runner').catch(() => undefined),
-    import('node-pg-migrate/utils/index').catch(() => undefined),
-  ]);
+  const [runnerModule, utils] = await runnerModules;
   const migrations: MigrationLike[] = runnerModule?.loadMigrations
     ? await runnerModule.loadMigrations(null as never, options as never, logger as never)
     : await listFiles(options, (path) => new Migration(null as never, path, {} as never, options, {}, logger));
