@@ -183,6 +183,18 @@ describe('the CLI never outlives the process that started it', () => {
     }
   });
 
+  test('parent SIGKILLed during `pending --wait`: the CLI stops waiting', async () => {
+    // A database of its own, where the migration is pending.
+    const db = await createTestDatabase();
+    const { parent, cliPid, output } = await underParent(
+      ['pending', 'node-pg-migrate', '-m', fixture('node-pg-migrate-3s'), '--wait'],
+      db,
+    );
+    await waitFor(() => output().includes('Waiting for 1 migration'), 15_000, 'the CLI to wait');
+    parent.kill('SIGKILL');
+    await waitFor(() => !alive(cliPid), 5_000, 'the CLI to exit');
+  });
+
   test('parent SIGKILLed during `migrate`: the migration is rolled back and the lock freed', async () => {
     // A database of its own: the first test of this file applied the same migration in the shared one.
     const db = await createTestDatabase();

@@ -5,8 +5,8 @@ import { formatMs } from '../../lock.js';
 import { connectionConfig } from '../../session.js';
 import { lockRowsOf } from '../../status.js';
 import { type Context, createContext, parseDurationArg } from '../context.js';
-import { CliError, EXIT, InterruptedError, UsageError } from '../errors.js';
-import { trapSignals } from '../locking.js';
+import { CliError, EXIT, InterruptedError, ParentGoneError, UsageError } from '../errors.js';
+import { trapSignals, watchParent } from '../locking.js';
 import { drizzleFlags, pendingDrizzle } from '../migrators/drizzle.js';
 import { knexFlags, pendingKnex } from '../migrators/knex.js';
 import { KYSELY_KEY, kyselyFlags, pendingKysely } from '../migrators/kysely.js';
@@ -162,8 +162,14 @@ async function waitUntilNone(
   const deadline = timeoutMs ?? Number.POSITIVE_INFINITY;
   let wake: (() => void) | undefined;
   let interrupted: NodeJS.Signals | undefined;
+  let parentGone = false;
   const disposeSignals = trapSignals((signal) => {
     interrupted ??= signal;
+    wake?.();
+  });
+  // Like every command: when the process that started it is gone, stop waiting rather than linger.
+  const disposeWatch = watchParent(() => {
+    parentGone = true;
     wake?.();
   });
   const listener = new pg.Client(connectionConfig(check.database));
@@ -199,6 +205,7 @@ async function waitUntilNone(
     // A release between the first check and the LISTEN would not wake us: check once more now.
     names = await check.check();
     while (names.length > 0) {
+      if (parentGone) throw new ParentGoneError();
       if (interrupted) throw new InterruptedError(interrupted);
       if (elapsed() >= deadline) {
         throw new CliError(
@@ -217,6 +224,7 @@ async function waitUntilNone(
         }
         wake = done;
       });
+      if (parentGone) throw new ParentGoneError();
       if (interrupted) throw new InterruptedError(interrupted);
       const before = names.length;
       names = await check.check();
@@ -226,6 +234,7 @@ async function waitUntilNone(
     return names;
   } finally {
     disposeSignals();
+    disposeWatch();
     await listener.end().catch(() => {});
   }
 }
