@@ -417,7 +417,7 @@ async function acquireWithRetries(
       opts.logger.warn(
         `Lost the connection while waiting for migration lock ${key} (${errorMessage(watch?.error ?? err)}); reconnecting in ${formatMs(delay)} (attempt ${attempt})`,
       );
-      await sleep(delay, opts.signal);
+      await nap(delay, opts.signal).done;
       opts.signal?.throwIfAborted();
     }
   }
@@ -442,17 +442,23 @@ function isServerStartingUp(err: unknown): boolean {
   return /^(57P03|53300)$/.test((err as { code?: string } | null)?.code ?? '');
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
+/**
+ * Sleeps `ms`, or less: until `wake()` is called or `signal` aborts. Waiters nap between polls this way,
+ * so a release notification (or the caller's abort) ends the nap at once.
+ */
+export function nap(ms: number, signal?: AbortSignal): { done: Promise<void>; wake: () => void } {
+  let wake!: () => void;
+  const done = new Promise<void>((resolve) => {
+    const timer = setTimeout(() => wake(), Math.max(0, ms));
+    wake = () => {
       clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
+      signal?.removeEventListener('abort', wake);
       resolve();
     };
-    const timer = setTimeout(done, Math.max(0, ms));
-    signal?.addEventListener('abort', done);
-    if (signal?.aborted) done();
+    signal?.addEventListener('abort', wake);
+    if (signal?.aborted) wake();
   });
+  return { done, wake };
 }
 
 // Server-side TCP keepalive for the lock session, so the server drops a holder whose host vanished
@@ -572,8 +578,6 @@ async function acquire(
   let released = false;
   let chosen = false;
   let wake: (() => void) | undefined;
-  const abort = () => wake?.();
-  opts.signal?.addEventListener('abort', abort);
   let acquired = false;
   let unlisten: (() => Promise<void>) | undefined;
   let registered = false;
@@ -645,21 +649,14 @@ async function acquire(
       // A notification that arrived while the poll was in flight must not be slept through.
       if (!notified) {
         const ms = Math.min(sleepTimer(opts.pollIntervalMs), deadline - elapsed(), nextReport - elapsed());
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(done, Math.max(0, ms));
-          function done() {
-            clearTimeout(timer);
-            wake = undefined;
-            resolve();
-          }
-          wake = done;
-          if (opts.signal?.aborted) done();
-        });
+        const napping = nap(ms, opts.signal);
+        wake = napping.wake;
+        await napping.done;
+        wake = undefined;
       }
       opts.signal?.throwIfAborted();
     }
   } finally {
-    opts.signal?.removeEventListener('abort', abort);
     // Leave the waiters' registry and the channel, and put the settings back. Only a session that goes
     // back to a pool or its owner needs it; a broken one is discarded, our own is closed.
     if (!acquired && watch.error === undefined && session.kind !== 'own') {

@@ -1,7 +1,7 @@
 import { type Command, Option } from 'commander';
 import pg from 'pg';
 import { keyParts } from '../../key.js';
-import { formatMs } from '../../lock.js';
+import { formatMs, nap } from '../../lock.js';
 import { connectionConfig } from '../../session.js';
 import { lockRowsOf } from '../../status.js';
 import { type Context, createContext, parseDurationArg } from '../context.js';
@@ -215,15 +215,10 @@ async function waitUntilNone(
         );
       }
       const pause = Math.min(FALLBACK_POLL_MS * (0.8 + Math.random() * 0.4), deadline - elapsed());
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, Math.max(0, pause));
-        function done() {
-          clearTimeout(timer);
-          wake = undefined;
-          resolve();
-        }
-        wake = done;
-      });
+      const napping = nap(pause);
+      wake = napping.wake;
+      await napping.done;
+      wake = undefined;
       if (parentGone) throw new ParentGoneError();
       if (interrupted) throw new InterruptedError(interrupted);
       const before = names.length;
