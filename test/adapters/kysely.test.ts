@@ -8,7 +8,13 @@ import { KYSELY_LOCK_KEY, Migrator } from '../../adapters/kysely.js';
 import { MigrationLockBusyError, withMigrationLock } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
+import {
+  expectAllSucceeded,
+  expectBareOutcome,
+  expectMigratedOnLockSession,
+  expectUpToDateRace,
+  report,
+} from './race-report.js';
 
 const REPLICAS = 12;
 const [lockedUrl, bareUrl, cicUrl, bareCicUrl, v028Url, plainFirstUrl, wrappedFirstUrl, pendingUrl, downUrl, lostUrl] =
@@ -58,12 +64,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/kysely (half over pg, half 
 });
 
 test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for the lock`, async () => {
-  const outcome = await race({ migrator: 'kysely', mode: 'locked', replicas: REPLICAS, databaseUrl: lockedUrl });
-  report('kysely', 'locked', outcome, ' (up to date)');
-  expectAllSucceeded(outcome);
-  for (const replica of outcome.results) expect(replica.result).toMatchObject({ ran: [], waited: false });
-  // onAcquired never fired: no replica took the lock.
-  expect(outcome.results.filter((r) => r.result?.waitedMs !== undefined)).toEqual([]);
+  await expectUpToDateRace('kysely', lockedUrl, REPLICAS);
 });
 
 test('the same race with bare kysely (a demonstration: its failures are logged, not asserted)', async () => {

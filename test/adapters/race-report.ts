@@ -29,6 +29,18 @@ export function expectBareOutcome(outcome: Outcome, reason: RegExp): void {
 }
 
 /**
+ * `replicas` replicas on an up-to-date database: all succeed, none ran a migration, waited or took the
+ * lock (onAcquired, which records waitedMs, never fired).
+ */
+export async function expectUpToDateRace(migrator: Migrator, databaseUrl: string, replicas: number): Promise<void> {
+  const outcome = await race({ migrator, mode: 'locked', replicas, databaseUrl });
+  report(migrator, 'locked', outcome, ' (up to date)');
+  expectAllSucceeded(outcome);
+  for (const replica of outcome.results) expect(replica.result).toMatchObject({ ran: [], waited: false });
+  expect(outcome.results.filter((r) => r.result?.waitedMs !== undefined)).toEqual([]);
+}
+
+/**
  * 6 replicas race on two migrations, the second a `CREATE INDEX CONCURRENTLY` outside a transaction
  * (`migrations-cic`): all succeed, some waited while it ran (queued; they then found nothing left to do,
  * or took the lock), and the index is valid.

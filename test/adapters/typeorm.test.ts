@@ -4,7 +4,13 @@ import { pending, runMigrations } from '../../adapters/typeorm.js';
 import { DEFAULT_LOCK_KEY, lockKey, MigrationLockLostError, withMigrationLock } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
+import {
+  expectAllSucceeded,
+  expectBareOutcome,
+  expectMigratedOnLockSession,
+  expectUpToDateRace,
+  report,
+} from './race-report.js';
 
 const REPLICAS = 12;
 const [lockedUrl, bareUrl, eachUrl, noneUrl, v03Url, cicUrl, pendingUrl, waitUrl, lostUrl, fakeUrl] = await Promise.all(
@@ -47,12 +53,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/typeorm (transaction 'all')
 });
 
 test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for the lock`, async () => {
-  const outcome = await race({ migrator: 'typeorm', mode: 'locked', replicas: REPLICAS, databaseUrl: lockedUrl });
-  report('typeorm', 'locked', outcome, ' (up to date)');
-  expectAllSucceeded(outcome);
-  for (const replica of outcome.results) expect(replica.result).toMatchObject({ ran: [], waited: false });
-  // onAcquired never fired: no replica took the lock.
-  expect(outcome.results.filter((r) => r.result?.waitedMs !== undefined)).toEqual([]);
+  await expectUpToDateRace('typeorm', lockedUrl, REPLICAS);
 });
 
 test('the same race with bare dataSource.runMigrations() (a demonstration: its failures are logged, not asserted)', async () => {
