@@ -3,25 +3,26 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
-import { missingMigrator } from '../src/errors.js';
-import { type ClientSource, DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
-import { withMigrationLockUnless } from '../src/lock.js';
-import { isPostgresJs, type PostgresJsReservedSql, type PostgresJsSql } from '../src/postgres-js.js';
-import { withSession } from '../src/session.js';
+import {
+  type AdapterLockOptions,
+  adapterLock,
+  type ClientSource,
+  importPeer,
+  isPostgresJs,
+  lockedRun,
+  type PostgresJsReservedSql,
+  type PostgresJsSql,
+  type Query,
+  quoteIdent,
+  withSession,
+} from './kit.js';
 
 /**
  * The `lock` option of {@link migrate}: the key, plus every option of `withMigrationLock`.
+ * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface DrizzleLockOptions extends MigrationLockOptions {
-  /**
-   * The advisory-lock key (per database). Replicas migrating the same tables must share it. Apps with
-   * migration tables of their own in one database may share it too (they take turns); give each its own
-   * (e.g. `lockKey('billing')`) to let them migrate side by side.
-   * @default DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default)
-   */
-  key?: LockKeyInput;
-}
+export interface DrizzleLockOptions extends AdapterLockOptions {}
 
 /** drizzle's own migrate config (`migrationsFolder`, `migrationsTable`, `migrationsSchema`), plus `lock`. */
 export type DrizzleMigrateConfig = Parameters<typeof drizzleMigrate>[1] & {
@@ -62,15 +63,14 @@ export async function migrate(
   if (config === null || typeof config !== 'object')
     throw new TypeError('pg-migration-lock/drizzle: expected a migrate config ({ migrationsFolder })');
   const { lock: lockInConfig, ...migrateConfig } = config;
-  const { key = DEFAULT_LOCK_KEY, ...lockOptions } = lock ?? lockInConfig ?? {};
+  const locking = adapterLock(lock ?? lockInConfig, 'drizzle');
   const { migrateOn, readMigrationFiles } = await target.load();
   // Nothing to apply: drizzle's no-op resolves undefined too, and this one queues for no lock.
-  await withMigrationLockUnless(
+  await lockedRun(
     target.source,
-    key,
-    ({ client }) => migrateOn(client, migrateConfig),
-    lockOptions,
-    async (session: unknown) => (await toApply(session, migrateConfig, readMigrationFiles)).length === 0,
+    locking,
+    ({ client }: { client: unknown }) => migrateOn(client, migrateConfig),
+    async ({ query }) => (await toApply(query, migrateConfig, readMigrationFiles)).length > 0,
   );
 }
 
@@ -97,14 +97,14 @@ export async function pending(
   if (config === null || typeof config !== 'object')
     throw new TypeError('pg-migration-lock/drizzle: expected a migrate config ({ migrationsFolder })');
   const { readMigrationFiles } = await target.load();
-  return withSession(target.source, (session) => toApply(session.client, config, readMigrationFiles));
+  return withSession(target.source, (session) => toApply(session.query, config, readMigrationFiles));
 }
 
 type ReadMigrationFiles = (config: { migrationsFolder: string }) => { folderMillis: number }[];
 
 /** pg-core's dialect.migrate, read-only: the same last-row query, the same comparison. */
 async function toApply(
-  client: unknown,
+  query: Query,
   config: DrizzleMigrateConfig,
   readMigrationFiles: ReadMigrationFiles,
 ): Promise<string[]> {
@@ -114,7 +114,6 @@ async function toApply(
     entries: { tag: string }[];
   };
   const table = `${quoteIdent(config.migrationsSchema ?? 'drizzle')}.${quoteIdent(config.migrationsTable ?? '__drizzle_migrations')}`;
-  const query = rowsOn(client);
   // One-word column names: a postgres.js column transform (postgres.camel) leaves them as they are.
   const [exists] = await query<{ present: boolean }>('SELECT to_regclass($1) IS NOT NULL AS present', [table]);
   let last: { createdat: string | null } | undefined;
@@ -127,16 +126,6 @@ async function toApply(
     !last || Number(last.createdat) < migration.folderMillis ? [entries[i]!.tag] : [],
   );
 }
-
-/** Rows of a statement on a `pg` client or a reserved postgres.js sql. */
-function rowsOn(client: unknown) {
-  return async <R>(sql: string, params: unknown[] = []): Promise<R[]> =>
-    isPostgresJs(client)
-      ? ((await (client as PostgresJsReservedSql).unsafe(sql, params)) as unknown as R[])
-      : ((await (client as pg.ClientBase).query(sql, params)).rows as R[]);
-}
-
-const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
 /**
  * Where the lock session of `db` comes from, and (once loaded) how to run drizzle's own migrator of that
@@ -210,27 +199,26 @@ function onReserved(reserved: PostgresJsReservedSql, options: object) {
 
 /** drizzle's driver and migrator for `driver`, loaded only now: importing this adapter loads neither. */
 async function importDrizzle<D extends 'node-postgres' | 'postgres-js'>(driver: D) {
-  try {
-    const [[{ drizzle }, { migrate: run }], { readMigrationFiles }] = await Promise.all([
-      driver === 'postgres-js'
-        ? Promise.all([import('drizzle-orm/postgres-js'), import('drizzle-orm/postgres-js/migrator')])
-        : Promise.all([import('drizzle-orm/node-postgres'), import('drizzle-orm/node-postgres/migrator')]),
-      import('drizzle-orm/migrator'),
-    ]);
-    // Each driver's migrator takes its own driver's db: the caller picked the pair.
-    return {
-      drizzle,
-      run,
-      readMigrationFiles: readMigrationFiles as ReadMigrationFiles,
-    } as unknown as (D extends 'postgres-js' ? PostgresJsDrizzle : NodePgDrizzle) & {
-      readMigrationFiles: ReadMigrationFiles;
-    };
-  } catch (err) {
-    if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '')) throw err;
-    if (String(err).includes("'postgres'")) throw missingMigrator('drizzle', 'postgres', err);
-    if (!String(err).includes("'drizzle-orm")) throw err;
-    throw missingMigrator('drizzle', 'drizzle-orm', err);
-  }
+  const [[{ drizzle }, { migrate: run }], { readMigrationFiles }] = await Promise.all([
+    driver === 'postgres-js'
+      ? importPeer('drizzle', 'postgres', () =>
+          importPeer('drizzle', 'drizzle-orm', () =>
+            Promise.all([import('drizzle-orm/postgres-js'), import('drizzle-orm/postgres-js/migrator')]),
+          ),
+        )
+      : importPeer('drizzle', 'drizzle-orm', () =>
+          Promise.all([import('drizzle-orm/node-postgres'), import('drizzle-orm/node-postgres/migrator')]),
+        ),
+    importPeer('drizzle', 'drizzle-orm', () => import('drizzle-orm/migrator')),
+  ]);
+  // Each driver's migrator takes its own driver's db: the caller picked the pair.
+  return {
+    drizzle,
+    run,
+    readMigrationFiles: readMigrationFiles as ReadMigrationFiles,
+  } as unknown as (D extends 'postgres-js' ? PostgresJsDrizzle : NodePgDrizzle) & {
+    readMigrationFiles: ReadMigrationFiles;
+  };
 }
 type PostgresJsDrizzle = {
   drizzle: typeof import('drizzle-orm/postgres-js').drizzle;

@@ -1,24 +1,15 @@
 import { promisify } from 'node:util';
 import type { Knex } from 'knex';
 import type pg from 'pg';
-import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
-import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
-import { type Logger, resolveLogger } from '../src/logger.js';
-import type { ClientSource } from '../src/session.js';
+import type { Logger } from '../src/logger.js';
+import { type AdapterLockOptions, adapterLock, type ClientSource, lockedRun, SKIPPED } from './kit.js';
 
 /**
  * The `lock` option of {@link latest}: the key, plus every option of `withMigrationLock`.
+ * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface KnexLockOptions extends MigrationLockOptions {
-  /**
-   * The advisory-lock key (per database). Replicas migrating the same tables must share it. Apps with
-   * migration tables of their own in one database may share it too (they take turns); give each its own
-   * (e.g. `lockKey('billing')`) to let them migrate side by side.
-   * @default DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default)
-   */
-  key?: LockKeyInput;
-}
+export interface KnexLockOptions extends AdapterLockOptions {}
 
 /** knex's own `migrate.latest` config, plus `lock`. */
 export type KnexLatestConfig = Knex.MigratorConfig & {
@@ -49,8 +40,7 @@ export async function latest(
 ): Promise<[batchNo: number, log: string[]]> {
   const client = checkKnex(knex);
   const { lock: lockInConfig, ...migratorConfig } = config;
-  const { key = DEFAULT_LOCK_KEY, ...lockOptions } = lock ?? lockInConfig ?? {};
-  const logger = resolveLogger(lockOptions.logger);
+  const locking = adapterLock(lock ?? lockInConfig, 'knex');
 
   /*
    * Lock and migration share one session, so they share fate: if the session dies, the lock is gone and
@@ -67,20 +57,19 @@ export async function latest(
     return onSessions.get(session)!;
   };
   let batchNo = 0;
-  const result = await withMigrationLockUnless(
+  const result = await lockedRun(
     await lockSource(client),
-    key,
-    async ({ client: session }) => {
+    locking,
+    async ({ client: session }: { client: pg.ClientBase }) => {
       const locked = await knexOn(session);
-      await freeStaleLockRow(locked, merged, logger);
-      return locked.migrate.latest(migratorConfig);
+      await freeStaleLockRow(locked, merged, locking.logger);
+      return locked.migrate.latest(migratorConfig) as Promise<[number, string[]]>;
     },
-    lockOptions,
     // Up to date (and no stale knex_migrations_lock row to free): what knex returns for a no-op, no lock taken.
-    async (session) => {
+    async ({ client: session }) => {
       const state = await inspect(await knexOn(session), migratorConfig);
       batchNo = state.batchNo;
-      return state.pending.length === 0 && !state.lockRowStuck;
+      return state.pending.length > 0 || state.lockRowStuck;
     },
   );
   return result === SKIPPED ? [batchNo, []] : result;
@@ -121,7 +110,7 @@ interface KnexState {
   pending: string[];
   /** The batch number `latest` returns when it runs nothing (the highest recorded, else 0). */
   batchNo: number;
-  /** `<table>_lock` is at `is_locked = 1`: bare knex would fail, `latest` frees it under the lock. */
+  /** `<table>_lock` is at `is_locked = 1` or has several rows: bare knex would fail, `latest` repairs it under the lock. */
   lockRowStuck: boolean;
 }
 
@@ -147,15 +136,15 @@ async function inspect(knex: Knex, config: Knex.MigratorConfig): Promise<KnexSta
   const { migrationSource: source, tableName, schemaName } = merged;
   const schema = () => (schemaName ? knex.schema.withSchema(schemaName) : knex.schema);
   const table = (name: string) => (schemaName ? knex(name).withSchema(schemaName) : knex(name));
-  const [all, hasTable, hasLockTable] = await Promise.all([
+  const [all, hasTable, lockTable] = await Promise.all([
     source.getMigrations(merged.loadExtensions),
     schema().hasTable(tableName),
-    schema().hasTable(`${tableName}_lock`),
+    lockTableState(knex, `${tableName}_lock`, schemaName),
   ]);
   const completed: { name: string; batch: number | null }[] = hasTable
     ? await table(tableName).orderBy('id').select('name', 'batch')
     : [];
-  const lockRowStuck = hasLockTable && (await table(`${tableName}_lock`).where('is_locked', 1).first()) !== undefined;
+  const lockRowStuck = lockTable !== undefined && (lockTable.rows !== 1 || lockTable.locked > 0);
   const names = all.map((migration) => source.getMigrationName(migration));
   if (!merged.disableMigrationsListValidation) {
     const missing = completed.filter((row) => !names.includes(row.name)).map((row) => row.name);
@@ -215,14 +204,25 @@ async function onSession(knex: Knex, session: pg.ClientBase): Promise<Knex> {
 async function freeStaleLockRow(knex: Knex, config: Knex.MigratorConfig, logger: Logger): Promise<void> {
   const table = `${config.tableName ?? 'knex_migrations'}_lock`;
   const schema = config.schemaName;
+  const state = await lockTableState(knex, table, schema);
+  if (!state || (state.rows === 1 && state.locked === 0)) return;
+  // knex's own repair: one row, unlocked.
+  await knex.migrate.forceFreeMigrationsLock(config);
+  const name = `${schema ? `${schema}.` : ''}${table}`;
+  logger.warn(
+    state.rows === 1
+      ? `Freed ${name}: it was left at is_locked = 1 (by a crashed or killed knex run), and no other run holds the migration lock`
+      : `Repaired ${name}: it had ${state.rows} rows (knex runs racing without a lock each added one), where knex needs exactly one; no other run holds the migration lock`,
+  );
+}
+
+/** How many rows knex's lock table has, and how many are locked; undefined when it has none yet. */
+async function lockTableState(knex: Knex, table: string, schema: string | undefined) {
   const exists = await (schema ? knex.schema.withSchema(schema) : knex.schema).hasTable(table);
-  if (!exists) return;
-  const freed = await (schema ? knex(table).withSchema(schema) : knex(table))
-    .where('is_locked', 1)
-    .update({ is_locked: 0 });
-  if (freed > 0) {
-    logger.warn(
-      `Freed ${schema ? `${schema}.` : ''}${table}: it was left at is_locked = 1 (by a crashed or killed knex run), and no other run holds the migration lock`,
-    );
-  }
+  if (!exists) return undefined;
+  const [row] = await (schema ? knex(table).withSchema(schema) : knex(table)).select(
+    knex.raw('count(*)::int AS rows, count(*) FILTER (WHERE is_locked = 1)::int AS locked'),
+  );
+  const { rows, locked } = row as { rows: number; locked: number };
+  return rows === 0 ? undefined : { rows, locked };
 }

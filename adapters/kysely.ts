@@ -1,26 +1,78 @@
 import type { CompiledQuery, Kysely } from 'kysely';
-// kysely 0.29's home of the migrator types (0.28 has them in 'kysely' itself; the shapes are the same).
-import type { MigrationInfo, MigrationResultSet, MigratorProps } from 'kysely/migration';
-import { missingMigrator } from '../src/errors.js';
-import type { LockKeyInput, MigrationLockOptions } from '../src/index.js';
-import { parseKey } from '../src/key.js';
-import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
-import type { Session, SessionSource } from '../src/session.js';
+import { defaultKeyOf } from '../src/key.js';
+import {
+  type AdapterLock,
+  type AdapterLockOptions,
+  adapterLock,
+  importPeer,
+  lockedRun,
+  type Session,
+  type SessionSource,
+  SKIPPED,
+} from './kit.js';
 
 /** kysely's own migration lock id (`pg_advisory_lock(3853314791062309107)` in its PostgresAdapter). */
-export const KYSELY_LOCK_KEY = 3853314791062309107n;
+export const KYSELY_LOCK_KEY: bigint = defaultKeyOf('kysely').key;
 
 /**
  * The `lock` option of {@link Migrator}: the key, plus every option of `withMigrationLock`.
  * @example { timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface KyselyLockOptions extends MigrationLockOptions {
+export interface KyselyLockOptions extends AdapterLockOptions {
   /**
    * The advisory-lock key (per database). The default is kysely's own migration lock id, so wrapped
    * runs and plain kysely runs (`kysely migrate latest`, kysely's own `Migrator`) exclude each other.
    * @default KYSELY_LOCK_KEY (3853314791062309107)
    */
-  key?: LockKeyInput;
+  key?: AdapterLockOptions['key'];
+}
+
+// kysely's migrator types, written out: 0.28 exports them from 'kysely', 0.29 from 'kysely/migration' only,
+// so importing either would leave the other version's users with `any`. The shapes are the same in both.
+
+/** A migration, as kysely's `MigrationProvider` gives it. */
+// biome-ignore-start lint/suspicious/noExplicitAny: kysely's own signatures, so any Kysely<DB> fits
+export interface Migration {
+  up(db: Kysely<any>): Promise<void>;
+  down?(db: Kysely<any>): Promise<void>;
+}
+
+/** Where kysely's migrator gets its migrations (e.g. kysely's `FileMigrationProvider`). */
+export interface MigrationProvider {
+  getMigrations(): Promise<Record<string, Migration>>;
+}
+
+/** kysely's `MigratorProps` (0.28 and 0.29). */
+export interface MigratorProps {
+  readonly db: Kysely<any>;
+  // biome-ignore-end lint/suspicious/noExplicitAny: (see above)
+  readonly provider: MigrationProvider;
+  readonly migrationTableName?: string;
+  readonly migrationLockTableName?: string;
+  readonly migrationTableSchema?: string;
+  readonly allowUnorderedMigrations?: boolean;
+  readonly nameComparator?: (name0: string, name1: string) => number;
+  readonly disableTransactions?: boolean;
+}
+
+/** A migration and when it was executed (kysely's `MigrationInfo`). */
+export interface MigrationInfo {
+  name: string;
+  migration: Migration;
+  executedAt?: Date;
+}
+
+/** One migration's outcome (kysely's `MigrationResult`). */
+export interface MigrationResult {
+  readonly migrationName: string;
+  readonly direction: 'Up' | 'Down';
+  readonly status: 'Success' | 'Error' | 'NotExecuted';
+}
+
+/** What kysely's migrate methods return: `error` instead of throwing. */
+export interface MigrationResultSet {
+  readonly error?: unknown;
+  readonly results?: MigrationResult[];
 }
 
 /** kysely's own `Migrator` props (`db`, `provider`, `migrationTableName`, …), plus `lock`. */
@@ -69,7 +121,7 @@ type KyselyModules = {
  */
 export class Migrator {
   readonly #props: MigratorProps;
-  readonly #lock: KyselyLockOptions;
+  readonly #lock: AdapterLock;
 
   constructor(props: KyselyMigratorProps) {
     if (props === null || typeof props !== 'object')
@@ -91,12 +143,9 @@ export class Migrator {
         'pg-migration-lock/kysely: expected `provider` to be a MigrationProvider (e.g. new FileMigrationProvider(…))',
       );
     }
-    if (lock === null || typeof lock !== 'object')
-      throw new TypeError('pg-migration-lock/kysely: expected `lock` to be an object');
     // A bad key fails here, not as a migrate result later.
-    const { key = KYSELY_LOCK_KEY, ...lockOptions } = lock;
+    this.#lock = adapterLock(lock, 'kysely');
     this.#props = migratorProps;
-    this.#lock = { ...lockOptions, key: parseKey(key) };
   }
 
   /** kysely's `getMigrations()`: every migration and when it was executed. Takes no lock. */
@@ -183,21 +232,20 @@ export class Migrator {
     upOnly: boolean,
   ): Promise<MigrationResultSet> {
     const modules = await importKysely();
-    const { key = KYSELY_LOCK_KEY, ...lockOptions } = this.#lock;
     try {
       // One connection of db for the whole run: the lock is taken on it, and kysely's Migrator is given a
       // Kysely bound to it, so its own lock, its transactions and the migrations all run on that session.
       const result = await this.#props.db.connection().execute((conn) =>
-        withMigrationLockUnless(
-          kyselySessionSource(conn, modules, upOnly),
-          key,
+        lockedRun(
+          kyselySessionSource(conn, modules),
+          this.#lock,
           () => migrate(new modules.Migrator({ ...this.#props, db: conn })),
-          lockOptions,
-          // Checked on the lock session before queueing (and at each release, where the session can hear
-          // one): with nothing pending, no lock is taken. kysely checks again under the lock, so this only
-          // saves waits; a check that fails (corrupted migrations) is left for kysely to report, as it would.
-          async (session: Kysely<unknown>) =>
-            upOnly && (await this.#pending(session).catch(() => undefined))?.length === 0,
+          // Checked on the lock session before queueing, and while waiting every RECHECK_EVERY_MS (this session
+          // cannot hear releases): with nothing pending, no lock is taken. kysely checks again under the lock, so
+          // this only saves waits; a check that fails (corrupted migrations) is left for kysely to report.
+          async ({ client }: { client: Kysely<unknown> }) =>
+            !upOnly || (await this.#pending(client).catch(() => undefined))?.length !== 0,
+          upOnly ? RECHECK_EVERY_MS : undefined,
         ),
       );
       return result === SKIPPED ? { results: [] } : result;
@@ -208,7 +256,7 @@ export class Migrator {
   }
 }
 
-/** How often a waiter that cannot hear releases re-checks what is pending (without the lock). */
+/** How often a waiter (which cannot hear releases through kysely) re-checks what is pending, without the lock. */
 const RECHECK_EVERY_MS = 1_000;
 
 /**
@@ -217,19 +265,9 @@ const RECHECK_EVERY_MS = 1_000;
  * connection: never ended by us, kysely gives it back to its pool. kysely exposes neither the driver's
  * notifications nor its connection events: waiters poll every `pollIntervalMs` (no LISTEN), and a lost
  * session shows as the failing statement rather than at once.
- *
- * WORKAROUND (the core asks `isDone` only when it hears a release): with `recheck`, the session's
- * `listen` cannot hear releases either, so it reports one every RECHECK_EVERY_MS instead. A waiter then
- * re-checks what is pending about once a second, and leaves without the lock once another replica has
- * migrated, instead of taking the lock in turn to find nothing to do.
  */
-function kyselySessionSource(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules, recheck: boolean): SessionSource {
-  const listen: Session['listen'] = async (_channel, onPayload) => {
-    const timer = setInterval(() => onPayload(''), RECHECK_EVERY_MS);
-    return async () => clearInterval(timer);
-  };
+function kyselySessionSource(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules): SessionSource {
   const session: Session = {
-    ...(recheck ? { listen } : {}),
     client: conn,
     kind: 'borrowed',
     async query<R>(sql: string, params: unknown[] = []) {
@@ -243,8 +281,8 @@ function kyselySessionSource(conn: Kysely<unknown>, { CompiledQuery }: KyselyMod
   return { reopenable: false, borrowed: conn, open: async () => session };
 }
 
-async function importKysely(): Promise<KyselyModules> {
-  try {
+function importKysely(): Promise<KyselyModules> {
+  return importPeer('kysely', 'kysely', async () => {
     const kysely = await import('kysely');
     // kysely 0.29 moved the migrator to 'kysely/migration'; 0.28 has it in 'kysely'.
     const migration = await import('kysely/migration' as string).catch((err) => {
@@ -255,8 +293,5 @@ async function importKysely(): Promise<KyselyModules> {
       Migrator: (migration as { Migrator: KyselyModules['Migrator'] }).Migrator,
       CompiledQuery: kysely.CompiledQuery,
     };
-  } catch (err) {
-    if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '') || !String(err).includes("'kysely")) throw err;
-    throw missingMigrator('kysely', 'kysely', err);
-  }
+  });
 }

@@ -2,14 +2,21 @@ import { readdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Migration, runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
-import { missingMigrator } from '../src/errors.js';
-import type { LockKeyInput, MigrationLockOptions } from '../src/index.js';
-import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
-import { type ClientSource, withSession } from '../src/session.js';
-import { lockRowsOf } from '../src/status.js';
+import { defaultKeyOf } from '../src/key.js';
+import {
+  type AdapterLockOptions,
+  adapterLock,
+  type ClientSource,
+  importPeer,
+  lockedRun,
+  quoteIdent,
+  SKIPPED,
+  unlockIfHeldSql,
+  withSession,
+} from './kit.js';
 
-/** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x). */
-const PG_MIGRATE_LOCK_ID = 7241865325823964;
+/** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x), from the key table. */
+const PG_MIGRATE_LOCK_ID = defaultKeyOf('node-pg-migrate').key;
 
 // node-pg-migrate's `loadMigrations` and helpers live in a module tree of their own beside its bundle,
 // which takes ~90 ms to load cold. Loading starts when this adapter is imported (whoever imports it uses
@@ -24,14 +31,14 @@ const runnerModules = Promise.all([
  * The `lock` option of {@link runner}: the key, plus every option of `withMigrationLock`.
  * @example { timeoutMs: 5 * 60_000, hooks: { onWaiting: ({ holder }) => metrics.waiting(holder?.pid) } }
  */
-export interface NodePgMigrateLockOptions extends MigrationLockOptions {
+export interface NodePgMigrateLockOptions extends AdapterLockOptions {
   /**
    * The advisory-lock key. The default is node-pg-migrate's own, so wrapped runs and plain `node-pg-migrate`
    * runs (CLI, other services) exclude each other; a plain run that finds it taken fails, a wrapped one waits.
    * Set `lockValue` (node-pg-migrate's option) rather than this, so both locks stay one.
    * @default options.lockValue ?? 7241865325823964
    */
-  key?: LockKeyInput;
+  key?: AdapterLockOptions['key'];
 }
 
 /** node-pg-migrate's options with a `dbClient` that may also be a `pg.Pool` (one connection is checked out for the run). */
@@ -72,20 +79,20 @@ export async function runner(
   if (options === null || typeof options !== 'object')
     throw new TypeError('pg-migration-lock/node-pg-migrate: expected runner options');
   const { lock: lockInOptions, ...runnerOptions } = options;
-  const { key = options.lockValue ?? PG_MIGRATE_LOCK_ID, ...lockOptions } = lock ?? lockInOptions ?? {};
+  const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
+  const locking = adapterLock(lock ?? lockInOptions, 'node-pg-migrate', ownLock);
   const { dbClient, databaseUrl, ...rest } = runnerOptions as RunnerOption & {
     dbClient?: unknown;
     databaseUrl?: unknown;
   };
-  const source = (dbClient ?? databaseUrl) as pg.ClientBase | pg.Pool | string | pg.ClientConfig | undefined;
+  const source = (dbClient ?? databaseUrl) as ClientSource | undefined;
   if (source == null)
     throw new TypeError('pg-migration-lock/node-pg-migrate: you must provide either a databaseUrl or a dbClient');
   const { runner: run } = await importNodePgMigrate();
-  const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
-  const result = await withMigrationLockUnless(
-    source as ClientSource,
-    key,
-    async ({ client, key: lockKey }) => {
+  const result = await lockedRun(
+    source,
+    locking,
+    async ({ client, key: lockKey }: { client: pg.ClientBase; key: bigint }) => {
       // Holding node-pg-migrate's own key already, its own (re-entrant) lock would add nothing but a hold
       // that a failed run cannot release (its unlock then runs in an aborted transaction).
       const noLock = rest.noLock || lockKey === ownLock;
@@ -96,18 +103,13 @@ export async function runner(
         // back, and drop its own lock if its unlock failed there, so the session can be given back clean.
         await client.query('ROLLBACK').catch(() => {});
         if (!noLock) {
-          await client
-            .query(
-              `SELECT pg_advisory_unlock(${ownLock}) FROM pg_locks WHERE ${lockRowsOf(ownLock, 1)} AND pid = pg_backend_pid()`,
-            )
-            .catch(() => {});
+          await client.query(unlockIfHeldSql(ownLock)).catch(() => {});
         }
         throw err;
       }
     },
-    lockOptions,
     // Nothing to run: what runner returns for a no-op, without queueing for the lock.
-    async (client) => (await toRun(client, rest as RunnerOption)).length === 0,
+    async ({ client }) => (await toRun(client, rest as RunnerOption)).length > 0,
   );
   return result === SKIPPED ? [] : result;
 }
@@ -134,12 +136,12 @@ export async function pending(options: NodePgMigrateRunnerOption): Promise<strin
 function checkOptions(options: NodePgMigrateRunnerOption) {
   if (options === null || typeof options !== 'object')
     throw new TypeError('pg-migration-lock/node-pg-migrate: expected runner options');
-  const { lock, ...runnerOptions } = options;
+  const { lock: _lock, ...runnerOptions } = options;
   const { dbClient, databaseUrl } = runnerOptions as { dbClient?: unknown; databaseUrl?: unknown };
   const source = (dbClient ?? databaseUrl) as ClientSource | undefined;
   if (source == null)
     throw new TypeError('pg-migration-lock/node-pg-migrate: you must provide either a databaseUrl or a dbClient');
-  return { lock, runnerOptions: runnerOptions as RunnerOption, source };
+  return { runnerOptions: runnerOptions as RunnerOption, source };
 }
 
 interface MigrationLike {
@@ -222,8 +224,6 @@ async function loadMigrationList(options: RunnerOption) {
   return { migrations, schema, table };
 }
 
-const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
-
 /** node-pg-migrate 8.x's getMigrationFilePaths (without `useGlob`), its Migration giving names and timestamps. */
 async function listFiles(options: RunnerOption, migration: (path: string) => MigrationLike): Promise<MigrationLike[]> {
   const { dir, ignorePattern } = options;
@@ -247,12 +247,6 @@ async function listFiles(options: RunnerOption, migration: (path: string) => Mig
   return files.map((file) => migration(resolve(dir, file)));
 }
 
-async function importNodePgMigrate(): Promise<{ runner: typeof nodePgMigrateRunner; Migration: typeof Migration }> {
-  try {
-    return await import('node-pg-migrate');
-  } catch (err) {
-    if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '') || !String(err).includes("'node-pg-migrate'"))
-      throw err;
-    throw missingMigrator('node-pg-migrate', 'node-pg-migrate', err);
-  }
+function importNodePgMigrate(): Promise<{ runner: typeof nodePgMigrateRunner; Migration: typeof Migration }> {
+  return importPeer('node-pg-migrate', 'node-pg-migrate', () => import('node-pg-migrate'));
 }

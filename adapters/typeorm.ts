@@ -1,23 +1,21 @@
 import type pg from 'pg';
 import type { DataSource, Migration, MigrationExecutor, QueryRunner } from 'typeorm';
-import { missingMigrator } from '../src/errors.js';
-import { DEFAULT_LOCK_KEY, type LockKeyInput, type MigrationLockOptions } from '../src/index.js';
-import { parseKey } from '../src/key.js';
-import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
+import {
+  type AdapterLockOptions,
+  adapterLock,
+  borrowedPgSession,
+  importPeer,
+  lockedRun,
+  requirePeer,
+  SKIPPED,
+} from './kit.js';
 
 /**
  * The `lock` option of {@link runMigrations}: the key, plus every option of `withMigrationLock`.
+ * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface TypeormLockOptions extends MigrationLockOptions {
-  /**
-   * The advisory-lock key (per database). Replicas migrating the same tables must share it. Apps with
-   * migration tables of their own in one database may share it too (they take turns); give each its own
-   * (e.g. `lockKey('billing')`) to let them migrate side by side.
-   * @default DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default)
-   */
-  key?: LockKeyInput;
-}
+export interface TypeormLockOptions extends AdapterLockOptions {}
 
 /** TypeORM's own `dataSource.runMigrations(options)` options, plus `lock`. */
 export interface TypeormRunMigrationsOptions {
@@ -58,21 +56,19 @@ export async function runMigrations(
   checkDataSource(dataSource);
   if (options === null || typeof options !== 'object')
     throw new TypeError('pg-migration-lock/typeorm: expected `options` to be an object ({ transaction, fake, lock })');
-  const { lock = {}, transaction, fake } = options;
-  if (lock === null || typeof lock !== 'object')
-    throw new TypeError('pg-migration-lock/typeorm: expected `lock` to be an object');
-  const { key: keyInput = DEFAULT_LOCK_KEY, ...lockOptions } = lock;
+  const { lock, transaction, fake } = options;
   // Checked before the pending check's queries: bad input fails before anything is sent.
-  const key = parseKey(keyInput);
+  const locking = adapterLock(lock, 'typeorm');
   const Executor = await importExecutor();
   const queryRunner = dataSource.createQueryRunner('master');
-  let discard = false;
+  // The query runner's pg connection is the lock session, borrowed: it goes back to TypeORM's pool after,
+  // unless the lock may still sit on it (a failed unlock, a lost session).
+  let borrowed: ReturnType<typeof borrowedPgSession> | undefined;
   try {
-    // The query runner's pg connection is the lock session: the core locks it as the caller's client.
-    const connection = (await queryRunner.connect()) as pg.PoolClient;
-    const result = await withMigrationLockUnless(
-      connection,
-      key,
+    borrowed = borrowedPgSession((await queryRunner.connect()) as pg.PoolClient);
+    const result = await lockedRun(
+      borrowed.source,
+      locking,
       () => {
         const executor = new Executor(dataSource, queryRunner);
         // What DataSource#runMigrations sets (0.3 and 1.x alike).
@@ -80,28 +76,13 @@ export async function runMigrations(
         executor.fake = fake ?? false;
         return executor.executePendingMigrations();
       },
-      {
-        ...lockOptions,
-        hooks: {
-          ...lockOptions.hooks,
-          onUnlockError(error) {
-            // Still holding the lock: the connection must not go back to TypeORM's pool.
-            discard = true;
-            lockOptions.hooks?.onUnlockError?.(error);
-          },
-          onLockLost(error) {
-            discard = true;
-            lockOptions.hooks?.onLockLost?.(error);
-          },
-        },
-      },
       // Checked on the lock session before queueing, and again at each release while waiting: with nothing
       // pending, no lock is taken. TypeORM's executor checks again under the lock, so this only saves waits.
-      async () => (await new Executor(dataSource, queryRunner).getPendingMigrations()).length === 0,
+      async () => (await new Executor(dataSource, queryRunner).getPendingMigrations()).length > 0,
     );
     return result === SKIPPED ? [] : result;
   } finally {
-    await release(queryRunner, discard);
+    await release(queryRunner, borrowed?.discarded() ?? false);
   }
 }
 
@@ -150,10 +131,6 @@ async function release(queryRunner: QueryRunner, discard: boolean): Promise<void
 }
 
 async function importExecutor(): Promise<typeof MigrationExecutor> {
-  try {
-    return (await import('typeorm')).MigrationExecutor;
-  } catch (err) {
-    if (!/MODULE_NOT_FOUND/.test((err as { code?: string }).code ?? '') || !String(err).includes("'typeorm")) throw err;
-    throw missingMigrator('typeorm', 'typeorm', err);
-  }
+  return (await importPeer('typeorm', 'typeorm', async () => requirePeer<typeof import('typeorm')>('typeorm')))
+    .MigrationExecutor;
 }

@@ -32,10 +32,11 @@ export class MigrationLockTimeoutError extends MigrationLockError {
 /** The session holding the lock was lost while `fn` ran; `cause` is the connection's own error. */
 export class MigrationLockLostError extends MigrationLockError {}
 
-/** "pid 123 (app-name)": how messages name a holder. */
+/** "backend pid 123 (application_name app-name)": how messages name a holder, its two names labelled. */
 export function describeHolder(holder: Holder | null): string {
   if (!holder) return 'another session';
-  return holder.applicationName ? `pid ${holder.pid} (${holder.applicationName})` : `pid ${holder.pid}`;
+  const name = holder.applicationName ? ` (application_name ${holder.applicationName})` : '';
+  return `backend pid ${holder.pid}${name}`;
 }
 
 /** `code` of the error an adapter throws when its migrator is not installed (the CLI exits 2 on it). */

@@ -1,19 +1,26 @@
+export type { ClientSource } from './driver/index.js';
 export {
   MigrationLockBusyError,
   MigrationLockError,
   MigrationLockLostError,
   MigrationLockTimeoutError,
 } from './errors.js';
-export { DEFAULT_LOCK_KEY, type LockKeyInput, lockKey } from './key.js';
-export {
-  type AcquiredInfo,
-  type LockContext,
-  type LockHooks,
-  type MigrationLockOptions,
-  type ReleasedInfo,
-  type WaitingInfo,
-  withMigrationLock,
-} from './lock.js';
+export { DEFAULT_LOCK_KEY, KNOWN_KEYS, type KnownKey, type LockKeyInput, lockKey } from './key.js';
+export { withMigrationLock } from './lock.js';
 export type { Logger } from './logger.js';
-export type { ClientSource } from './session.js';
-export { getLockStatus, type Holder, type LockStatus, type ReleaseLockOptions, releaseLock } from './status.js';
+export type {
+  AcquiredInfo,
+  LockContext,
+  LockHooks,
+  MigrationLockOptions,
+  ReleasedInfo,
+  WaitingInfo,
+} from './options.js';
+export {
+  getLockStatus,
+  type Holder,
+  type LockStatus,
+  type ReleaseLockOptions,
+  type ReleaseResult,
+  releaseLock,
+} from './status.js';

@@ -21,8 +21,36 @@ export function lockKey(name: string): bigint {
   return createHash('md5').update(name, 'utf8').digest().readBigInt64BE(0);
 }
 
-/** `lockKey('pg-migration-lock')`: the default key of the CLI and of the knex and drizzle adapters. */
+/** `lockKey('pg-migration-lock')`: the default key of the CLI and of the knex, drizzle and TypeORM adapters. */
 export const DEFAULT_LOCK_KEY: bigint = lockKey('pg-migration-lock');
+
+/** A migration lock key some tool uses on its own, so that wrapped and plain runs of it exclude each other. */
+export interface KnownKey {
+  key: bigint;
+  /** Who uses it, as messages name it: `node-pg-migrate's own key`. */
+  label: string;
+  /** The tools (adapters, CLI commands) that use it by default. */
+  tools: string[];
+}
+
+/** The one key table: every key a migrator (or this library) uses by default. */
+export const KNOWN_KEYS: readonly KnownKey[] = [
+  { key: DEFAULT_LOCK_KEY, label: 'default key', tools: ['withMigrationLock', 'run', 'knex', 'drizzle', 'typeorm'] },
+  { key: 7241865325823964n, label: "node-pg-migrate's own key", tools: ['node-pg-migrate'] },
+  { key: 3853314791062309107n, label: "kysely's own key", tools: ['kysely'] },
+  { key: 72707369n, label: "Prisma's own key", tools: ['prisma'] },
+];
+
+/** The key `tool` (an adapter or CLI migrator name) locks by default. */
+export function defaultKeyOf(tool: string): KnownKey {
+  return KNOWN_KEYS.find((entry) => entry.tools.includes(tool)) ?? KNOWN_KEYS[0]!;
+}
+
+/** `7241865325823964 (node-pg-migrate's own key)`: how messages name a key. */
+export function describeKey(key: bigint): string {
+  const known = KNOWN_KEYS.find((entry) => entry.key === key);
+  return known ? `${key} (${known.label})` : String(key);
+}
 
 /**
  * Validates a key and returns it as a bigint. Throws before anything touches the database:

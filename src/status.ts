@@ -1,5 +1,9 @@
-import { keyParts, type LockKeyInput, parseKey } from './key.js';
-import { type ClientSource, type Session, withSession } from './session.js';
+// Looking at a lock from outside: who holds it and who waits (getLockStatus), and the stale-holder remedy
+// (releaseLock), which terminates the holder and its holding's tagged work.
+import { type ClientSource, type Query, withSession } from './driver/index.js';
+import { KNOWN_KEYS, keyParts, type LockKeyInput, parseKey } from './key.js';
+import { isTagOf, keyOfTag, lockRowsOf, stillThereSql, waitingSince } from './protocol.js';
+import { nap } from './time.js';
 
 /** A session seen in `pg_locks` + `pg_stat_activity`. */
 export interface Holder {
@@ -22,38 +26,32 @@ export interface LockStatus {
   holder: Holder | null;
   /** Sessions waiting for the key: through this library, or blocked in a plain `pg_advisory_lock`. */
   waiters: Holder[];
+  /**
+   * Other sessions carrying a holding's fencing tag of the key: the holder's work (a `run` command's
+   * connections, fn's extra ones), or work an earlier holding left running, which the next holder terminates.
+   */
+  work: Holder[];
 }
 
-/** The `pg_locks` rows of `key` in this database: `objsubid` 1 is the lock, 2 the waiters' registry. */
-export function lockRowsOf(key: bigint, objsubid: 1 | 2): string {
-  const { classid, objid } = keyParts(key);
-  return `locktype = 'advisory' AND objsubid = ${objsubid} AND classid = ${classid} AND objid = ${objid}
-    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`;
-}
-
-/**
- * Waiting sessions put this breadcrumb, with the server time they started, at the head of every
- * query they send, so `pg_stat_activity` (and so `getLockStatus`) can tell how long each has waited.
- */
-export function waitingComment(key: bigint, sinceMs: number): string {
-  return `/* pg-migration-lock: waiting for ${key} since ${sinceMs} */ `;
-}
-const WAITING_SINCE = /^\/\* pg-migration-lock: waiting for -?\d+ since (\d+) \*\//;
-
-// One round trip. The lock row (objsubid 1) gives the holder and plain blocked waiters; the
-// two-key shared row (objsubid 2) on the same classid/objid is the registry our pollers join.
-// `waitstart` exists from PostgreSQL 14 on; reading it through to_jsonb keeps older servers working.
-const STATUS_SQL = `
-SELECT l.pid, l.granted, l.objsubid, a.application_name, host(a.client_addr) AS client_addr,
+// One round trip. The lock row (objsubid 1) gives the holder and plain blocked waiters; the two-key
+// shared row (objsubid 2) on the same classid/objid is the registry our pollers join; sessions carrying a
+// tag of the key (objsubid 0 here) are the holdings' work. `waitstart` exists from PostgreSQL 14 on;
+// reading it through to_jsonb keeps older servers working.
+const statusSql = (key: bigint) => `
+WITH rows AS (
+  SELECT l.pid, l.granted, l.objsubid, (to_jsonb(l) ->> 'waitstart')::timestamptz AS waitstart FROM pg_locks l
+  WHERE l.locktype = 'advisory'
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid IN (1, 2)
+  UNION ALL
+  SELECT a.pid, true, 0, NULL FROM pg_stat_activity a
+  WHERE a.datname = current_database() AND ${isTagOf(key, 'a.application_name')} AND a.pid <> pg_backend_pid())
+SELECT r.pid, r.granted, r.objsubid, a.application_name, host(a.client_addr) AS client_addr,
        a.backend_start, a.state, a.query,
        (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms,
-       (extract(epoch FROM clock_timestamp() - (to_jsonb(l) ->> 'waitstart')::timestamptz) * 1000)::float8 AS blocked_ms
-FROM pg_locks l
-LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory'
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid IN (1, 2)
-ORDER BY l.objsubid, l.granted DESC, a.backend_start`;
+       (extract(epoch FROM clock_timestamp() - r.waitstart) * 1000)::float8 AS blocked_ms
+FROM rows r LEFT JOIN pg_stat_activity a ON a.pid = r.pid
+ORDER BY r.objsubid = 0, r.objsubid, r.granted DESC, a.backend_start`;
 
 interface StatusRow {
   pid: number;
@@ -68,10 +66,10 @@ interface StatusRow {
   blocked_ms: number | null;
 }
 
-/** Reads the lock's state on an already open session (`prefix` lets a waiter keep its breadcrumb). */
-export async function queryLockStatus(session: Session, key: bigint, prefix = ''): Promise<LockStatus> {
+/** Reads the lock's state on an open session (`prefix` lets a waiter keep its breadcrumb). */
+export async function queryLockStatus(query: Query, key: bigint, prefix = ''): Promise<LockStatus> {
   const { classid, objid } = keyParts(key);
-  const rows = await session.query<StatusRow>(prefix + STATUS_SQL, [classid, objid]);
+  const rows = await query<StatusRow>(prefix + statusSql(key), [classid, objid]);
   const toHolder = (row: StatusRow): Holder => ({
     pid: row.pid,
     applicationName: row.application_name,
@@ -82,30 +80,71 @@ export async function queryLockStatus(session: Session, key: bigint, prefix = ''
   });
   const holderRow = rows.find((row) => row.objsubid === 1 && row.granted);
   const waiters = new Map<number, Holder>();
+  const work: Holder[] = [];
   for (const row of rows) {
     if (row === holderRow || row.pid === holderRow?.pid || waiters.has(row.pid)) continue;
-    if (row.objsubid === 1 && !row.granted) {
+    if (row.objsubid === 0) work.push(toHolder(row));
+    else if (row.objsubid === 1 && !row.granted) {
       waiters.set(row.pid, { ...toHolder(row), waitingMs: Math.max(0, Math.round(row.blocked_ms ?? 0)) });
     } else if (row.objsubid === 2 && row.granted) {
-      const since = WAITING_SINCE.exec(row.query ?? '')?.[1];
+      const since = waitingSince(row.query);
       const waiter = toHolder(row);
-      if (since) waiter.waitingMs = Math.max(0, Math.round(row.now_ms - Number(since)));
+      if (since !== undefined) waiter.waitingMs = Math.max(0, Math.round(row.now_ms - since));
       waiters.set(row.pid, waiter);
     }
   }
   const holder = holderRow ? toHolder(holderRow) : null;
-  return { key, locked: holder !== null, holder, waiters: [...waiters.values()] };
+  return { key, locked: holder !== null, holder, waiters: [...waiters.values()], work };
 }
 
 /**
- * Who holds the lock on `key`, and who waits for it.
+ * Every migration lock of this database that is held or waited for, or has tagged work running: the keys of
+ * the key table (KNOWN_KEYS), keys held by a holding of this library, and keys its waiters wait for (a
+ * `--name` key included). Only looks.
+ */
+export async function findMigrationLocks(client: ClientSource): Promise<LockStatus[]> {
+  return withSession(client, async ({ query }) => {
+    // Held advisory locks, our waiters' registry rows (their last query bears the waiting breadcrumb), and
+    // sessions carrying a tag.
+    const rows = await query<{ objsubid: number; classid: string | null; objid: string | null; name: string | null }>(
+      `SELECT l.objsubid, l.classid::int8::text AS classid, l.objid::int8::text AS objid, a.application_name AS name
+       FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+       WHERE l.locktype = 'advisory' AND l.granted
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+         AND (l.objsubid = 1 OR (l.objsubid = 2 AND a.query LIKE '/* pg-migration-lock: waiting for %'))
+       UNION ALL
+       SELECT 0, NULL, NULL, application_name FROM pg_stat_activity
+       WHERE datname = current_database() AND pid <> pg_backend_pid()
+         AND application_name ~ '^pg-migration-lock:-?[0-9]+:[0-9a-z]{6}([.]|$)'`,
+    );
+    const known = new Set(KNOWN_KEYS.map((entry) => entry.key));
+    const keys = new Set<bigint>();
+    for (const { objsubid, classid, objid, name } of rows) {
+      const tagged = keyOfTag(name);
+      if (objsubid === 0) {
+        if (tagged !== undefined) keys.add(tagged);
+        continue;
+      }
+      const key = BigInt.asIntN(64, (BigInt(classid!) << 32n) | BigInt(objid!));
+      // Another application's advisory lock is none of ours: only known keys, our holdings and our waiters.
+      if (objsubid === 2 || known.has(key) || tagged === key) keys.add(key);
+    }
+    const found: LockStatus[] = [];
+    for (const key of [...keys].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)))
+      found.push(await queryLockStatus(query, key));
+    return found;
+  });
+}
+
+/**
+ * Who holds the lock on `key`, and who waits for it. It only looks: nothing is changed.
  *
  * @example
  * const { locked, holder, waiters } = await getLockStatus(process.env.DATABASE_URL, DEFAULT_LOCK_KEY);
  */
 export async function getLockStatus(client: ClientSource, key: LockKeyInput): Promise<LockStatus> {
   const k = parseKey(key);
-  return withSession(client, (session) => queryLockStatus(session, k));
+  return withSession(client, (session) => queryLockStatus(session.query, k));
 }
 
 export interface ReleaseLockOptions {
@@ -118,38 +157,58 @@ export interface ReleaseLockOptions {
   pid?: number;
 }
 
+/** What {@link releaseLock} saw and did. */
+export interface ReleaseResult {
+  /** The lock is no longer held by the backend that held it (false: nobody held it, or it did not let go in time). */
+  released: boolean;
+  /** The backend that held the lock and was terminated, or null when none held it. */
+  pid: number | null;
+  /** Every backend terminated: the holder, and the work carrying its holding's (or an earlier holding's) tag. */
+  terminated: number[];
+}
+
+// pg_terminate_backend only signals; a backend that does not leave within this is reported, not waited for.
+const GONE_WITHIN_MS = 10_000;
+
 /**
- * Terminates the backend that holds the lock on `key` (and nothing else), and waits until the
- * lock is gone. A running migration on that session is interrupted: use it for stale holders.
+ * Terminates the backend that holds the lock on `key`, and the work tagged with that holding's fencing tag
+ * (a `run` command's statements, fn's extra connections), and waits until they are gone. With no holder,
+ * it terminates work that an earlier holding left running under its tag. Nothing else is touched. A running
+ * migration on those sessions is interrupted: use it for stale holders.
  *
- * @returns `{ released: true, pid }` when a holder was terminated, `{ released: false, pid: null }` when none held it
- *   (or, with `options.pid`, when that backend no longer holds it).
+ * @returns `{ released, pid, terminated }`: `released` true once the holder `pid` is gone; `{ released: false,
+ *   pid: null }` when none held it (or, with `options.pid`, when that backend no longer holds it).
  */
 export async function releaseLock(
   client: ClientSource,
   key: LockKeyInput,
   options: ReleaseLockOptions = {},
-): Promise<{ released: boolean; pid: number | null }> {
+): Promise<ReleaseResult> {
   const k = parseKey(key);
   const { pid: onlyPid } = options;
   if (onlyPid !== undefined && !(Number.isSafeInteger(onlyPid) && onlyPid > 0)) {
     throw new TypeError(`Expected \`pid\` to be a backend pid (a positive integer), got ${String(onlyPid)}`);
   }
-  const match = `${lockRowsOf(k, 1)} AND granted`;
   return withSession(client, async (session) => {
-    const rows = await session.query<{ pid: number }>(
-      `SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE ${match} AND pid <> pg_backend_pid()
-         AND ($1::int IS NULL OR pid = $1)`,
+    // One statement: the holder, and the tagged work of this key (with `pid`, only the work of that holder's
+    // holding: another holding's belongs to whoever holds the lock now).
+    const rows = await session.query<{ pid: number; holder: boolean }>(
+      `WITH h AS (SELECT l.pid, a.application_name AS tag FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE ${lockRowsOf(k, 1, 'l')} AND l.granted AND l.pid <> pg_backend_pid() AND ($1::int IS NULL OR l.pid = $1))
+       SELECT a.pid, a.pid = h.pid AS holder, pg_terminate_backend(a.pid) AS signalled
+       FROM pg_stat_activity a LEFT JOIN h ON true
+       WHERE a.pid <> pg_backend_pid()
+         AND (a.pid = h.pid OR (a.datname = current_database() AND ${isTagOf(k, 'a.application_name')}
+              AND ($1::int IS NULL OR a.application_name = h.tag)))`,
       [onlyPid ?? null],
     );
-    const pid = rows[0]?.pid;
-    if (pid === undefined) return { released: false, pid: null };
-    // pg_terminate_backend only signals; the lock is gone once the backend has exited.
-    for (const deadline = Date.now() + 10_000; Date.now() < deadline; ) {
-      const gone = await session.query(`SELECT 1 FROM pg_locks WHERE ${match} AND pid = $1`, [pid]);
-      if (gone.length === 0) break;
-      await new Promise((resolve) => setTimeout(resolve, 10));
+    const terminated = rows.map((row) => row.pid);
+    const pid = rows.find((row) => row.holder)?.pid ?? null;
+    let left = terminated;
+    for (const deadline = performance.now() + GONE_WITHIN_MS; left.length > 0 && performance.now() < deadline; ) {
+      await nap(10).done;
+      left = (await session.query<{ pid: number }>(stillThereSql, [left])).map((row) => row.pid);
     }
-    return { released: true, pid };
+    return { released: pid !== null && !left.includes(pid), pid, terminated };
   });
 }

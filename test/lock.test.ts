@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import pg from 'pg';
 import { describe, expect, test, vi } from 'vitest';
 import {
@@ -40,6 +41,7 @@ async function holdLock(key: bigint, options = {}) {
 function recordingLogger() {
   const lines: string[] = [];
   const logger: Logger = {
+    debug: (m) => lines.push(`debug ${m}`),
     info: (m) => lines.push(`info ${m}`),
     warn: (m) => lines.push(`warn ${m}`),
     error: (m) => lines.push(`error ${m}`),
@@ -52,18 +54,22 @@ describe('client forms', () => {
     const seen = await withMigrationLock(
       url,
       11n,
-      async ({ client, key, signal, waitedMs }) => {
+      async ({ client, key, signal, waitedMs, tag }) => {
         const { rows } = await client.query(
           `SELECT pg_backend_pid() AS pid, current_setting('application_name') AS app,
                 current_setting('tcp_keepalives_idle') AS idle`,
         );
         const locks = await lockRows(url, key);
-        return { ...rows[0], locks, signal, waitedMs };
+        return { ...rows[0], locks, signal, waitedMs, tag };
       },
       quiet,
     );
     expect(seen.locks).toEqual([{ pid: seen.pid, granted: true, objsubid: 1 }]);
-    expect(seen.app).toMatch(new RegExp(`^pg-migration-lock:.+:${process.pid}$`));
+    // While it holds, the session carries the holding's fencing tag, which still names this process and host.
+    expect(seen.app).toBe(seen.tag);
+    expect(seen.app).toMatch(
+      new RegExp(`^pg-migration-lock:11:[0-9a-z]{6}\\.${process.pid}@${hostname().slice(0, 10)}`),
+    );
     expect(seen.idle).toBe('10');
     expect(seen.signal.aborted).toBe(false);
     expect(seen.waitedMs).toBe(0);
@@ -78,14 +84,18 @@ describe('client forms', () => {
     );
   });
 
-  test('config object with applicationName option', async () => {
-    const app = await withMigrationLock(
+  test('config object with applicationName option: the connection is named so, and the holding tag ends with it', async () => {
+    const held = await holdLock(12n);
+    const waiting = withMigrationLock(
       { connectionString: url },
       12n,
       async ({ client }) => (await client.query(`SELECT current_setting('application_name') AS a`)).rows[0].a,
       { ...quiet, applicationName: 'deploy-42' },
     );
-    expect(app).toBe('deploy-42');
+    const waiter = await waitFor(async () => (await getLockStatus(url, 12n)).waiters[0], 10_000, 'the waiter');
+    expect(waiter?.applicationName).toBe('deploy-42');
+    await held.release();
+    expect(await waiting).toMatch(/^pg-migration-lock:12:[0-9a-z]{6}\.deploy-42$/);
   });
 
   test('pool: one connection checked out for the call and given back', async () => {
@@ -294,7 +304,7 @@ describe('waiting', () => {
           throw new Error('hook bug');
         },
         onAcquired: (info) => events.push(`acquired ${info.waitedMs > 0}`),
-        onReleased: (info) => events.push(`released ${info.heldMs >= 0}`),
+        onReleased: (info) => events.push(`released ${info.heldMs > 0}`),
       },
     });
     await sleep(450);
@@ -305,7 +315,9 @@ describe('waiting', () => {
     expect(waits[0]).toMatch(/^waiting \d+$/);
     expect(events.slice(-2)).toEqual(['acquired true', 'released true']);
     expect(lines.some((l) => l.startsWith('warn onWaiting hook failed: hook bug'))).toBe(true);
-    expect(lines.some((l) => /^info Waiting for migration lock 32, held by pid \d+/.test(l))).toBe(true);
+    // The hook took the report over: the log line came at debug level.
+    expect(lines.some((l) => /^debug Waiting for migration lock 32, held by backend pid \d+/.test(l))).toBe(true);
+    expect(lines.some((l) => l.startsWith('info Waiting'))).toBe(false);
   });
 });
 

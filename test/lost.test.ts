@@ -90,7 +90,7 @@ describe('lock loss while fn runs', () => {
     await withClient(url, async (bystander) => {
       // Same classid/objid but another lock, and another session: both must survive.
       await bystander.query('SELECT pg_advisory_lock(54), pg_advisory_lock_shared(0, 53)');
-      expect(await releaseLock(url, 53n)).toEqual({ released: true, pid: holderPid });
+      expect(await releaseLock(url, 53n)).toEqual({ released: true, pid: holderPid, terminated: [holderPid] });
       expect(await lockRows(url, 53n)).toEqual([]);
       const { rows } = await bystander.query(
         `SELECT count(*)::int AS n FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`,
@@ -100,16 +100,24 @@ describe('lock loss while fn runs', () => {
     const exited = await holder.exited;
     expect(exited.code).toBe(3);
     expect(exited.stdout).toMatch(/MigrationLockLostError: Lost the session holding migration lock 53/);
-    expect(await releaseLock(url, 53n)).toEqual({ released: false, pid: null });
+    expect(await releaseLock(url, 53n)).toEqual({ released: false, pid: null, terminated: [] });
   });
 
   test('releaseLock with { pid } terminates only that backend, not whoever holds the lock now', async () => {
     const holder = spawnNode(fixture('lock-worker.mjs'), ['hold', url, '56']);
     await waitFor(() => holder.output().includes('acquired'), 10_000, 'the holder');
     const holderPid = Number(/acquired (\d+)/.exec(holder.output())![1]);
-    expect(await releaseLock(url, 56n, { pid: holderPid + 100_000 })).toEqual({ released: false, pid: null });
+    expect(await releaseLock(url, 56n, { pid: holderPid + 100_000 })).toEqual({
+      released: false,
+      pid: null,
+      terminated: [],
+    });
     expect(await lockRows(url, 56n)).toEqual([{ pid: holderPid, granted: true, objsubid: 1 }]);
-    expect(await releaseLock(url, 56n, { pid: holderPid })).toEqual({ released: true, pid: holderPid });
+    expect(await releaseLock(url, 56n, { pid: holderPid })).toEqual({
+      released: true,
+      pid: holderPid,
+      terminated: [holderPid],
+    });
     expect((await holder.exited).code).toBe(3);
     await expect(releaseLock(url, 56n, { pid: -1 })).rejects.toThrow(TypeError);
   });

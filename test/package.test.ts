@@ -18,6 +18,7 @@ test('require() works and loads no migrator', () => {
   const { exports, key, loaded } = JSON.parse(out);
   expect(exports).toEqual([
     'DEFAULT_LOCK_KEY',
+    'KNOWN_KEYS',
     'MigrationLockBusyError',
     'MigrationLockError',
     'MigrationLockLostError',

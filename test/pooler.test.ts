@@ -212,8 +212,10 @@ describe(`PgBouncer, pool_mode = session${skipped}`, () => {
         locked: true,
         holder: {
           pid: holderBackend,
-          // PgBouncer passes application_name on to the server connection: the holder is named.
-          applicationName: expect.stringMatching(new RegExp(`^pg-migration-lock:.+:${holder.child.pid}$`)),
+          // PgBouncer passes application_name on to the server connection: the holder is named by its tag.
+          applicationName: expect.stringMatching(
+            new RegExp(`^pg-migration-lock:104:[0-9a-z]{6}\\.${holder.child.pid}@`),
+          ),
           clientAddr: '127.0.0.1',
           state: 'idle',
         },
@@ -226,14 +228,24 @@ describe(`PgBouncer, pool_mode = session${skipped}`, () => {
       }
       expect(done).toBe(0);
 
-      expect(await releaseLock(session.url(), 104n)).toEqual({ released: true, pid: holderBackend });
+      expect(await releaseLock(session.url(), 104n)).toEqual({
+        released: true,
+        pid: holderBackend,
+        terminated: [holderBackend],
+      });
       // PgBouncer closes the client of a terminated server connection: the holder learns it lost the lock.
       const exited = await holder.exited;
       expect(exited.code).toBe(3);
       expect(exited.stdout).toMatch(/MigrationLockLostError: Lost the session holding migration lock 104/);
       await Promise.all(waiters);
       expect(done).toBe(3);
-      expect(await getLockStatus(session.url(), 104n)).toEqual({ key: 104n, locked: false, holder: null, waiters: [] });
+      expect(await getLockStatus(session.url(), 104n)).toEqual({
+        key: 104n,
+        locked: false,
+        holder: null,
+        waiters: [],
+        work: [],
+      });
       expect(await keyRows(104n)).toEqual([]);
     },
   );

@@ -2,6 +2,7 @@
 // `sql` is used as-is. Real server, real processes, nothing mocked.
 import postgres from 'postgres';
 import { afterAll, describe, expect, test } from 'vitest';
+import { postgresJsSource } from '../src/driver/postgres-js.js';
 import {
   getLockStatus,
   MigrationLockError,
@@ -9,8 +10,7 @@ import {
   releaseLock,
   withMigrationLock,
 } from '../src/index.js';
-import { poolerAdvice } from '../src/lock.js';
-import { postgresJsSource } from '../src/postgres-js.js';
+import { poolerAdvice } from '../src/server-checks.js';
 import { findPgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.js';
 import {
   createTestDatabase,
@@ -268,9 +268,15 @@ describe('one process', () => {
     const holder = spawnNode(fixture('pgjs-worker.mjs'), ['hold', url, '311']);
     const pid = Number((await waitFor(() => /acquired (\d+)/.exec(holder.output()), 10_000, 'the holder'))![1]);
     const status = await getLockStatus(sql, 311n);
-    expect(status).toMatchObject({ key: 311n, locked: true, holder: { pid, applicationName: 'postgres.js' } });
-    expect(await releaseLock(sql, 311n, { pid: pid + 1_000_000 })).toEqual({ released: false, pid: null });
-    expect(await releaseLock(sql, 311n)).toEqual({ released: true, pid });
+    // While it holds, the session carries the holding's tag (after it, its own name again).
+    expect(status).toMatchObject({ key: 311n, locked: true, holder: { pid } });
+    expect(status.holder?.applicationName).toMatch(/^pg-migration-lock:311:[0-9a-z]{6}\.\d+@/);
+    expect(await releaseLock(sql, 311n, { pid: pid + 1_000_000 })).toEqual({
+      released: false,
+      pid: null,
+      terminated: [],
+    });
+    expect(await releaseLock(sql, 311n)).toEqual({ released: true, pid, terminated: [pid] });
     expect((await holder.exited).stdout).toMatch(/MigrationLockLostError/);
     expect((await getLockStatus(sql, 311n)).locked).toBe(false);
   });
@@ -331,9 +337,10 @@ describe('one process', () => {
     const waiter = withMigrationLock(sql, 313n, () => 'waited', quiet);
     const status = await waitFor(async () => {
       const seen = await getLockStatus(sql, 313n);
-      return seen.waiters.length === 1 ? seen : undefined;
+      // Once its first poll (which carries the waiting breadcrumb) ran, it shows how long it has waited.
+      return seen.waiters.length === 1 && seen.waiters[0]!.waitingMs !== undefined ? seen : undefined;
     });
-    expect(status?.holder?.applicationName).toBe('postgres.js');
+    expect(status?.holder?.applicationName).toMatch(/^pg-migration-lock:313:[0-9a-z]{6}\./);
     expect(status?.waiters[0]?.waitingMs).toEqual(expect.any(Number));
     release();
     await holder;

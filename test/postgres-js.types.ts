@@ -5,7 +5,7 @@ import type pg from 'pg';
 import type postgres from 'postgres';
 import { expectTypeOf } from 'vitest';
 import { migrate } from '../adapters/drizzle.js';
-import { getLockStatus, type LockStatus, releaseLock, withMigrationLock } from '../src/index.js';
+import { getLockStatus, type LockStatus, type ReleaseResult, releaseLock, withMigrationLock } from '../src/index.js';
 
 type Types = { bigint: bigint };
 
@@ -18,7 +18,7 @@ export function typed(sql: postgres.Sql, custom: postgres.Sql<Types>, reserved: 
     Promise<number>
   >();
   expectTypeOf(getLockStatus(sql, 1n)).toEqualTypeOf<Promise<LockStatus>>();
-  expectTypeOf(releaseLock(reserved, 1n)).toEqualTypeOf<Promise<{ released: boolean; pid: number | null }>>();
+  expectTypeOf(releaseLock(reserved, 1n)).toEqualTypeOf<Promise<ReleaseResult>>();
   expectTypeOf(migrate(drizzle(sql), { migrationsFolder: './drizzle' })).toEqualTypeOf<Promise<void>>();
   expectTypeOf(migrate(drizzle({ client: custom }), { migrationsFolder: './drizzle' })).toEqualTypeOf<Promise<void>>();
   // @ts-expect-error a pg client is not a postgres.js sql: its `client` has no tagged template

@@ -1,7 +1,8 @@
 import pg from 'pg';
 import { describe, expect, test } from 'vitest';
 import { getLockStatus, MigrationLockBusyError, withMigrationLock } from '../src/index.js';
-import { poolerAdvice, SKIPPED, unsupportedServer, withMigrationLockUnless } from '../src/lock.js';
+import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
+import { poolerAdvice, unsupportedServer } from '../src/server-checks.js';
 import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js';
 
 const url = await createTestDatabase();
@@ -75,16 +76,12 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
     await waitFor(() => release !== undefined);
     let done = false;
     const checkedOn: unknown[] = [];
-    const skipping = withMigrationLockUnless(
-      url,
-      92n,
-      () => 'ran',
-      quiet,
-      async (client) => {
+    const skipping = withMigrationLockUnless(url, 92n, () => 'ran', quiet, {
+      isDone: async ({ client }) => {
         checkedOn.push(client);
         return done;
       },
-    );
+    });
     // The plain waiter polls only every 10 s: it can start quickly only if the wake-up reaches it.
     let plainStartedAt = 0;
     const plain = withMigrationLock(url, 92n, () => (plainStartedAt = performance.now()), {
@@ -114,9 +111,11 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       95n,
       () => 'ran',
       { ...quiet, wait: false },
-      async (client) => {
-        checkedOn = client;
-        return true;
+      {
+        isDone: async ({ client }) => {
+          checkedOn = client;
+          return true;
+        },
       },
     );
     // wait: false with the lock held would have thrown MigrationLockBusyError had the lock been tried.
@@ -130,13 +129,7 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
     let release!: () => void;
     const holding = withMigrationLock(url, 93n, () => new Promise<void>((r) => (release = r)), quiet);
     await waitFor(() => release !== undefined);
-    const running = withMigrationLockUnless(
-      url,
-      93n,
-      () => 'ran',
-      quiet,
-      async () => false,
-    );
+    const running = withMigrationLockUnless(url, 93n, () => 'ran', quiet, { isDone: async () => false });
     await waitFor(async () => (await waiters(93n)) === 1);
     release();
     await holding;
@@ -153,7 +146,7 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       () => 'ran',
       quiet,
       // Checked before queueing (work left), then again at the release: there it fails.
-      async () => (checks++ === 0 ? false : Promise.reject(corrupt)),
+      { isDone: async () => (checks++ === 0 ? false : Promise.reject(corrupt)) },
     ).catch((err: unknown) => err);
     await waitFor(async () => (await waiters(93n)) === 1);
     release2!();

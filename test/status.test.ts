@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { describe, expect, test } from 'vitest';
 import { getLockStatus, releaseLock, withMigrationLock } from '../src/index.js';
 import { createTestDatabase, sleep, waitFor, withClient } from './helpers.js';
@@ -6,7 +7,7 @@ const url = await createTestDatabase();
 
 describe('getLockStatus', () => {
   test('unlocked key', async () => {
-    expect(await getLockStatus(url, 61n)).toEqual({ key: 61n, locked: false, holder: null, waiters: [] });
+    expect(await getLockStatus(url, 61n)).toEqual({ key: 61n, locked: false, holder: null, waiters: [], work: [] });
   });
 
   test('holder and waiters, ours and plain pg_advisory_lock ones, with how long they wait', async () => {
@@ -32,12 +33,17 @@ describe('getLockStatus', () => {
       expect(status.locked).toBe(true);
       expect(status.holder).toMatchObject({
         pid: holderPid,
-        applicationName: expect.stringMatching(/^pg-migration-lock:.+:\d+$/),
+        // The holding's tag: key, token, then this process and host.
+        applicationName: expect.stringMatching(new RegExp(`^pg-migration-lock:62:[0-9a-z]{6}\\.${process.pid}@`)),
         clientAddr: '127.0.0.1',
         backendStart: expect.any(Date),
         state: 'idle',
       });
       expect(status.waiters).toHaveLength(4);
+      // Waiters carry the name of the connection: `pg-migration-lock:<host>:<pid>` (or the plain session's own).
+      expect(
+        status.waiters.filter((w) => w.applicationName === `pg-migration-lock:${hostname()}:${process.pid}`),
+      ).toHaveLength(3);
       for (const waiter of status.waiters) {
         expect(waiter.pid).not.toBe(holderPid);
         expect(waiter.waitingMs).toBeGreaterThanOrEqual(250);
@@ -50,10 +56,10 @@ describe('getLockStatus', () => {
       await plain.query('SELECT pg_advisory_unlock(62)');
       await Promise.all(waiters);
     });
-    expect(await getLockStatus(url, 62n)).toMatchObject({ locked: false, holder: null, waiters: [] });
+    expect(await getLockStatus(url, 62n)).toMatchObject({ locked: false, holder: null, waiters: [], work: [] });
   });
 
   test('releaseLock on a free key changes nothing', async () => {
-    expect(await releaseLock(url, 63n)).toEqual({ released: false, pid: null });
+    expect(await releaseLock(url, 63n)).toEqual({ released: false, pid: null, terminated: [] });
   });
 });

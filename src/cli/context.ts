@@ -1,6 +1,6 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type pg from 'pg';
-import { DEFAULT_LOCK_KEY, lockKey, parseKey } from '../key.js';
+import { DEFAULT_LOCK_KEY, defaultKeyOf, lockKey, parseKey } from '../key.js';
 import { UsageError } from './errors.js';
 import type { Output } from './output.js';
 
@@ -16,8 +16,10 @@ export interface GlobalOptions {
 export interface Context {
   out: Output;
   key: bigint;
-  /** How messages name the lock: `42`, `"billing" (key 123…)`. */
+  /** How messages name the lock: `42`, `"billing" (key 123…)`, `7241865325823964 (node-pg-migrate's own key)`. */
   keyLabel: string;
+  /** The flag that picks this key in another command (`--key 7241865325823964`, `--name billing`; none for the default). */
+  keyFlag: string;
 }
 
 export function addGlobalOptions(command: Command): Command {
@@ -53,27 +55,36 @@ export function parseDurationArg(value: string): number {
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /**
- * The lock and output settings of a command. `defaultKey` replaces DEFAULT_LOCK_KEY when neither --key nor
- * --name is given (node-pg-migrate's own key, so the CLI, the adapter and plain node-pg-migrate exclude each other).
+ * The lock and output settings of a command. Without --key or --name, the key is `tool`'s own from the key
+ * table (node-pg-migrate's and kysely's own keys, so the CLI, the adapter and the plain migrator exclude each
+ * other), else DEFAULT_LOCK_KEY.
  */
-export function createContext(
-  command: Command,
-  out: Output,
-  defaultKey: { key: bigint; label: string } = { key: DEFAULT_LOCK_KEY, label: 'default key' },
-): Context {
+export function createContext(command: Command, out: Output, tool?: string): Context {
   const opts = command.optsWithGlobals<GlobalOptions>();
   out.quiet = Boolean(opts.quiet);
+  const ctx = chooseKey(opts, tool);
+  // Hints in error messages name the same lock.
+  out.keyFlag = ctx.keyFlag;
+  return { out, ...ctx };
+}
+
+function chooseKey(opts: GlobalOptions, tool: string | undefined): Omit<Context, 'out'> {
   if (opts.key !== undefined && opts.name !== undefined) {
     throw new UsageError('--key and --name both choose the lock: give one of them');
   }
-  if (opts.key !== undefined) return { out, key: opts.key, keyLabel: String(opts.key) };
+  if (opts.key !== undefined) return { key: opts.key, keyLabel: String(opts.key), keyFlag: ` --key ${opts.key}` };
   if (opts.name !== undefined) {
     if (opts.name === '') throw new UsageError('--name must not be empty');
     const key = lockKey(opts.name);
-    return { out, key, keyLabel: `"${opts.name}" (key ${key})` };
+    return { key, keyLabel: `"${opts.name}" (key ${key})`, keyFlag: ` --name ${shellWord(opts.name)}` };
   }
-  return { out, key: defaultKey.key, keyLabel: `${defaultKey.key} (${defaultKey.label})` };
+  const known = defaultKeyOf(tool ?? 'run');
+  const keyFlag = known.key === DEFAULT_LOCK_KEY ? '' : ` --key ${known.key}`;
+  return { key: known.key, keyLabel: `${known.key} (${known.label})`, keyFlag };
 }
+
+/** `text` as one shell word. */
+const shellWord = (text: string) => (/^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, "'\\''")}'`);
 
 /**
  * The connection string from --database-url or DATABASE_URL, checked before any network access.

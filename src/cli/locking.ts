@@ -1,7 +1,9 @@
 import { type Command, Option } from 'commander';
-import { formatMs, type MigrationLockOptions } from '../lock.js';
+import { describeHolder } from '../errors.js';
 import type { Logger } from '../logger.js';
+import type { MigrationLockOptions } from '../options.js';
 import type { Holder } from '../status.js';
+import { formatMs } from '../time.js';
 import { type Context, parseDurationArg } from './context.js';
 import { InterruptedError, ParentGoneError } from './errors.js';
 import type { Output } from './output.js';
@@ -23,11 +25,10 @@ export function addLockFlags(command: Command): Command {
     .option('--no-wait', 'do not wait: exit 75 at once if another process holds the lock');
 }
 
-/** "pid 4242 (app) from 10.0.0.5, connected 3m10s ago": how the CLI names a session. */
+/** "backend pid 4242 (application_name app) from 10.0.0.5, connected 3m10s ago": how the CLI names a session. */
 export function describeSession(holder: Holder | null): string {
   if (!holder) return 'another session (not visible to this role)';
-  let text = `pid ${holder.pid}`;
-  if (holder.applicationName) text += ` (${holder.applicationName})`;
+  let text = describeHolder(holder);
   if (holder.clientAddr) text += ` from ${holder.clientAddr}`;
   if (holder.backendStart) text += `, connected ${ago(holder.backendStart)}`;
   return text;
@@ -36,9 +37,6 @@ export function describeSession(holder: Holder | null): string {
 export function ago(date: Date): string {
   return `${formatMs(Math.max(0, Date.now() - date.getTime()))} ago`;
 }
-
-// The core logs each waiting report at info level; the CLI shows the same from the onWaiting hook instead.
-const WAITING_REPORT = /^Waiting for migration lock /;
 
 /**
  * The options for `withMigrationLock` (or an adapter's `lock`) that make the wait visible: a live line
@@ -62,9 +60,7 @@ export function lockOptions(
     const waited = Math.floor((performance.now() - waitStart) / 1000);
     const clock = waited < 60 ? `${waited}s` : `${Math.floor(waited / 60)}m${String(waited % 60).padStart(2, '0')}s`;
     const limit = timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`;
-    const by = holder
-      ? `pid ${holder.pid}${holder.applicationName ? ` (${holder.applicationName})` : ''}`
-      : 'another session';
+    const by = describeHolder(holder);
     out.status(`${out.err.yellow('⏳')} Waiting ${clock}${limit} for the migration lock, held by ${by}`);
   };
 
@@ -94,6 +90,7 @@ export function lockOptions(
     // On a terminal the holder shown in the live line is refreshed every 2 s; CI logs get a line every 10 s.
     reportEveryMs: out.live ? 2000 : 10_000,
     logger: cliLogger(out),
+    keyLabel,
     hooks: {
       onWaiting(info) {
         holder = info.holder;
@@ -135,9 +132,7 @@ export function lockOptions(
 /** Routes library messages through the CLI's output (stderr; --quiet keeps warnings and errors). */
 export function cliLogger(out: Output): Logger {
   return {
-    info: (message) => {
-      if (!WAITING_REPORT.test(message)) out.info(message);
-    },
+    info: (message) => out.info(message),
     warn: (message) => out.warn(message),
     error: (message) => out.error(message),
   };

@@ -61,6 +61,8 @@ export class Output {
   target?: string;
   /** Where {@link target} came from: `--database-url`, `DATABASE_URL`, a knexfile. */
   targetSource?: string;
+  /** The flag that picks this run's lock in a hint (` --key 7241865325823964`), empty for the default key. */
+  keyFlag = '';
   private liveText = '';
   /** Passwords known to this run: erased from error messages, which may come from third-party code. */
   private readonly secrets = new Set<string>();

@@ -83,12 +83,12 @@ export async function main(argv: string[]): Promise<void> {
 function explain(out: Output, err: unknown): [message: string, hint?: string] {
   if (err instanceof CliError) return [err.message, err.hint];
   if (err instanceof MigrationLockBusyError) {
-    return [`${err.message} (--no-wait)`, 'See who holds it: pg-migration-lock status'];
+    return [`${err.message} (--no-wait)`, `See who holds it: pg-migration-lock status${out.keyFlag}`];
   }
   if (err instanceof MigrationLockTimeoutError) {
     return [
       err.message,
-      'See who holds it: pg-migration-lock status; a stale holder: pg-migration-lock release --force',
+      `See who holds it: pg-migration-lock status${out.keyFlag}; a stale holder: pg-migration-lock release --force${out.keyFlag}`,
     ];
   }
   if (err instanceof MigrationLockError) return [err.message];

@@ -86,7 +86,9 @@ test('while a plain node-pg-migrate run holds its lock, a wrapped run waits, the
   });
   expect((await plain).map((m) => m.name)).toEqual(MIGRATIONS);
   expect(await wrapped).toEqual([]);
-  expect(waiting[0]).toMatch(/^Waiting for migration lock 7241865325823964, held by pid \d+/);
+  expect(waiting[0]).toMatch(
+    /^Waiting for migration lock 7241865325823964 \(node-pg-migrate's own key\), held by backend pid \d+/,
+  );
   expect(waitedMs).toBeGreaterThan(0);
   expect(await appliedMigrations(interopUrl, 'node-pg-migrate')).toEqual({ total: 3, distinct: 3 });
 });

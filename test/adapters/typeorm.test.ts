@@ -157,26 +157,34 @@ test('a replica queued while another migrates re-checks at the release and leave
   const dataSource = await dataSourceFor(waitUrl).initialize();
   try {
     const events: string[] = [];
-    const result = await withMigrationLock(
+    // "Another replica" holds the lock; this process's replica is started outside its fn (a call nested in
+    // the holder's own fn, on the same key, would be refused as one that waits for itself).
+    let release!: () => void;
+    let held!: () => void;
+    const holding = withMigrationLock(
       waitUrl,
       DEFAULT_LOCK_KEY,
       async () => {
-        const queued = runMigrations(dataSource, {
-          lock: {
-            logger: null,
-            hooks: { onWaiting: () => events.push('waiting'), onAcquired: () => events.push('acquired') },
-          },
-        });
-        await waitFor(() => events.includes('waiting'), 10_000, 'the replica to queue');
-        // Meanwhile "another replica" (this holder) applies everything.
+        held();
+        await new Promise<void>((resolve) => (release = resolve));
+        // Meanwhile the other replica applied everything.
         const other = await dataSourceFor(waitUrl).initialize();
         await other.runMigrations();
         await other.destroy();
-        // Wrapped, so this fn does not wait for it: it can only finish once the lock is released.
-        return { queued };
       },
       { logger: null },
     );
+    await new Promise<void>((resolve) => (held = resolve));
+    const queued = runMigrations(dataSource, {
+      lock: {
+        logger: null,
+        hooks: { onWaiting: () => events.push('waiting'), onAcquired: () => events.push('acquired') },
+      },
+    });
+    await waitFor(() => events.includes('waiting'), 10_000, 'the replica to queue');
+    release();
+    await holding;
+    const result = { queued };
     expect(await result.queued).toEqual([]);
     expect(events).toEqual(['waiting']);
     expect(await appliedMigrations(waitUrl, 'typeorm')).toEqual({ total: 3, distinct: 3 });

@@ -93,7 +93,8 @@ export function cli(args: string[], options: RunOptions = {}) {
 export function startOnTerminal(args: string[], options: RunOptions = {}): Run {
   const quote = (arg: string) => `'${arg.replace(/'/g, `'\\''`)}'`;
   // A wide terminal: the live line is cut to the terminal's width, 80 columns by default.
-  const command = `stty cols 200 2>/dev/null; ${[process.execPath, CLI, ...args].map(quote).join(' ')}`;
+  // exec: the CLI itself is the terminal's foreground process, as when a user types the command.
+  const command = `stty cols 200 2>/dev/null; exec ${[process.execPath, CLI, ...args].map(quote).join(' ')}`;
   const child = spawn('script', ['-qfec', command, '/dev/null'], {
     env: testEnv({ TERM: 'xterm', ...options.env }),
     cwd: options.cwd,

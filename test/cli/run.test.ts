@@ -79,7 +79,7 @@ describe('holding the lock while CMD runs', () => {
     expect(stdout).toContain('got SIGTERM');
     expect(code).toBe(1);
     expect(stderr).toMatch(
-      /^error: Lost the migration lock while `.*child\.mjs hold` ran \(terminating connection due to administrator command\): it was stopped \(SIGTERM\), and what it was doing may be incomplete/m,
+      /^error: Lost the migration lock while `.*child\.mjs hold` ran \(terminating connection due to administrator command\): it was stopped \(SIGTERM\), its statements still running on the server were terminated, and what it was doing may be incomplete/m,
     );
     expect(stderr.match(/error:/g)).toHaveLength(1);
   });
@@ -92,7 +92,7 @@ describe('when another process holds the lock', () => {
       const { code, stdout, stderr } = await cli(run('--no-wait', '--', process.execPath, CHILD, 'exit', '0'), { env });
       expect(code).toBe(75);
       expect(stdout).not.toContain('ready');
-      expect(stderr).toContain(`is held by pid ${holder.pid} (cli-test-holder)`);
+      expect(stderr).toContain(`is held by backend pid ${holder.pid} (application_name cli-test-holder)`);
     } finally {
       await holder.release();
     }
@@ -109,7 +109,7 @@ describe('when another process holds the lock', () => {
       expect(performance.now() - started).toBeGreaterThan(300);
       expect(stderr).toMatch(
         new RegExp(
-          `^\\[pg-migration-lock\\] Waiting for migration lock .*, held by pid ${holder.pid} \\(cli-test-holder\\) from .*, connected .* ago \\(waited \\d+ms of 300ms\\)$`,
+          `^\\[pg-migration-lock\\] Waiting for migration lock .*, held by backend pid ${holder.pid} \\(application_name cli-test-holder\\) from .*, connected .* ago \\(waited \\d+ms of 300ms\\)$`,
           'm',
         ),
       );
@@ -172,10 +172,10 @@ describe('when another process holds the lock', () => {
         const { code, stdout } = await cmd.exited;
         expect(code).toBe(75);
         expect(stdout).toContain(
-          `\r\x1b[2K⏳ Waiting 0s of 1.5s for the migration lock, held by pid ${holder.pid} (cli-test-holder)`,
+          `\r\x1b[2K⏳ Waiting 0s of 1.5s for the migration lock, held by backend pid ${holder.pid} (application_name cli-test-holder)`,
         );
         expect(stdout).toContain(
-          `\r\x1b[2K⏳ Waiting 1s of 1.5s for the migration lock, held by pid ${holder.pid} (cli-test-holder)`,
+          `\r\x1b[2K⏳ Waiting 1s of 1.5s for the migration lock, held by backend pid ${holder.pid} (application_name cli-test-holder)`,
         );
         expect(stdout).toContain('error: Timed out');
       } finally {

@@ -22,7 +22,35 @@ describe('status', () => {
   test('--json when unlocked: getLockStatus, the key as a string', async () => {
     const { code, stdout } = await cli(['status', '--json'], { env });
     expect(code).toBe(0);
-    expect(JSON.parse(stdout)).toEqual({ key: DEFAULT_LOCK_KEY.toString(), locked: false, holder: null, waiters: [] });
+    // Without --key or --name, `others` lists the other migration locks held: none here.
+    expect(JSON.parse(stdout)).toEqual({
+      key: DEFAULT_LOCK_KEY.toString(),
+      locked: false,
+      holder: null,
+      waiters: [],
+      work: [],
+      others: [],
+    });
+  });
+
+  test("no key asked for: other migration locks held are shown too (node-pg-migrate's own key), with the flag to see them", async () => {
+    const holder = await holdLock(url, 7241865325823964n);
+    try {
+      const { stdout } = await cli(['status'], { env });
+      expect(stdout).toMatch(/^UNLOCKED {2}migration lock -?\d+ \(default key\)$/m);
+      expect(stdout).toMatch(
+        /^LOCKED {2}migration lock 7241865325823964 \(node-pg-migrate's own key\) {2}\(pg-migration-lock status --key 7241865325823964\)\n {2}holder {7}pid \d+/m,
+      );
+      const json = JSON.parse((await cli(['status', '--json'], { env })).stdout);
+      expect(json.others).toHaveLength(1);
+      expect(json.others[0]).toMatchObject({ key: '7241865325823964', locked: true, holder: { pid: holder.pid } });
+      // release --force on the default key finds nothing, and says how to reach the one that is held.
+      const release = await cli(['release', '--force', '--yes'], { env });
+      expect(release.stderr).toContain('No lock to release');
+      expect(release.stderr).toContain('pg-migration-lock release --force --key 7241865325823964');
+    } finally {
+      await holder.release();
+    }
   });
 
   test("a password in the holder's query is redacted, and --json stays valid JSON", async () => {
@@ -59,7 +87,7 @@ describe('status', () => {
       expect(stdout).toMatch(/^ {2}state {8}idle$/m);
       expect(stdout).toMatch(/^ {2}last query {3}SELECT pg_backend_pid\(\) AS pid$/m);
       expect(stdout).toMatch(
-        /^ {2}waiters {6}1\n {4}pid \d+ \(pg-migration-lock:.+:\d+\) from .+, connected .+ ago, waiting \d+/m,
+        /^ {2}waiters {6}1\n {4}backend pid \d+ \(application_name pg-migration-lock:.+:\d+\) from .+, connected .+ ago, waiting \d+/m,
       );
 
       const json = JSON.parse((await cli(['status', '--json'], { env })).stdout);
@@ -98,7 +126,8 @@ describe('status', () => {
     try {
       await holder.waitForOutput(/ready/);
       const { stdout } = await cli(['status'], { env });
-      expect(stdout).toMatch(/^ {2}application {2}pg-migration-lock:.+:\d+$/m);
+      // Its holding's tag: the key, a token, then the CLI's pid and host.
+      expect(stdout).toMatch(/^ {2}application {2}pg-migration-lock:-?\d+:[0-9a-z]{6}\.\d+@.+$/m);
       expect(stdout).toMatch(/^ {2}last query {3}taking this lock \(pg_try_advisory_lock\)$/m);
     } finally {
       holder.child.kill('SIGTERM');

@@ -4,8 +4,8 @@ import { signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import { drizzleFlags, migrateDrizzle } from '../migrators/drizzle.js';
 import { knexFlags, migrateKnex } from '../migrators/knex.js';
-import { KYSELY_KEY, kyselyFlags, migrateKysely } from '../migrators/kysely.js';
-import { migrateNodePgMigrate, NODE_PG_MIGRATE_KEY, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
+import { kyselyFlags, migrateKysely } from '../migrators/kysely.js';
+import { migrateNodePgMigrate, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
 import { migrateTypeorm, typeormFlags } from '../migrators/typeorm.js';
 import type { AdapterLock, Applied } from '../migrators/types.js';
 import type { Output } from '../output.js';
@@ -30,9 +30,9 @@ Examples:
     );
 
   const action =
-    <F>(run: Migrate<F>, defaultKey?: { key: bigint; label: string }) =>
+    <F>(run: Migrate<F>, tool: string) =>
     async (flags: F & LockFlags, command: Command) => {
-      const ctx = createContext(command, out, defaultKey);
+      const ctx = createContext(command, out, tool);
       const lock = lockOptions(ctx, flags, (signal, why) => {
         // The migrator runs in this process: stopping it closes the session, so PostgreSQL rolls back the
         // open transaction and frees the lock.
@@ -59,7 +59,7 @@ Examples:
   $ pg-migration-lock migrate knex
   $ pg-migration-lock migrate knex --knexfile db/knexfile.mjs --env production --timeout 5m`,
     ),
-  ).action(action(migrateKnex));
+  ).action(action(migrateKnex, 'knex'));
 
   addLockFlags(
     nodePgMigrateFlags(
@@ -76,7 +76,7 @@ Examples:
   $ pg-migration-lock migrate node-pg-migrate -m db/migrations -t schema_migrations --no-wait
   $ pg-migration-lock migrate node-pg-migrate --name billing   # a lock of your own instead`,
     ),
-  ).action(action(migrateNodePgMigrate, NODE_PG_MIGRATE_KEY));
+  ).action(action(migrateNodePgMigrate, 'node-pg-migrate'));
 
   addLockFlags(
     drizzleFlags(
@@ -88,7 +88,7 @@ Examples:
   $ pg-migration-lock migrate drizzle
   $ pg-migration-lock migrate drizzle --migrations-folder db/migrations --timeout 10m`,
     ),
-  ).action(action(migrateDrizzle));
+  ).action(action(migrateDrizzle, 'drizzle'));
 
   addLockFlags(
     typeormFlags(
@@ -110,7 +110,7 @@ Examples:
   $ pg-migration-lock migrate typeorm -d dist/data-source.js
   $ pg-migration-lock migrate typeorm --data-source dist/data-source.js --transaction each --timeout 5m`,
       ),
-  ).action(action(migrateTypeorm));
+  ).action(action(migrateTypeorm, 'typeorm'));
 
   addLockFlags(
     kyselyFlags(
@@ -132,7 +132,7 @@ Examples:
   $ pg-migration-lock migrate kysely
   $ pg-migration-lock migrate kysely --config db/kysely.config.mjs -e production --timeout 5m`,
       ),
-  ).action(action(migrateKysely, KYSELY_KEY));
+  ).action(action(migrateKysely, 'kysely'));
 
   return migrate;
 }

@@ -1,16 +1,14 @@
 import { type Command, Option } from 'commander';
-import pg from 'pg';
-import { keyParts } from '../../key.js';
-import { formatMs, nap } from '../../lock.js';
-import { connectionConfig } from '../../session.js';
-import { lockRowsOf } from '../../status.js';
+import { connectionConfig } from '../../driver/pg.js';
+import { formatMs, nap } from '../../time.js';
+import { watchReleases } from '../../wait.js';
 import { type Context, createContext, parseDurationArg } from '../context.js';
 import { CliError, EXIT, InterruptedError, ParentGoneError, UsageError } from '../errors.js';
 import { trapSignals, watchParent } from '../locking.js';
 import { drizzleFlags, pendingDrizzle } from '../migrators/drizzle.js';
 import { knexFlags, pendingKnex } from '../migrators/knex.js';
-import { KYSELY_KEY, kyselyFlags, pendingKysely } from '../migrators/kysely.js';
-import { NODE_PG_MIGRATE_KEY, nodePgMigrateFlags, pendingNodePgMigrate } from '../migrators/node-pg-migrate.js';
+import { kyselyFlags, pendingKysely } from '../migrators/kysely.js';
+import { nodePgMigrateFlags, pendingNodePgMigrate } from '../migrators/node-pg-migrate.js';
 import { pendingTypeorm, typeormFlags } from '../migrators/typeorm.js';
 import type { PendingCheck } from '../migrators/types.js';
 import type { Output } from '../output.js';
@@ -50,9 +48,9 @@ Examples:
     );
 
   const action =
-    <F>(open: OpenCheck<F>, defaultKey?: { key: bigint; label: string }) =>
+    <F>(open: OpenCheck<F>, tool: string) =>
     async (flags: F & PendingFlags, command: Command) => {
-      const ctx = createContext(command, out, defaultKey);
+      const ctx = createContext(command, out, tool);
       if (flags.timeout !== undefined && !flags.wait) {
         throw new UsageError('--timeout needs --wait', 'Add --wait to wait until no migration is pending.');
       }
@@ -89,7 +87,7 @@ Examples:
   $ pg-migration-lock pending knex
   $ pg-migration-lock pending knex --knexfile db/knexfile.mjs --env production --wait --timeout 5m`,
     )
-    .action(action(pendingKnex));
+    .action(action(pendingKnex, 'knex'));
 
   withPendingFlags(
     nodePgMigrateFlags(pending.command('node-pg-migrate').description('what node-pg-migrate up would run')),
@@ -101,7 +99,7 @@ Examples:
   $ pg-migration-lock pending node-pg-migrate
   $ pg-migration-lock pending node-pg-migrate -m db/migrations -t schema_migrations --json`,
     )
-    .action(action(pendingNodePgMigrate, NODE_PG_MIGRATE_KEY));
+    .action(action(pendingNodePgMigrate, 'node-pg-migrate'));
 
   withPendingFlags(drizzleFlags(pending.command('drizzle').description("what drizzle's migrate() would apply")))
     .addHelpText(
@@ -111,7 +109,7 @@ Examples:
   $ pg-migration-lock pending drizzle
   $ pg-migration-lock pending drizzle --migrations-folder db/migrations --wait`,
     )
-    .action(action(pendingDrizzle));
+    .action(action(pendingDrizzle, 'drizzle'));
 
   withPendingFlags(typeormFlags(pending.command('typeorm').description('what TypeORM migration:run would run')))
     .addHelpText(
@@ -121,7 +119,7 @@ Examples:
   $ pg-migration-lock pending typeorm -d dist/data-source.js
   $ pg-migration-lock pending typeorm --data-source dist/data-source.js --wait --timeout 10m`,
     )
-    .action(action(pendingTypeorm));
+    .action(action(pendingTypeorm, 'typeorm'));
 
   withPendingFlags(
     kyselyFlags(pending.command('kysely').description('what kysely migrate latest would run (your kysely-ctl config)')),
@@ -133,7 +131,7 @@ Examples:
   $ pg-migration-lock pending kysely
   $ pg-migration-lock pending kysely --config db/kysely.config.mjs -e production --wait`,
     )
-    .action(action(pendingKysely, KYSELY_KEY));
+    .action(action(pendingKysely, 'kysely'));
 
   return pending;
 }
@@ -141,18 +139,12 @@ Examples:
 const count = (names: string[]) => `${names.length} migration${names.length === 1 ? '' : 's'}`;
 
 /**
- * Waits, holding no lock and polling nothing, until the check finds nothing pending: it LISTENs on the
- * lock's channel and re-checks when a holder releases, plus every FALLBACK_POLL_MS for releases that
- * do not notify. Resolves `[]`; throws exit 75 on timeout.
- *
- * A release NOTIFYs only when a waiter is registered (the shared registry lock waiters hold), and then
- * names one of them at random. So this session registers too (it shows among `status`'s waiters), and
- * when a release names it, it passes the wake-up on to everyone (an empty payload): a lock waiter must
- * not lose its turn to a session that never takes the lock, and passing on by name could bounce between
- * two `pending --wait` sessions forever. It reacts to every notification on the channel.
+ * Waits, holding no lock, until the check finds nothing pending: it re-checks each time the lock is released
+ * (the core's watch on releases) and, for releases that do not notify (a migration job not using this lock,
+ * a holder that died), every FALLBACK_POLL_MS. Resolves `[]`; throws exit 75 on timeout.
  */
 async function waitUntilNone(
-  { out, key, keyLabel }: Context,
+  { out, key, keyLabel, keyFlag }: Context,
   check: PendingCheck,
   first: string[],
   timeoutMs: number | undefined,
@@ -172,37 +164,14 @@ async function waitUntilNone(
     parentGone = true;
     wake?.();
   });
-  const listener = new pg.Client(connectionConfig(check.database));
-  // A listener that breaks only costs the prompt wake-ups: the fallback poll goes on.
-  listener.on('error', () => {});
-  const { hi, lo } = keyParts(key);
-  const channel = `pg_migration_lock_${key}`;
-  let pid = 0;
-  listener.on('notification', (message) => {
-    if (message.channel !== channel) return;
-    if (message.payload === String(pid)) {
-      listener
-        .query(
-          `SELECT pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid())`,
-          [channel],
-        )
-        .catch(() => {});
-    }
-    wake?.();
-  });
   out.info(
     `Waiting for ${count(first)} to be applied (${first.join(', ')}): re-checking when migration lock ${keyLabel} is released${timeoutMs === undefined ? '' : `, for up to ${formatMs(timeoutMs)}`}`,
   );
   let names = first;
+  let watch: { close(): Promise<void> } | undefined;
   try {
-    await listener.connect();
-    await listener.query(`LISTEN "${channel}"`);
-    pid = (
-      await listener.query<{ pid: number }>(
-        `SELECT pg_backend_pid() AS pid, pg_try_advisory_lock_shared(${hi}, ${lo}) AS registered`,
-      )
-    ).rows[0]!.pid;
-    // A release between the first check and the LISTEN would not wake us: check once more now.
+    watch = await watchReleases(connectionConfig(check.database), key, () => wake?.());
+    // A release between the first check and the watch would not wake us: check once more now.
     names = await check.check();
     while (names.length > 0) {
       if (parentGone) throw new ParentGoneError();
@@ -211,7 +180,7 @@ async function waitUntilNone(
         throw new CliError(
           `Timed out after ${formatMs(elapsed())}: ${count(names)} still pending (${names.join(', ')})`,
           EXIT.notAcquired,
-          'Is the migration job running? See who holds the lock: pg-migration-lock status',
+          `Is the migration job running? See who holds the lock: pg-migration-lock status${keyFlag}`,
         );
       }
       const pause = Math.min(FALLBACK_POLL_MS * (0.8 + Math.random() * 0.4), deadline - elapsed());
@@ -230,6 +199,6 @@ async function waitUntilNone(
   } finally {
     disposeSignals();
     disposeWatch();
-    await listener.end().catch(() => {});
+    await watch?.close().catch(() => {});
   }
 }

@@ -1,14 +1,15 @@
 import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
-import { getLockStatus, releaseLock } from '../../status.js';
+import { describeKey } from '../../key.js';
+import { findMigrationLocks, getLockStatus, type Holder, releaseLock } from '../../status.js';
 import { clientConfig, createContext, databaseUrl } from '../context.js';
 import { CliError, UsageError } from '../errors.js';
 import { describeSession } from '../locking.js';
 import type { Output } from '../output.js';
 import { releaseRefused } from '../privileges.js';
-import { formatHolder } from './status.js';
+import { formatHolder, keyFlagOf } from './status.js';
 
-const DANGER = `Releasing terminates that PostgreSQL session (pg_terminate_backend). If it is running a migration, the migration is cut off mid-way: its open transaction rolls back, but steps already committed stay (a migration without a transaction can be left half-applied, CREATE INDEX CONCURRENTLY can leave an INVALID index), and the process that held the lock fails. Release only a holder that is stuck or gone.`;
+const DANGER = `Releasing terminates that PostgreSQL session (pg_terminate_backend), and the work running under its holding's tag (a run command's statements). If it is running a migration, the migration is cut off mid-way: its open transaction rolls back, but steps already committed stay (a migration without a transaction can be left half-applied, CREATE INDEX CONCURRENTLY can leave an INVALID index), and the process that held the lock fails. Release only a holder that is stuck or gone.`;
 
 export function registerRelease(program: Command, out: Output): Command {
   return program
@@ -37,16 +38,27 @@ Examples:
       }
       const connection = clientConfig(databaseUrl(command, out, true));
       const status = await getLockStatus(connection, ctx.key);
-      if (!status.holder) {
+      if (!status.holder && status.work.length === 0) {
         out.success(`No lock to release: migration lock ${ctx.keyLabel} is not held`);
+        // Another migration lock may be the one meant: say how to reach it.
+        if (!ctx.keyFlag) {
+          for (const other of (await findMigrationLocks(connection)).filter((found) => found.holder)) {
+            out.info(
+              `Migration lock ${describeKey(other.key)} is held by ${describeSession(other.holder)}: pg-migration-lock release --force${keyFlagOf(other.key)}`,
+            );
+          }
+        }
         return;
       }
-      const { pid } = status.holder;
+      const { holder, work } = status;
       if (!out.quiet) {
         // The holder's query may hold a password (ALTER ROLE … PASSWORD): scrubbed like every other line.
-        process.stderr.write(
-          out.scrub(`Migration lock ${ctx.keyLabel} is held by:\n${formatHolder(out, status.holder).join('\n')}\n`),
-        );
+        const lines = holder
+          ? [`Migration lock ${ctx.keyLabel} is held by:`, ...formatHolder(out, holder)]
+          : [`Migration lock ${ctx.keyLabel} is free, but an earlier holding's work still runs under its tag:`];
+        if (holder && work.length > 0) lines.push("  and its holding's work:");
+        for (const session of work) lines.push(`    ${describeSession(session)}`);
+        process.stderr.write(out.scrub(`${lines.join('\n')}\n`));
       }
       out.warn(DANGER);
 
@@ -54,7 +66,10 @@ Examples:
         if (!process.stdin.isTTY || !process.stderr.isTTY) {
           throw new UsageError('Not releasing: there is no terminal to confirm on. Add --yes to confirm.');
         }
-        if (!(await confirm(`Terminate pid ${pid} and release the lock? [y/N] `))) {
+        const what = holder
+          ? `Terminate pid ${holder.pid}${work.length > 0 ? ` and ${pids(work)}` : ''} and release the lock?`
+          : `Terminate ${pids(work)}?`;
+        if (!(await confirm(`${what} [y/N] `))) {
           throw new CliError('Not released: nothing was terminated');
         }
       }
@@ -62,15 +77,30 @@ Examples:
       // Only the session shown: a human may take a while to answer, and the lock may change hands meanwhile.
       let result: Awaited<ReturnType<typeof releaseLock>>;
       try {
-        result = await releaseLock(connection, ctx.key, { pid });
+        result = await releaseLock(connection, ctx.key, holder ? { pid: holder.pid } : {});
       } catch (err) {
         // insufficient_privilege: say which role lacks which right, not just PostgreSQL's "permission denied".
-        if ((err as { code?: unknown }).code === '42501') throw await releaseRefused(connection, pid, err);
+        if ((err as { code?: unknown }).code === '42501')
+          throw await releaseRefused(connection, holder?.pid ?? work[0]!.pid, err);
         throw err;
       }
+      const others = result.terminated.filter((pid) => pid !== result.pid);
+      const alsoWork =
+        others.length > 0 ? ` and its holding's work: ${others.map((pid) => `pid ${pid}`).join(', ')}` : '';
       if (result.released) {
-        out.success(`Released migration lock ${ctx.keyLabel}: terminated pid ${result.pid}`);
+        out.success(`Released migration lock ${ctx.keyLabel}: terminated pid ${result.pid}${alsoWork}`);
         return;
+      }
+      if (!holder) {
+        out.success(
+          `Terminated the earlier holding's work on migration lock ${ctx.keyLabel}: ${others.map((pid) => `pid ${pid}`).join(', ') || 'it had ended meanwhile'}`,
+        );
+        return;
+      }
+      if (result.pid !== null) {
+        throw new CliError(
+          `Not released: pid ${result.pid} was terminated but had not exited after 10s. Run status to see it.`,
+        );
       }
       const now = await getLockStatus(connection, ctx.key);
       if (now.holder) {
@@ -78,9 +108,11 @@ Examples:
           `Not released: the lock changed hands; it is now held by ${describeSession(now.holder)}. Run the command again.`,
         );
       }
-      out.success(`No lock to release: pid ${pid} released it meanwhile`);
+      out.success(`No lock to release: pid ${holder.pid} released it meanwhile`);
     });
 }
+
+const pids = (sessions: Holder[]) => sessions.map(({ pid }) => `pid ${pid}`).join(', ');
 
 /** Asks on the terminal; anything but y/yes (including Ctrl-C and Ctrl-D) is a no. */
 async function confirm(question: string): Promise<boolean> {

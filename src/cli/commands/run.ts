@@ -1,14 +1,17 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { accessSync, constants, type Stats, statSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import type { Socket } from 'node:net';
+import { delimiter, dirname, join } from 'node:path';
 import type { Command } from 'commander';
+import { withSearchParam } from '../../driver/pg.js';
 import { MigrationLockLostError } from '../../errors.js';
 import { withMigrationLock } from '../../lock.js';
 import { errorMessage } from '../../logger.js';
-import { clientConfig, createContext, databaseUrl } from '../context.js';
+import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
 import { CliError, InterruptedError, signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import type { Output } from '../output.js';
+import type { ReaperMessage } from '../reaper.js';
 
 /**
  * How long CMD gets to exit after SIGTERM when the lock is lost or the CLI's parent is gone, before SIGKILL:
@@ -16,11 +19,64 @@ import type { Output } from '../output.js';
  */
 const KILL_AFTER_MS = 10_000;
 
-/** SIGKILL for CMD if it has not exited `KILL_AFTER_MS` after being asked to stop. */
-function stopAfterGrace(child: ChildProcess): void {
-  const timer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS);
-  timer.unref();
-  child.once('exit', () => clearTimeout(timer));
+/** CMD, running under the reaper (./reaper.ts) in a process group of its own. */
+interface Cmd {
+  /** Signals CMD's whole group, once: a Ctrl-C at the terminal reaches only the CLI, which passes it on here. */
+  signal(signal: NodeJS.Signals): void;
+  /** SIGTERM now, SIGKILL to the group if it has not exited after KILL_AFTER_MS. */
+  stop(): void;
+  /** CMD's exit code as a shell reports it (128+n for a signal), or the spawn's failure. */
+  exited: Promise<number>;
+}
+
+/**
+ * Starts CMD with the holding's tag as `PGAPPNAME` (and as `application_name` in a `DATABASE_URL` it reads),
+ * so the next holder can stop its statements, under a reaper that kills CMD's group if this process dies.
+ */
+function startCmd(file: string, args: string[], tag: string, shown: string): Cmd {
+  const env: NodeJS.ProcessEnv = { ...process.env, PGAPPNAME: tag };
+  if (env.DATABASE_URL) env.DATABASE_URL = withSearchParam(env.DATABASE_URL, 'application_name', tag);
+  const reaper = spawn(process.execPath, [join(dirname(process.argv[1]!), 'reaper.js'), file, ...args], {
+    stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
+    detached: true,
+    env,
+  });
+  const group = reaper.pid!;
+  const signal = (sig: NodeJS.Signals) => {
+    try {
+      process.kill(-group, sig);
+    } catch {
+      // the group is gone already
+    }
+  };
+  let reported: ReaperMessage | undefined;
+  let text = '';
+  const control = reaper.stdio[3] as Socket;
+  control.on('data', (chunk) => {
+    text += chunk;
+    if (text.includes('\n')) reported = JSON.parse(text) as ReaperMessage;
+  });
+  control.on('error', () => {});
+  let killer: NodeJS.Timeout | undefined;
+  const exited = new Promise<number>((resolve, reject) => {
+    reaper.once('error', (err: NodeJS.ErrnoException) => reject(spawnError(err, process.execPath, shown)));
+    reaper.once('close', (code, sig) => {
+      clearTimeout(killer);
+      if (reported && 'error' in reported)
+        reject(spawnError(Object.assign(new Error(reported.message), { code: reported.error }), file, shown));
+      else if (reported) resolve(reported.code ?? signalExitCode(reported.signal ?? 'SIGTERM'));
+      // The reaper itself was killed (with CMD's group): that is how CMD ended.
+      else resolve(code ?? signalExitCode(sig ?? 'SIGKILL'));
+    });
+  });
+  return {
+    signal,
+    stop() {
+      signal('SIGTERM');
+      killer ??= setTimeout(() => signal('SIGKILL'), KILL_AFTER_MS);
+    },
+    exited,
+  };
 }
 
 /** Exit codes of a shell for a command it cannot run. */
@@ -81,7 +137,7 @@ export function registerRun(program: Command, out: Output): Command {
       .command('run')
       .summary('hold the lock while a command runs (any migrator)')
       .description(
-        'Take the lock, run CMD with the same stdio, and release the lock when it exits. Exits with CMD’s exit code (128+n if a signal killed it). SIGINT and SIGTERM are forwarded to CMD. If the lock session is lost while CMD runs, CMD is stopped and the command fails (exit 1). If the process that started this one goes away (an npx wrapper or CI runner killed), CMD gets SIGTERM (SIGKILL after 10 s) and the lock is released. A CMD that cannot be run exits 127 (not found) or 126 (not executable), without taking the lock.',
+        "Take the lock, run CMD with the same stdio, and release the lock when it exits. Exits with CMD’s exit code (128+n if a signal killed it). SIGINT and SIGTERM are forwarded to CMD, once. CMD gets the holding's fencing tag as PGAPPNAME (and as application_name in DATABASE_URL), so the next holder terminates whatever statement of it is still running before it starts. If the lock session is lost while CMD runs, CMD is stopped (and its tagged statements terminated) and the command fails (exit 1). If this process is killed, CMD's process group is killed with it. If the process that started this one goes away (an npx wrapper or CI runner killed), CMD gets SIGTERM (SIGKILL after 10 s) and the lock is released. A CMD that cannot be run exits 127 (not found) or 126 (not executable), without taking the lock.",
       )
       .argument('<cmd...>', 'the command and its arguments (put them after --)'),
   )
@@ -100,42 +156,38 @@ Examples:
       const [file, ...args] = argv as [string, ...string[]];
       const shown = argv.join(' ');
 
-      let child: ChildProcess | undefined;
+      let cmd: Cmd | undefined;
       let interrupted: NodeJS.Signals | undefined;
       // Before any connection: a CMD a shell could not run never takes the lock.
       const notRunnable = whyNotRunnable(file);
       if (notRunnable) throw notRunnable;
+      announceTarget(out);
 
       const lock = lockOptions(ctx, flags, (signal, why) => {
-        if (!child) {
+        if (!cmd) {
           interrupted ??= signal;
           return;
         }
         // CMD decides what a signal means (finish the current migration, roll back…); we wait for it. With
         // the parent gone nobody waits for us, so CMD gets a bounded grace and the lock is freed in time.
-        child.kill(signal);
-        if (why === 'parent-gone') stopAfterGrace(child);
+        if (why === 'parent-gone') cmd.stop();
+        else cmd.signal(signal);
       });
       try {
         process.exitCode = await withMigrationLock(
           clientConfig(url),
           ctx.key,
-          async ({ signal: lockLost }) => {
+          async ({ signal: lockLost, tag }) => {
             if (interrupted) throw new InterruptedError(interrupted);
             lockLost.throwIfAborted();
-            const running = spawn(file, args, { stdio: 'inherit' });
-            child = running;
-            // The core reports the loss as it happens; the final error says what became of CMD.
-            const onLost = () => {
-              running.kill('SIGTERM');
-              stopAfterGrace(running);
-            };
+            const running = startCmd(file, args, tag, shown);
+            cmd = running;
+            // The core reports the loss as it happens, and terminates CMD's tagged statements; the final error
+            // says what became of CMD.
+            const onLost = () => running.stop();
             lockLost.addEventListener('abort', onLost, { once: true });
             try {
-              return await new Promise<number>((resolve, reject) => {
-                running.once('error', (err: NodeJS.ErrnoException) => reject(spawnError(err, file, shown)));
-                running.once('exit', (code, signal) => resolve(code ?? signalExitCode(signal ?? 'SIGTERM')));
-              });
+              return await running.exited;
             } finally {
               lockLost.removeEventListener('abort', onLost);
             }
@@ -145,7 +197,7 @@ Examples:
       } catch (err) {
         if (err instanceof MigrationLockLostError) {
           throw new CliError(
-            `Lost the migration lock while \`${shown}\` ran (${errorMessage(err.cause ?? err)}): it was stopped (SIGTERM), and what it was doing may be incomplete. Check the database, then run it again.`,
+            `Lost the migration lock while \`${shown}\` ran (${errorMessage(err.cause ?? err)}): it was stopped (SIGTERM), its statements still running on the server were terminated, and what it was doing may be incomplete. Check the database, then run it again.`,
           );
         }
         throw err;

@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
-import { formatMs } from '../../lock.js';
-import { getLockStatus, type Holder, type LockStatus } from '../../status.js';
+import { describeKey } from '../../key.js';
+import { isLockAttempt } from '../../protocol.js';
+import { findMigrationLocks, getLockStatus, type Holder, type LockStatus } from '../../status.js';
+import { formatMs } from '../../time.js';
 import { clientConfig, createContext, databaseUrl } from '../context.js';
 import { ago, describeSession } from '../locking.js';
 import type { Output } from '../output.js';
@@ -11,9 +13,12 @@ export function registerStatus(program: Command, out: Output): Command {
     .command('status')
     .summary('show who holds the lock and who waits for it')
     .description(
-      'Print LOCKED or UNLOCKED, the session holding the lock (pid, application_name, client address, since when, current query) and the sessions waiting for it. Exit 0 either way.',
+      "Print LOCKED or UNLOCKED, the session holding the lock (pid, application_name, client address, since when, current query), the sessions waiting for it, and the work running under the holding's tag. Without --key or --name, also every other migration lock held here: node-pg-migrate's, kysely's and Prisma's own keys, and any key held or waited for through this tool. Exit 0 either way.",
     )
-    .option('--json', 'print getLockStatus() as JSON (key as a string, dates as ISO 8601)')
+    .option(
+      '--json',
+      'print getLockStatus() as JSON (key as a string, dates as ISO 8601); without --key or --name, with `others`: the other migration locks held',
+    )
     .addHelpText(
       'after',
       `
@@ -26,19 +31,42 @@ Examples:
       const ctx = createContext(command, out);
       const connection = clientConfig(databaseUrl(command, out, true));
       const status = await getLockStatus(connection, ctx.key);
-      if (flags.json) out.json(status);
-      else out.data(formatStatus(out, status, ctx.keyLabel));
+      // No key asked for: the default, and whatever other migration lock is held (a migrator's own key, a --name).
+      const others = ctx.keyFlag ? undefined : await otherLocks(connection, ctx.key);
+      if (flags.json) out.json(others ? { ...status, others } : status);
+      else {
+        const shown = [formatStatus(out, status, ctx.keyLabel)];
+        for (const other of others ?? [])
+          shown.push(formatStatus(out, other, describeKey(other.key), keyFlagOf(other.key)));
+        out.data(shown.join('\n\n'));
+      }
       const note = await visibilityNote(connection, status);
       if (note) out.warn(note);
     });
 }
 
-export function formatStatus(out: Output, status: LockStatus, keyLabel: string): string {
+/** The other migration locks of this database that are held, waited for, or have tagged work running. */
+async function otherLocks(connection: Parameters<typeof findMigrationLocks>[0], key: bigint): Promise<LockStatus[]> {
+  return (await findMigrationLocks(connection)).filter(
+    (found) => found.key !== key && (found.locked || found.waiters.length > 0 || found.work.length > 0),
+  );
+}
+
+/** The flag that shows (or releases) this key. */
+export const keyFlagOf = (key: bigint) => ` --key ${key}`;
+
+export function formatStatus(out: Output, status: LockStatus, keyLabel: string, flag?: string): string {
   const c = out.out;
   const lines = [
-    `${status.locked ? c.bold(c.red('LOCKED')) : c.bold(c.green('UNLOCKED'))}  migration lock ${keyLabel}`,
+    `${status.locked ? c.bold(c.red('LOCKED')) : c.bold(c.green('UNLOCKED'))}  migration lock ${keyLabel}${flag ? c.dim(`  (pg-migration-lock status${flag})`) : ''}`,
   ];
   if (status.holder) lines.push(...formatHolder(out, status.holder));
+  if (status.work.length > 0) {
+    const whose = status.holder ? "the holding's work" : "an earlier holding's work, still running";
+    lines.push(`  ${'work'.padEnd(LABEL)}${whose}:`);
+    for (const session of status.work)
+      lines.push(`    ${describeSession(session)}${session.state ? `, ${session.state}` : ''}`);
+  }
   lines.push(`  ${'waiters'.padEnd(LABEL)}${status.waiters.length === 0 ? c.dim('none') : status.waiters.length}`);
   for (const waiter of status.waiters) {
     const waited = waiter.waitingMs === undefined ? '' : `, waiting ${formatMs(waiter.waitingMs)}`;
@@ -69,7 +97,7 @@ export function formatHolder(out: Output, holder: Holder): string[] {
 
 /** A query on one line: whitespace collapsed, long ones cut; our own lock acquisition named as such. */
 function describeQuery(out: Output, query: string): string {
-  if (/^(\/\* pg-migration-lock:[^*]*\*\/\s*)?SELECT[^;]*pg_try_advisory_lock\(/i.test(query)) {
+  if (isLockAttempt(query)) {
     return out.out.dim('taking this lock (pg_try_advisory_lock)');
   }
   const text = query.replace(/\s+/g, ' ').trim();

@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { drizzle as drizzleFn } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
-import { connectionConfig } from '../../session.js';
+import { connectionConfig } from '../../driver/pg.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';

@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import type { Dialect, Kysely, KyselyPlugin } from 'kysely';
 import type { MigrationProvider, MigratorProps } from 'kysely/migration';
 import type pg from 'pg';
-import { connectionConfig } from '../../session.js';
+import { connectionConfig } from '../../driver/pg.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
@@ -19,12 +19,6 @@ export interface KyselyFlags {
   /** `migrate` only (`--no-transaction`). */
   transaction?: boolean;
 }
-
-/**
- * kysely's own migration lock id: `migrate kysely` uses it unless --key or --name is given, so this CLI,
- * the pg-migration-lock/kysely adapter and plain kysely runs all wait for one another.
- */
-export const KYSELY_KEY = { key: 3853314791062309107n, label: "kysely's own key" };
 
 /** The flags of `migrate kysely` and `pending kysely`: kysely-ctl's config file and environment. */
 export function kyselyFlags(command: Command): Command {

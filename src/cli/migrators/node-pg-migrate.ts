@@ -7,12 +7,6 @@ import { migrationFailure, migrationFile } from './failure.js';
 import { existingDir } from './project.js';
 import type { AdapterLock, Applied, PendingCheck } from './types.js';
 
-/**
- * node-pg-migrate's own advisory-lock key (its PG_MIGRATE_LOCK_ID), the default of its adapter too: the
- * CLI, the adapter and plain node-pg-migrate all wait for one another.
- */
-export const NODE_PG_MIGRATE_KEY = { key: 7241865325823964n, label: "node-pg-migrate's own key" };
-
 export interface NodePgMigrateFlags {
   migrationsDir: string;
   migrationsTable: string;

@@ -4,7 +4,7 @@ import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type pg from 'pg';
 import type { DataSource } from 'typeorm';
-import { connectionConfig } from '../../session.js';
+import { connectionConfig } from '../../driver/pg.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';

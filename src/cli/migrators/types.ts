@@ -8,7 +8,7 @@ export interface Applied {
 }
 
 /** The lock options a migrator passes to its adapter. */
-export type AdapterLock = import('../../lock.js').MigrationLockOptions & { key: bigint };
+export type AdapterLock = import('../../options.js').MigrationLockOptions & { key: bigint };
 
 /**
  * A migrator's pending check, set up once (config loaded, migrator imported) and asked as often as

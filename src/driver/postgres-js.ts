@@ -1,27 +1,7 @@
-import type { Session, SessionSource } from './session.js';
-
-// postgres.js (npm `postgres`) behind the Session seam. Nothing here imports 'postgres': the caller's
-// own `sql` object is all we use, and these structural types keep our .d.ts free of it, so users
-// without `postgres` installed typecheck.
-
-/** What we use of a reserved postgres.js `sql` (from `await sql.reserve()`): one connection of its own. */
-export interface PostgresJsReservedSql {
-  unsafe(query: string, parameters?: unknown[], options?: object): PromiseLike<unknown>;
-  release(): void;
-}
-
-/**
- * What we use of a postgres.js `sql` (from `postgres(url)`): `reserve()` for the lock session,
- * `listen()` for the waiters' wake-ups.
- */
-export interface PostgresJsSql {
-  unsafe(query: string, parameters?: unknown[], options?: object): PromiseLike<unknown>;
-  reserve(): Promise<PostgresJsReservedSql>;
-  listen(channel: string, onnotify: (payload: string) => void): PromiseLike<{ unlisten(): PromiseLike<unknown> }>;
-}
-
-/** The client `fn` gets for a postgres.js source: the reserved sql (the caller's own, when they passed a reserved one). */
-export type ReservedOf<S> = S extends { reserve(): Promise<infer R> } ? R : S;
+// postgres.js (npm `postgres`) behind the Session seam. Nothing here imports 'postgres': the caller's own
+// `sql` object is all we use, typed structurally (./types.ts), so users without `postgres` installed typecheck.
+import { endsSession } from './errors.js';
+import type { PostgresJsReservedSql, PostgresJsSql, Session, SessionSource } from './types.js';
 
 /** postgres.js' internal connection object, reached through the `onexecute` query option (as its own `sql.begin` does). */
 interface Connection {
@@ -44,13 +24,6 @@ function watched<S extends object>(reserved: S, watch: <Q>(query: Q) => Q): S {
       return (...args: unknown[]) => watch(Reflect.apply(value as (...args: unknown[]) => unknown, target, args));
     },
   });
-}
-
-/** A statement failed because its connection is gone, not because of the statement. */
-function isConnectionLoss(error: unknown): boolean {
-  const { code, severity } = (error ?? {}) as { code?: unknown; severity?: unknown };
-  if (severity === 'FATAL' || severity === 'PANIC') return true;
-  return typeof code === 'string' && /^(CONNECTION_(CLOSED|DESTROYED|ENDED)|CONNECT_TIMEOUT|E[A-Z]+)$/.test(code);
 }
 
 /** What we read of a postgres.js sql's `options`. */
@@ -145,7 +118,7 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
     if (typeof handler !== 'function' || typeof reject !== 'function') return query;
     statement!.handler = (self: unknown) => (lostError === undefined ? handler(self) : statement!.reject!(lostError));
     statement!.reject = (error: unknown) => {
-      if (isConnectionLoss(error)) lose(error);
+      if (endsSession(error)) lose(error);
       reject(error);
     };
     return query;

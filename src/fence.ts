@@ -1,0 +1,94 @@
+// Fencing: work done under the lock carries the holding's tag, so the next holder can stop what an earlier
+// holding left running (an orphaned command, a statement still executing after its client died, fn's extra
+// connections) before it starts, and a holding that loses its session can stop its own.
+import { type Query, type SessionSource, withSession } from './driver/index.js';
+import { MigrationLockError } from './errors.js';
+import { errorMessage, type Logger } from './logger.js';
+import { stillThereSql, taggedSql, terminateTagSql } from './protocol.js';
+import { formatMs, nap } from './time.js';
+
+/** A backend still carrying an earlier holding's tag. */
+export interface Stale {
+  pid: number;
+  tag: string;
+  role: string | null;
+}
+
+// pg_terminate_backend only signals: a backend leaves at its next interrupt check, at once unless the
+// kernel holds it (a write to a dead peer ends within tcp_user_timeout). Past this, refuse rather than overlap.
+const FENCE_BOUND_MS = 30_000;
+
+const describe = (stale: Stale[]) =>
+  stale.map(({ pid, tag, role }) => `pid ${pid}${role ? ` of role "${role}"` : ''} (${tag})`).join(', ');
+
+/**
+ * Terminates every backend of this database that carries another holding's tag of `key`, and waits until
+ * they are gone, before the new holder starts; logged with which pids and whose tags. A role that may not
+ * terminate them (or backends that do not leave) make it throw: never run beside them.
+ */
+export async function fenceStale(
+  query: Query,
+  key: bigint,
+  tag: string,
+  stale: Stale[],
+  { logger }: { logger: Logger },
+  label: string,
+): Promise<void> {
+  logger.warn(
+    `Migration lock ${label}: an earlier holder's work is still running on ${stale.length} backend${stale.length === 1 ? '' : 's'}: ${describe(stale)}; terminating ${stale.length === 1 ? 'it' : 'them'} before this holder starts`,
+  );
+  const startedAt = performance.now();
+  const seen = new Map(stale.map((backend) => [backend.pid, backend]));
+  for (;;) {
+    let left: Stale[];
+    try {
+      // Signals every such backend (again, if it has not left yet), and any that appeared since.
+      left = await query<Stale>(taggedSql(key, tag, true));
+    } catch (err) {
+      if ((err as { code?: string }).code !== '42501') throw err;
+      const [me] = await query<{ me: string }>('SELECT current_user AS me').catch(() => [{ me: '' }]);
+      throw new MigrationLockError(
+        `Migration lock ${label} was free, but an earlier holder's work still runs on ${describe([...seen.values()])}, and role "${me?.me}" may not terminate it (${errorMessage(err)}). Running beside it could apply a migration twice, so this holder does not start. Grant the right: GRANT pg_signal_backend TO "${me?.me}" (a superuser's sessions need a superuser), or stop that work.`,
+        key,
+        null,
+        { cause: err },
+      );
+    }
+    if (left.length === 0) break;
+    for (const backend of left) seen.set(backend.pid, backend);
+    if (performance.now() - startedAt > FENCE_BOUND_MS) {
+      throw new MigrationLockError(
+        `Migration lock ${label}: ${describe(left)} still ran ${formatMs(FENCE_BOUND_MS)} after pg_terminate_backend, so this holder does not start beside it`,
+        key,
+      );
+    }
+    await nap(20).done;
+  }
+  logger.info(
+    `Migration lock ${label}: terminated ${[...seen.keys()].map((pid) => `pid ${pid}`).join(', ')}; starting`,
+  );
+}
+
+/**
+ * A holding lost its session: terminate whatever still runs under its tag (a command's statements, fn's
+ * extra connections), from a new session, since the lock no longer protects it. Best effort, bounded, logged.
+ */
+export async function fenceOwn(source: SessionSource, tag: string, logger: Logger): Promise<void> {
+  if (!source.reopenable) return;
+  const work = withSession(source, async (session) => {
+    const signalled = await session.query<{ pid: number }>(terminateTagSql(tag));
+    if (signalled.length === 0) return;
+    logger.warn(
+      `Terminated the work still running under this holding's tag ${tag}: ${signalled.map(({ pid }) => `pid ${pid}`).join(', ')}`,
+    );
+    const pids = signalled.map(({ pid }) => pid);
+    for (const deadline = performance.now() + 5_000; performance.now() < deadline; ) {
+      if ((await session.query(stillThereSql, [pids])).length === 0) return;
+      await nap(20).done;
+    }
+  });
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([work, new Promise((resolve) => (timer = setTimeout(resolve, 15_000)))])
+    .catch((err) => logger.warn(`Could not terminate the work under this holding's tag ${tag}: ${errorMessage(err)}`))
+    .finally(() => clearTimeout(timer));
+}
