@@ -14,7 +14,7 @@ import {
 } from './driver/index.js';
 import { MigrationLockLostError } from './errors.js';
 import { fenceOwn } from './fence.js';
-import { type LockKeyInput, parseKey } from './key.js';
+import { describeKey, type LockKeyInput, parseKey } from './key.js';
 import { callSafely, errorMessage } from './logger.js';
 import { type LockContext, type MigrationLockOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { newTag } from './protocol.js';
@@ -100,6 +100,8 @@ async function lockFrom<T, C>(
   const k = parseKey(key);
   if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
   const opts = resolveOptions(options);
+  // Messages name a key of the key table as the CLI does: `-4853655304891776800 (default key)`.
+  opts.keyLabel ??= describeKey(k);
   const source = isSessionSource(client) ? client : sessionSource(client, { applicationName: opts.applicationName });
   opts.signal?.throwIfAborted();
   // A caller's session is marked before the first await, so two calls started in the same tick on it

@@ -106,8 +106,8 @@ export interface MigrationLockOptions {
    */
   pollIntervalMs?: number;
   /**
-   * How a label names the key in messages, e.g. `"billing" (key 123…)`; the CLI passes its own.
-   * @default the key itself
+   * How messages name the key, e.g. `"billing" (key 123…)`; the CLI passes its own.
+   * @default the key, and whose it is for a key of the key table: `-4853655304891776800 (default key)`
    */
   keyLabel?: string;
 }
