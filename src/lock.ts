@@ -2,7 +2,7 @@
 // it tagged (fencing), notice a lost session, release (release.ts).
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type pg from 'pg';
-import { acquire, type Held, SKIPPED, type Unless } from './acquire.js';
+import { acquire, SKIPPED, type Unless } from './acquire.js';
 import {
   type ClientSource,
   isSessionSource,
@@ -19,6 +19,7 @@ import { callSafely, errorMessage } from './logger.js';
 import { type LockContext, type MigrationLockOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { newTag } from './protocol.js';
 import { release } from './release.js';
+import type { Held } from './session.js';
 import { formatMs } from './time.js';
 
 export { SKIPPED, type Unless } from './acquire.js';

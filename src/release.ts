@@ -1,6 +1,6 @@
 // Releasing after fn: unlock, wake the next waiter, put the session's settings back and give it back, all
 // bounded, so a call never hangs on a dead network; and tell a lost lock from a failed unlock.
-import { bounded, type Held, UnansweredError } from './acquire.js';
+
 import { MigrationLockLostError } from './errors.js';
 import { callSafely, errorMessage, type Logger } from './logger.js';
 import type { ResolvedOptions } from './options.js';
@@ -13,6 +13,7 @@ import {
   unlockSql,
 } from './protocol.js';
 import { poolerAdvice } from './server-checks.js';
+import { bounded, type Held, UnansweredError } from './session.js';
 
 const UNLOCK_FAILURE_OUTCOME = {
   own: '; closing the connection releases it',

@@ -79,7 +79,10 @@ describe('Waiter', () => {
       Array(4).fill('try /* pg-migration-lock: waiting for 1 since 1000 */'),
     );
     expect(naps).toHaveLength(3);
-    for (const ms of naps) expect(ms).toBeGreaterThanOrEqual(900), expect(ms).toBeLessThan(1_300);
+    for (const ms of naps) {
+      expect(ms).toBeGreaterThanOrEqual(900);
+      expect(ms).toBeLessThan(1_300);
+    }
     expect(waiter.pid).toBe(42);
   });
 
@@ -162,7 +165,7 @@ describe('Waiter', () => {
       options: options(),
       clock,
       startedAt: 0,
-      isDone: async () => (askedAt.push(clock.now()), askedAt.length === 3),
+      isDone: async () => askedAt.push(clock.now()) === 3,
       recheckEveryMs: 2_000,
     });
     expect(await waiter.run()).toBe(DONE);
