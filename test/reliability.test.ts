@@ -1,6 +1,9 @@
+import { drizzle } from 'drizzle-orm/node-postgres';
+import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
+import { DataSource } from 'typeorm';
 import { describe, expect, test } from 'vitest';
-import { getLockStatus, MigrationLockBusyError, withMigrationLock } from '../src/index.js';
+import { getLockStatus, MigrationLockBusyError, MigrationLockError, withMigrationLock } from '../src/index.js';
 import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
 import { poolerAdvice, unsupportedServer } from '../src/server-checks.js';
 import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js';
@@ -234,6 +237,31 @@ describe('bad input: a clear error before any query, and no lock left behind', (
       /got a mysql: URL/,
     ],
     ['key fractional', () => withMigrationLock(url, 1.5, () => {}), /Invalid lock key/],
+    // Objects that are not a lock source: named, with what to pass instead, before pg could read them as a
+    // config and connect with the PG* environment.
+    [
+      'a Kysely instance',
+      () =>
+        withMigrationLock(new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool() }) }) as never, 1n, () => {}),
+      /got a Kysely instance: pass the pg.Pool of its dialect \(or a URL\)/,
+    ],
+    [
+      'a drizzle database',
+      () => withMigrationLock(drizzle({ client: new pg.Pool() }) as never, 1n, () => {}),
+      /got a drizzle database: pass its client \(db.\$client\)/,
+    ],
+    [
+      'a TypeORM DataSource',
+      () => withMigrationLock(new DataSource({ type: 'postgres' }) as never, 1n, () => {}),
+      /got a TypeORM DataSource: use pg-migration-lock\/typeorm/,
+    ],
+    ['an empty object', () => withMigrationLock({}, 1n, () => {}), /a config that names no server/],
+    [
+      'an object with keys a pg config does not have',
+      () => withMigrationLock({ url: 'postgres://u:s3cret-PASS@db/app' } as never, 1n, () => {}),
+      /got an object with `url`, which a pg client config does not have/,
+    ],
+    ['a class instance', () => withMigrationLock(new Map() as never, 1n, () => {}), /got an instance of Map/],
   ];
   for (const [name, call, message] of rejectsEarly) {
     test(name, async () => {
@@ -265,4 +293,49 @@ describe('bad input: a clear error before any query, and no lock left behind', (
       expect(performance.now() - started).toBeLessThan(5_000);
     });
   }
+});
+
+describe('calls that could only hang or exclude nobody are refused at once', () => {
+  test("a client inside a transaction block: MigrationLockError; the caller's transaction and settings are untouched", async () => {
+    await withClient(url, async (client) => {
+      await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await client.query("SET LOCAL statement_timeout = '7s'");
+      const error = await withMigrationLock(client, 96n, () => 'ran', quiet).catch((err: unknown) => err);
+      expect(error).toBeInstanceOf(MigrationLockError);
+      expect((error as Error).message).toMatch(/inside a transaction block.*COMMIT or ROLLBACK first/);
+      expect(await lockRows(url, 96n)).toEqual([]);
+      const { rows } = await client.query(
+        "SELECT current_setting('transaction_isolation') AS iso, current_setting('statement_timeout') AS st, current_setting('tcp_keepalives_idle') AS idle",
+      );
+      expect(rows[0]).toMatchObject({ iso: 'repeatable read', st: '7s' });
+      await client.query('COMMIT');
+      // Outside the block, the same client locks.
+      expect(await withMigrationLock(client, 96n, () => 'ran', quiet)).toBe('ran');
+    });
+  });
+
+  test('a call nested in fn on the key its own caller holds (same pool): refused at once, the outer call goes on', async () => {
+    const pool = new pg.Pool({ connectionString: url, max: 3 });
+    try {
+      const inner = await withMigrationLock(
+        pool,
+        97n,
+        () => withMigrationLock(pool, 97n, () => 'inner ran', quiet).catch((err: unknown) => err),
+        quiet,
+      );
+      expect(inner).toBeInstanceOf(MigrationLockError);
+      expect((inner as Error).message).toMatch(/held by the very call this one runs inside/);
+      // A sibling call in the same process (not nested) still waits its turn.
+      let release!: () => void;
+      const first = withMigrationLock(pool, 97n, () => new Promise<void>((r) => (release = r)), quiet);
+      await waitFor(() => release !== undefined);
+      const second = withMigrationLock(pool, 97n, () => 'second ran', quiet);
+      await waitFor(async () => (await waiters(97n)) === 1);
+      release();
+      await first;
+      expect(await second).toBe('second ran');
+    } finally {
+      await pool.end();
+    }
+  });
 });
