@@ -1,4 +1,4 @@
-// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead]
+// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,chaos]
 // The performance suite: against a throwaway embedded PostgreSQL (or BENCH_DATABASE_URL), prints one
 // Markdown table per section, then every target with its measured value, and writes all figures as JSON
 // (bench/results.json, or BENCH_RESULTS / --out). BENCH_SMOKE=1 is --smoke: tiny N, few iterations.
@@ -63,6 +63,9 @@ const config = values.smoke
       loadWindowMs: 1000,
       iterations: 100,
       overheadIterations: 3,
+      chaosRounds: 3,
+      chaosReplicas: 3,
+      chaosSteps: 10,
     }
   : {
       migrations: 60,
@@ -79,6 +82,9 @@ const config = values.smoke
       loadWindowMs: 10_000,
       iterations: 2000,
       overheadIterations: 40,
+      chaosRounds: 40,
+      chaosReplicas: 6,
+      chaosSteps: 20,
     };
 if (values.repeats !== undefined) {
   config.repeats = Number(values.repeats);
