@@ -13,6 +13,7 @@ import {
   fixture,
   lockRows,
   resetSectionTables,
+  skipUnlessRequired,
   sleep,
   spawnNode,
   spawnProcess,
@@ -100,9 +101,9 @@ function netnsUnavailable(): string | undefined {
   return undefined;
 }
 const unavailable = netnsUnavailable();
-if (unavailable) console.warn(`Skipping the vanished-host test: ${unavailable}`);
+const skipVanished = skipUnlessRequired(unavailable && `the vanished-host test ${unavailable}`);
 
-describe.skipIf(unavailable !== undefined)('a holder whose host vanishes (packets dropped: no FIN, no RST)', () => {
+describe.skipIf(skipVanished)('a holder whose host vanishes (packets dropped: no FIN, no RST)', () => {
   // A namespace and veth pair of this test's own; the holders live inside it, the server outside.
   const id = process.pid % 250;
   const ns = `pgml${process.pid}`;

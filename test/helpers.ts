@@ -115,3 +115,17 @@ export async function expectSerialSections(url: string, count: number): Promise<
     }
   });
 }
+
+/**
+ * A fault test's tool is missing: the test is skipped with `reason`, except where CI says the tools must be
+ * there (PGML_REQUIRE_FAULT_TOOLS=1, set by .ci/run after installing them): then the file fails, so a
+ * broken install cannot turn into a quietly green run.
+ */
+export function skipUnlessRequired(reason: string | undefined): boolean {
+  if (reason === undefined) return false;
+  if (process.env.PGML_REQUIRE_FAULT_TOOLS === '1') {
+    throw new Error(`${reason}, and PGML_REQUIRE_FAULT_TOOLS=1 says this run must not skip it`);
+  }
+  console.warn(`Skipped: ${reason}`);
+  return true;
+}

@@ -17,6 +17,7 @@ import {
   fixture,
   lockRows,
   resetSectionTables,
+  skipUnlessRequired,
   sleep,
   spawnNode,
   waitFor,
@@ -24,10 +25,11 @@ import {
 } from './helpers.js';
 
 const binary = findPgbouncer();
-const skipped = binary ? '' : ' [SKIPPED: pgbouncer is not installed; apt-get install -y pgbouncer]';
-if (!binary)
-  console.warn('pooler.test.ts: no pgbouncer on PATH, in /usr/sbin or $PGBOUNCER: the PgBouncer tests are skipped');
-const pgbouncerTest = test.skipIf(!binary);
+const skip = skipUnlessRequired(
+  binary ? undefined : 'pooler.test.ts needs pgbouncer (on PATH, in /usr/sbin or $PGBOUNCER; apt-get install -y pgbouncer)',
+);
+const skipped = skip ? ' [SKIPPED: pgbouncer is not installed; apt-get install -y pgbouncer]' : '';
+const pgbouncerTest = test.skipIf(skip);
 
 // Direct to the server: pg_locks is always read here, never through a pooler.
 const url = await createTestDatabase();
