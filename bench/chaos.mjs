@@ -9,7 +9,8 @@ import { lockKey } from 'pg-migration-lock';
 import { startPostgres } from '../test/postgres.mjs';
 import { fmtS, sleep, within } from './lib.mjs';
 
-const CLI = fileURLToPath(new URL('../dist/cli/index.js', import.meta.url));
+// BENCH_CLI: another build's CLI to put through the same rounds (e.g. an older release, to compare).
+const CLI = process.env.BENCH_CLI ?? fileURLToPath(new URL('../dist/cli/index.js', import.meta.url));
 const STEP = fileURLToPath(new URL('chaos-step.mjs', import.meta.url));
 const NAME = 'chaos';
 const KEY = lockKey(NAME);

@@ -26,7 +26,9 @@ import {
 
 const binary = findPgbouncer();
 const skip = skipUnlessRequired(
-  binary ? undefined : 'pooler.test.ts needs pgbouncer (on PATH, in /usr/sbin or $PGBOUNCER; apt-get install -y pgbouncer)',
+  binary
+    ? undefined
+    : 'pooler.test.ts needs pgbouncer (on PATH, in /usr/sbin or $PGBOUNCER; apt-get install -y pgbouncer)',
 );
 const skipped = skip ? ' [SKIPPED: pgbouncer is not installed; apt-get install -y pgbouncer]' : '';
 const pgbouncerTest = test.skipIf(skip);

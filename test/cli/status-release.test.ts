@@ -149,6 +149,21 @@ describe('status', () => {
     }
   });
 
+  test('hints name the exact lock: the same --name or --key as the command that hit it', async () => {
+    const holder = await holdLock(url, lockKey('billing'));
+    try {
+      const busy = await cli(['run', '--name', 'billing', '--no-wait', '--', 'true'], { env });
+      expect(busy.code).toBe(75);
+      expect(busy.stderr).toContain('See who holds it: pg-migration-lock status --name billing');
+      const timedOut = await cli(['run', '--name', 'billing', '--timeout', '200ms', '--', 'true'], { env });
+      expect(timedOut.stderr).toContain(
+        'pg-migration-lock status --name billing; a stale holder: pg-migration-lock release --force --name billing',
+      );
+    } finally {
+      await holder.release();
+    }
+  });
+
   test('colors: off when not a terminal, on with FORCE_COLOR, never with NO_COLOR', async () => {
     expect((await cli(['status'], { env: { ...env, NO_COLOR: undefined } })).stdout).not.toContain('\x1b[');
     const forced = await cli(['status'], { env: { ...env, NO_COLOR: undefined, FORCE_COLOR: '1' } });
