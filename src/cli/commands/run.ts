@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import { accessSync, constants, type Stats, statSync } from 'node:fs';
 import type { Socket } from 'node:net';
-import { delimiter, dirname, join } from 'node:path';
+import { delimiter, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { withSearchParam } from '../../driver/pg.js';
 import { MigrationLockLostError } from '../../errors.js';
@@ -18,6 +19,10 @@ import type { ReaperMessage } from '../reaper.js';
  * with the parent check every 0.5 s, the lock is free within the SPEC's 15 s.
  */
 const KILL_AFTER_MS = 10_000;
+
+// Beside this file in dist/cli/ (the CLI is built as ESM only), however the CLI was started: an npm bin
+// link, npx, a path.
+const REAPER = fileURLToPath(new URL('./reaper.js', import.meta.url));
 
 /** CMD, running under the reaper (./reaper.ts) in a process group of its own. */
 interface Cmd {
@@ -36,7 +41,7 @@ interface Cmd {
 function startCmd(file: string, args: string[], tag: string, shown: string): Cmd {
   const env: NodeJS.ProcessEnv = { ...process.env, PGAPPNAME: tag };
   if (env.DATABASE_URL) env.DATABASE_URL = withSearchParam(env.DATABASE_URL, 'application_name', tag);
-  const reaper = spawn(process.execPath, [join(dirname(process.argv[1]!), 'reaper.js'), file, ...args], {
+  const reaper = spawn(process.execPath, [REAPER, file, ...args], {
     stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
     detached: true,
     env,
