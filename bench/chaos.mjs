@@ -53,16 +53,19 @@ async function holder(url) {
     [KEY.toString()],
   ).catch(() => []);
   if (!row) return undefined;
-  return { backend: row.pid, cli: Number(/^pg-migration-lock:-?\d+:[0-9a-z]{6}\.(\d+)@/.exec(row.tag ?? '')?.[1]) };
+  // The CLI's pid: in the holding's tag (`…:<token>.<pid>@<host>`), or an older build's `pg-migration-lock:<host>:<pid>`.
+  const pid =
+    /^pg-migration-lock:-?\d+:[0-9a-z]{6}\.(\d+)@/.exec(row.tag ?? '')?.[1] ?? /:(\d+)$/.exec(row.tag ?? '')?.[1];
+  return { backend: row.pid, cli: Number(pid) };
 }
 
-/** Intervals of each replica's committed steps, and the pairs that overlap. */
+/** The span of each replica's committed steps (first start to last commit), and the pairs that overlap. */
 function overlaps(beats) {
   const spans = new Map();
-  for (const { replica, at } of beats) {
-    const t = new Date(at).getTime();
-    const span = spans.get(replica) ?? { from: t, to: t };
-    spans.set(replica, { from: Math.min(span.from, t), to: Math.max(span.to, t) });
+  for (const { replica, started, at } of beats) {
+    const [from, to] = [new Date(started).getTime(), new Date(at).getTime()];
+    const span = spans.get(replica) ?? { from, to };
+    spans.set(replica, { from: Math.min(span.from, from), to: Math.max(span.to, to) });
   }
   const sorted = [...spans.entries()].sort((a, b) => a[1].from - b[1].from);
   const found = [];
@@ -77,7 +80,10 @@ export async function chaos(ctx) {
   // A server of its own: the chaos restarts it.
   const server = await startPostgres({ durable: false });
   const url = server.url;
-  await query(url, 'CREATE TABLE beats (replica int NOT NULL, round int NOT NULL, at timestamptz NOT NULL)');
+  await query(
+    url,
+    'CREATE TABLE beats (replica int NOT NULL, round int NOT NULL, started timestamptz NOT NULL, at timestamptz NOT NULL)',
+  );
   const env = { DATABASE_URL: url };
   const rows = [];
   let overlapping = 0;
@@ -107,7 +113,7 @@ export async function chaos(ctx) {
         })(),
         `round ${round}: a first step`,
       );
-      await sleep(Math.random() * steps * 40);
+      await sleep(Math.random() * steps * 500);
       const target = (await holder(url)) ?? strikeAt;
       if (fault === 'sigkill-cli' && target?.cli) process.kill(target.cli, 'SIGKILL');
       else if (fault === 'terminate-lock' && target)
@@ -127,7 +133,7 @@ export async function chaos(ctx) {
       const seconds = (performance.now() - started) / 1000;
       slowest = Math.max(slowest, seconds);
       fenced += exits.filter((e) => /an earlier holder's work is still running/.test(e.output)).length;
-      const beats = await query(url, 'SELECT replica, at FROM beats WHERE round = $1', [round]);
+      const beats = await query(url, 'SELECT replica, started, at FROM beats WHERE round = $1', [round]);
       const { replicasThatRan, found } = overlaps(beats);
       overlapping += found.length;
       for (const [a, b] of found) ctx.problem(`chaos round ${round} (${fault}): replicas ${a} and ${b} overlapped`);
@@ -157,7 +163,7 @@ export async function chaos(ctx) {
       ['all', String(rows.length), String(rows.reduce((n, r) => n + r.replicasThatRan, 0)), String(overlapping)],
     ],
     notes: [
-      `${rounds} rounds of ${replicas} \`run\` replicas of a ${steps}-step migration (50 ms a step) on a server of its own; the slowest round took ${fmtS(slowest * 1000)}.`,
+      `${rounds} rounds of ${replicas} \`run\` replicas of a ${steps}-step migration (0.1 to 2 s a step) on a server of its own; the slowest round took ${fmtS(slowest * 1000)}.`,
       `A new holder terminated an earlier holding's still-running work (fencing) in ${fenced} hand-offs.`,
     ],
     targets: [

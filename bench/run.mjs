@@ -63,9 +63,9 @@ const config = values.smoke
       loadWindowMs: 1000,
       iterations: 100,
       overheadIterations: 3,
-      chaosRounds: 3,
+      chaosRounds: 2,
       chaosReplicas: 3,
-      chaosSteps: 10,
+      chaosSteps: 2,
     }
   : {
       migrations: 60,
@@ -84,7 +84,7 @@ const config = values.smoke
       overheadIterations: 40,
       chaosRounds: 40,
       chaosReplicas: 6,
-      chaosSteps: 20,
+      chaosSteps: 4,
     };
 if (values.repeats !== undefined) {
   config.repeats = Number(values.repeats);
