@@ -1,15 +1,80 @@
-// postgres.js (npm `postgres`) behind the Session seam. Nothing here imports 'postgres': the caller's own
-// `sql` object is all we use, typed structurally (./types.ts), so users without `postgres` installed typecheck.
+// postgres.js (npm `postgres`, 3.x and 4.x) behind the Session seam. Nothing here imports 'postgres': the
+// caller's own `sql` object is all we use, typed structurally (./types.ts), so users without `postgres`
+// installed typecheck.
+//
+// postgres.js tells nobody when a reserved connection closes: the pool just takes it back. How we notice
+// depends on the major version, told apart by what it does with our first statement on a session:
+// - 4.x publishes what it does on diagnostics channels (its public API): the `postgres:query` trace of our
+//   first statement names the connection, and `postgres:pool` announces that connection's `close`. A
+//   reserved sql refuses statements once its connection closed, by itself.
+// - 3.x (no longer developed) has no such API: its Connection object is reached through the `onexecute`
+//   query option (as its own `sql.begin` does), and statements are checked before they are sent, because
+//   3.x would write them to the closed (or reconnected) connection.
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { endsSession } from './errors.js';
 import type { PostgresJsReservedSql, PostgresJsSql, Session, SessionSource } from './types.js';
 
-/** postgres.js' internal connection object, reached through the `onexecute` query option (as its own `sql.begin` does). */
-interface Connection {
+/** postgres.js 3's internal connection object, reached through the `onexecute` query option. */
+interface ConnectionV3 {
   /** Sends Terminate and ends the socket, and rejects everything queued on it at once. */
   terminate(): void;
   /** Called once (then cleared) when the socket closes, whatever the reason. `sql.begin` uses the same slot. */
   onclose?: ((error: unknown) => void) | null;
 }
+
+/** What a `postgres:query` trace (postgres.js 4) tells of a statement, once it settled. */
+interface QueryTrace {
+  connection?: number | null;
+  host?: string | null;
+  port?: number | null;
+  database?: string;
+  result?: unknown;
+  error?: unknown;
+}
+
+/** A `postgres:pool` message (postgres.js 4). */
+interface PoolEvent {
+  event?: string;
+  connection?: number | null;
+  host?: string | null;
+  port?: number | null;
+  database?: string;
+  error?: unknown;
+}
+
+const QUERY_SETTLED = 'tracing:postgres:query:asyncEnd';
+const POOL = 'postgres:pool';
+
+// Traces of settled statements, by what the statement resolved or rejected with (the very object its
+// caller gets). Only collected while a session still has to learn its connection: postgres.js 4 builds
+// traces only while someone listens.
+const traces = new WeakMap<object, QueryTrace>();
+const collect = (message: unknown) => {
+  const trace = message as QueryTrace;
+  const outcome = trace.error ?? trace.result;
+  if (outcome !== null && typeof outcome === 'object' && typeof trace.connection === 'number') {
+    traces.set(outcome, trace);
+  }
+};
+let collecting = 0;
+/** Awaits `statement` with traces collected: how it settled, and its trace (postgres.js 4 only). */
+async function traced(statement: PromiseLike<unknown>): Promise<{ ok: boolean; outcome: unknown; trace?: QueryTrace }> {
+  if (collecting++ === 0) subscribe(QUERY_SETTLED, collect);
+  let settled: { ok: boolean; outcome: unknown };
+  try {
+    settled = { ok: true, outcome: await statement };
+  } catch (err) {
+    settled = { ok: false, outcome: err };
+  } finally {
+    if (--collecting === 0) unsubscribe(QUERY_SETTLED, collect);
+  }
+  const { outcome } = settled;
+  return { ...settled, trace: typeof outcome === 'object' && outcome !== null ? traces.get(outcome) : undefined };
+}
+
+/** Which connection a trace or a pool message is about: ids count per postgres.js module, so with the endpoint. */
+const connectionOf = (x: { connection?: number | null; host?: string | null; port?: number | null }) =>
+  `${x.connection}@${x.host}:${x.port}`;
 
 // The reserved sql's members that make a statement (called as a tagged template, it makes one too).
 const STATEMENTS = new Set<PropertyKey>(['unsafe', 'file', 'notify']);
@@ -34,7 +99,8 @@ interface ParsedOptions {
 }
 
 /**
- * With a column transform on the sql (`postgres.camel`: now_ms → nowMs), our rows come back renamed.
+ * With a column transform on the sql (`postgres.camel`: now_ms → nowMs), our rows come back renamed
+ * (postgres.js 3, whose statements cannot opt out of it; on 4 ours use `.transform(false)`).
  * The transform is a function we can call, so each renamed column is mapped back to the identifier of
  * our statement it came from.
  */
@@ -55,6 +121,16 @@ function columnNamesBack(from: ((name: string) => string) | undefined) {
 }
 
 type Unsafe = (query: string, parameters?: unknown[], options?: object) => PromiseLike<unknown>;
+
+/** A statement as postgres.js builds it: sent when awaited. */
+interface Statement extends PromiseLike<unknown> {
+  /** 4.x: leaves the sql's transforms out of this statement's rows. */
+  transform?: (transform: false) => unknown;
+  /** 4.x: asks the server to cancel it. */
+  cancel?: () => unknown;
+  /** 4.x, internal: the connection it was sent on. Only used to cut a connection (see `cut`). */
+  connection?: { destroy?: (error?: Error) => void };
+}
 
 /** A postgres.js `sql` or reserved `sql`: a function with `unsafe` (a `pg` client is an object). */
 export function isPostgresJs(source: unknown): source is PostgresJsSql | PostgresJsReservedSql {
@@ -93,7 +169,14 @@ const LISTEN_WITHIN_MS = 5_000;
 
 function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'], parent?: PostgresJsSql): Session {
   const unsafe = reserved.unsafe.bind(reserved) as Unsafe;
-  let connection: Connection | undefined;
+  // How this postgres.js tells us of a close, learnt from our first statement: 3.x through its Connection
+  // (`v3`), 4.x through its diagnostics channels (`channels`); undefined until then.
+  let flavor: 'v3' | 'channels' | undefined;
+  let v3: ConnectionV3 | undefined;
+  // 4.x: our connection (`id@host:port`), and the connection object our statements were sent on (see `cut`).
+  let ours: string | undefined;
+  let sentOn: Statement['connection'];
+  const pending = new Set<Statement>();
   let lostError: unknown;
   let lostListener: ((error: unknown) => void) | undefined;
   let given = false;
@@ -102,14 +185,41 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
     lostError = error ?? new Error('Connection closed');
     lostListener?.(lostError);
   };
-  // postgres.js builds a statement at once but sends it only when it is awaited, so a statement is
+
+  // 4.x: a close is announced on `postgres:pool`, in the same tick as the connection's statements are
+  // rejected, so the loss is known before anyone sees them fail. Closes heard before our first statement
+  // named our connection are kept until it does.
+  const closedEarly = new Set<string>();
+  const onPool = (message: unknown) => {
+    const event = message as PoolEvent;
+    if (event.event !== 'close') return;
+    const which = connectionOf(event);
+    if (which === ours) lose(event.error);
+    else if (flavor === undefined && closedEarly.size < 1_000) closedEarly.add(which);
+  };
+  let listening = true;
+  subscribe(POOL, onPool);
+  const stopListening = () => {
+    if (listening) unsubscribe(POOL, onPool);
+    listening = false;
+  };
+  const learn = (trace: QueryTrace | undefined) => {
+    if (flavor !== undefined || !trace) return;
+    flavor = 'channels';
+    ours = connectionOf(trace);
+    if (closedEarly.has(ours)) lose(new Error('Connection closed'));
+    closedEarly.clear();
+  };
+
+  // 3.x: postgres.js builds a statement at once but sends it only when it is awaited, so a statement is
   // checked when it is sent: after a loss it is refused, never written to the closed connection (which
   // hangs it, or crashes the process: porsager/postgres#1208). And a reset connection fails its
   // statements (ECONNRESET) a tick before its socket's close reaches `onclose`: the loss is also taken
-  // from the first statement that fails that way, before anyone sees it fail. postgres.js sends a
-  // statement through its own `handler` and settles it through its own `reject`, both wrapped here.
-  // (Fragments such as sql('name') have neither, and pass as they are.)
+  // from the first statement that fails that way, before anyone sees it fail. postgres.js 3 sends a
+  // statement through its own `handler` and settles it through its own `reject`, both
+  // wrapped here. (Fragments such as sql('name') have neither, and pass as they are; 4.x needs none of it.)
   const watch = <Q>(query: Q): Q => {
+    if (flavor !== 'v3') return query;
     const statement = query as {
       handler?: (statement: unknown) => unknown;
       reject?: (error: unknown) => void;
@@ -123,16 +233,32 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
     };
     return query;
   };
-  // postgres.js tells nobody when a reserved connection closes: the pool just takes it back. Its
-  // Connection has one `onclose` slot (what `sql.begin` uses), reachable through `onexecute`, which
-  // postgres.js calls for a statement without parameters (our first statement on a session has none).
-  const onexecute = (c: Connection) => {
-    if (!connection) {
-      connection = c;
+  // 3.x: its Connection has one `onclose` slot (what `sql.begin` uses), reachable through `onexecute`,
+  // which postgres.js 3 calls for a statement without parameters (our first statement on a session has
+  // none). 4.x does not know the option.
+  const onexecute = (c: ConnectionV3) => {
+    if (!v3 && flavor === undefined) {
+      flavor = 'v3';
+      v3 = c;
       c.onclose = lose;
+      stopListening();
     }
     return true; // false would mark the connection as full: later queries would queue
   };
+  /** Closes the connection at once: what is queued on it is rejected, and the pool opens another later. */
+  const cut = () => {
+    if (v3) {
+      if (v3.onclose === lose) v3.onclose = null;
+      v3.terminate();
+      return;
+    }
+    // 4.x has no public way to close one connection: its connection object, which our statements carry,
+    // can. Without it, cancelling what is pending is the next best thing: postgres.js closes the
+    // connection itself when the server does not answer the cancel within `cancel_timeout`.
+    if (typeof sentOn?.destroy === 'function') sentOn.destroy();
+    else for (const statement of pending) Promise.resolve(statement.cancel?.()).catch(() => {});
+  };
+
   const options = (parent as { options?: ParsedOptions } | undefined)?.options;
   const untransform = columnNamesBack(options?.transform?.column?.from);
   return {
@@ -145,8 +271,28 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
       // After a close the pool may reconnect this very connection for someone else (or it has no
       // socket): a statement of ours must never run there.
       if (lostError !== undefined) throw lostError;
-      const rows = Array.from((await watch(unsafe(text, params, { onexecute }))) as R[]);
-      return untransform ? rows.map((row) => untransform(text, row as Record<string, unknown>) as R) : rows;
+      const statement = unsafe(text, params, { onexecute }) as Statement;
+      // 4.x: our rows as the server names their columns, whatever the sql's transforms (3.x: see untransform).
+      const transformed = typeof statement.transform !== 'function';
+      if (!transformed) statement.transform!(false);
+      pending.add(statement);
+      let result: unknown;
+      try {
+        if (flavor !== undefined) result = await watch(statement);
+        else {
+          const { ok, outcome, trace } = await traced(statement);
+          learn(trace);
+          if (!ok) throw outcome;
+          result = outcome;
+        }
+      } finally {
+        pending.delete(statement);
+        sentOn ??= statement.connection;
+      }
+      const rows = Array.from(result as R[]);
+      return untransform && transformed
+        ? rows.map((row) => untransform(text, row as Record<string, unknown>) as R)
+        : rows;
     },
     // A borrowed reserved sql has no `listen` (only its parent has): its waiters only poll.
     listen: parent
@@ -187,24 +333,23 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
       };
     },
     destroy() {
-      // No way to the socket itself: terminate() rejects what is queued at once and closes the socket;
-      // the pool takes the connection back once it is closed.
-      if (connection) {
-        if (connection.onclose === lose) connection.onclose = null;
-        connection.terminate();
-      }
+      // No round trip: what is queued is rejected at once and the socket closed; the pool takes the
+      // connection back once it is closed.
+      stopListening();
+      cut();
       lose(new Error('Connection destroyed'));
     },
     async release(discard) {
       if (given) return;
       given = true;
-      if (connection?.onclose === lose) connection.onclose = null;
+      stopListening();
+      if (v3?.onclose === lose) v3.onclose = null;
       // A closed connection went back to the pool by itself; handing it back again would put a dead
-      // connection in its open queue. The caller's own reserved sql stays theirs.
+      // connection in its open queue (3.x). The caller's own reserved sql stays theirs.
       if (kind !== 'pooled' || lostError !== undefined) return;
-      if (discard && connection) {
+      if (discard && (v3 || typeof sentOn?.destroy === 'function')) {
         // Closing the connection releases any lock it may still hold; the pool reconnects it later.
-        connection.terminate();
+        cut();
         return;
       }
       reserved.release();
