@@ -212,3 +212,34 @@ describe('the CLI never outlives the process that started it', () => {
     expect(rows[0].t).toBeNull();
   });
 });
+
+describe("kysely: a config whose dialect 'pg' or 'postgres' has no dialectConfig", () => {
+  const cwd = fixture('kysely-no-dialect-config');
+  const cases = [
+    ['pg', [], 'pool'],
+    ['postgres', ['-e', 'postgres'], 'postgres'],
+  ] as const;
+
+  test.each(cases)("dialect '%s': the database URL is used, like --database-url", async (_dialect, flags) => {
+    const db = await createTestDatabase();
+    const before = await cli(['pending', 'kysely', ...flags], { cwd, env: { DATABASE_URL: db } });
+    expect(before.code, before.stderr).toBe(3);
+    expect(before.stdout).toBe('001_create_gizmos\n002_slow_add_size\n');
+    const migrated = await cli(['migrate', 'kysely', ...flags], { cwd, env: { DATABASE_URL: db } });
+    expect(migrated.code, migrated.stderr).toBe(0);
+    expect(migrated.stdout).toBe('✔ kysely: applied 2 migrations\n  001_create_gizmos\n  002_slow_add_size\n');
+    const { rows } = await withClient(db, (client) => client.query('SELECT name FROM kysely_migration ORDER BY name'));
+    expect(rows.map((row) => row.name)).toEqual(['001_create_gizmos', '002_slow_add_size']);
+  });
+
+  test.each(cases)("dialect '%s' and no database URL: exit 2, saying what to add", async (dialect, flags, setting) => {
+    for (const command of ['migrate', 'pending']) {
+      const { code, stderr } = await cli([command, 'kysely', ...flags], { cwd });
+      expect(code, stderr).toBe(2);
+      expect(stderr).toContain(
+        `error: kysely.config.mjs has dialect '${dialect}' but no dialectConfig.${setting}, and no database URL is given\n`,
+      );
+      expect(stderr).toContain(`Set DATABASE_URL (or pass --database-url), or add dialectConfig: { ${setting}: `);
+    }
+  });
+});
