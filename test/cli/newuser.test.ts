@@ -243,3 +243,18 @@ describe("kysely: a config whose dialect 'pg' or 'postgres' has no dialectConfig
     }
   });
 });
+
+describe('typeorm: a CommonJS data source file', () => {
+  test('`exports.default = new DataSource(…)` (what tsc emits for `export default`) is found, as TypeORM’s CLI finds it', async () => {
+    const db = await createTestDatabase();
+    const dataSource = fixture('typeorm-cjs/data-source.js');
+    const before = await cli(['pending', 'typeorm', '-d', dataSource], { env: { DATABASE_URL: db } });
+    expect(before.code, before.stderr).toBe(3);
+    expect(before.stdout).toBe('CreateWidgets1700000000001\n');
+    const migrated = await cli(['migrate', 'typeorm', '-d', dataSource], { env: { DATABASE_URL: db } });
+    expect(migrated.code, migrated.stderr).toBe(0);
+    expect(migrated.stdout).toBe('✔ typeorm: applied 1 migration\n  CreateWidgets1700000000001\n');
+    const { rows } = await withClient(db, (client) => client.query("SELECT to_regclass('cjs_widgets') AS t"));
+    expect(rows[0].t).toBe('cjs_widgets');
+  });
+});
