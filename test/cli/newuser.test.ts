@@ -258,3 +258,20 @@ describe('typeorm: a CommonJS data source file', () => {
     expect(rows[0].t).toBe('cjs_widgets');
   });
 });
+
+describe('knex: the Database line says when the knexfile reads DATABASE_URL', () => {
+  test.each([
+    ['connection: { connectionString: process.env.DATABASE_URL }', 'knex-connection-string/knexfile.cjs'],
+    ['connection: process.env.DATABASE_URL', 'knex/knexfile.cjs'],
+  ])('%s', async (_form, knexfile) => {
+    const db = await createTestDatabase();
+    const { code, stderr } = await cli(['pending', 'knex', '--knexfile', fixture(knexfile)], {
+      env: { DATABASE_URL: db },
+    });
+    expect(code, stderr).toBe(3);
+    expect(stderr).toMatch(
+      /^\[pg-migration-lock\] Database: postgres:\/\/\S+ \(from knexfile\.cjs, environment "development", which reads DATABASE_URL\)$/m,
+    );
+    expect(stderr).not.toContain('not used');
+  });
+});

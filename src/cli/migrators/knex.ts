@@ -83,7 +83,7 @@ async function openKnex(
     const fromEnv = process.env.DATABASE_URL;
     const ignored = !fromEnv
       ? ''
-      : config.connection === fromEnv
+      : readsUrl(config.connection, fromEnv)
         ? ', which reads DATABASE_URL'
         : '; DATABASE_URL is set but not used: --database-url overrides';
     out.targetSource = `${basename(knexfile)}, environment "${envName}"${ignored}`;
@@ -170,6 +170,12 @@ function registerSecrets(out: Output, connection: unknown): void {
   const settings = connection as { password?: unknown; connectionString?: unknown };
   if (typeof settings.password === 'string') out.addSecret(settings.password);
   if (typeof settings.connectionString === 'string') out.addConnectionString(settings.connectionString);
+}
+
+/** Whether a knexfile's connection is this URL: `connection: process.env.DATABASE_URL` or `{ connectionString: … }`. */
+function readsUrl(connection: unknown, url: string): boolean {
+  if (typeof connection === 'string') return connection === url;
+  return (connection as { connectionString?: unknown } | null)?.connectionString === url;
 }
 
 /** A knexfile's connection as a redacted URL-like name (a function or other shape: named as such). */
