@@ -1,6 +1,6 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { MigrationLockBusyError, MigrationLockError, MigrationLockTimeoutError } from '../errors.js';
 import { errorMessage } from '../logger.js';
 import { registerMigrate } from './commands/migrate.js';
@@ -36,11 +36,12 @@ The lock is a PostgreSQL session advisory lock; from psql:
   SELECT * FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1;`;
 
 export function buildProgram(out: Output): Command {
+  const version = packageVersion();
   const program = new Command('pg-migration-lock')
     .description(
       'Run database migrations under a PostgreSQL advisory lock, so that of many processes starting at once (replicas, init containers, CI jobs) one migrates and the others wait.',
     )
-    .version(packageVersion(), '-V, --version')
+    .version(version, '-V, --version', 'output the version number (also -v)')
     // Options after a command name belong to that command, so `run -- CMD --flags` reaches CMD untouched.
     .enablePositionalOptions()
     .showHelpAfterError('(add --help for usage)')
@@ -51,6 +52,11 @@ export function buildProgram(out: Output): Command {
       outputError: (text, write) => write(`${out.err.red(out.err.bold('error:'))}${text.replace(/^error:/, '')}`),
     })
     .addHelpText('after', EXAMPLES);
+  // `-v` too, as many CLIs take it (commander gives an option one short flag): it prints what -V prints.
+  program.addOption(new Option('-v').hideHelp()).on('option:v', () => {
+    process.stdout.write(`${version}\n`);
+    throw new CommanderError(0, 'commander.version', version);
+  });
   addGlobalOptions(program);
   registerRun(program, out);
   registerMigrate(program, out);

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -273,5 +273,15 @@ describe('knex: the Database line says when the knexfile reads DATABASE_URL', ()
       /^\[pg-migration-lock\] Database: postgres:\/\/\S+ \(from knexfile\.cjs, environment "development", which reads DATABASE_URL\)$/m,
     );
     expect(stderr).not.toContain('not used');
+  });
+});
+
+describe('-v', () => {
+  test.each(['-v', '-V', '--version'])('%s prints the version and exits 0', async (flag) => {
+    const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+    const { code, stdout, stderr } = await cli([flag]);
+    expect(code, stderr).toBe(0);
+    expect(stdout).toBe(`${version}\n`);
+    expect(stderr).toBe('');
   });
 });
