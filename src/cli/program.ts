@@ -9,7 +9,7 @@ import { registerRelease } from './commands/release.js';
 import { registerRun } from './commands/run.js';
 import { registerStatus } from './commands/status.js';
 import { addGlobalOptions } from './context.js';
-import { CliError, EXIT, exitCodeOf, isConnectError } from './errors.js';
+import { CliError, EXIT, exitCodeOf, isConnectError, isMissingPassword } from './errors.js';
 import { Output } from './output.js';
 
 const EXAMPLES = `
@@ -82,12 +82,23 @@ export async function main(argv: string[]): Promise<void> {
     }
     out.error(...explain(out, err));
     process.exitCode = exitCodeOf(err);
+    if (isConnectError(err) || isMissingPassword(err)) {
+      // Whatever the failed connection left open must not keep the process alive: pg leaves the socket of a
+      // failed SCRAM exchange open (a pool of the CLI's, TypeORM's, knex's). Everything we wait for is done.
+      setTimeout(() => process.exit(), 500).unref();
+    }
   }
 }
 
 /** The one message (and a hint when there is a useful next step) an error is reported with. */
 function explain(out: Output, err: unknown): [message: string, hint?: string] {
   if (err instanceof CliError) return [err.message, err.hint];
+  if (isMissingPassword(err)) {
+    // pg's own words ("SASL: SCRAM-SERVER-FIRST-MESSAGE: client password must be a string") say neither.
+    return [
+      `Cannot connect to ${out.target ?? 'the database'}: the server asks for a password and the URL has none: add it (user:password@) or set PGPASSWORD`,
+    ];
+  }
   if (err instanceof MigrationLockBusyError) {
     return [`${err.message} (--no-wait)`, `See who holds it: pg-migration-lock status${out.keyFlag}`];
   }

@@ -97,7 +97,9 @@ async function openKnex(
       // knex names the failing file, then repeats the error our final line gives: keep the name for that line.
       const file = /^migration file "(.+)" failed$/.exec(message)?.[1];
       if (file) failedFile = file;
-      else if (!message.startsWith('migration failed with error:')) out.detail(`knex: ${message}`);
+      // knex throws the error it logs as "Acquire connection error: <stack>" right after: our last line names it.
+      else if (!/^(migration failed with error:|Acquire connection error:)/.test(message))
+        out.detail(`knex: ${message}`);
     },
     error: (message) => out.detail(`knex: ${message}`),
     deprecate: (method, alternative) => out.warn(`knex: ${method} is deprecated, use ${alternative}`),
