@@ -128,7 +128,9 @@ async function openKysely(
     () => kyselyModule as unknown as typeof import('kysely/migration'),
   );
   const { db, database } = await kyselyOf(command, out, config, kyselyModule, file);
-  out.targetSource ??= basename(file);
+  if (out.target) out.targetSource ??= basename(file);
+  // A Kysely instance or dialect of the config's own, or a pool set up by PG* variables: the server names it.
+  else await nameFromServer(out, db, kyselyModule, file);
   return {
     db,
     database,
@@ -284,6 +286,19 @@ function describeDatabase(out: Output, options: pg.ClientConfig | undefined): pg
     out.target = `postgres://${options.user ? `${options.user}@` : ''}${options.host}${options.port ? `:${options.port}` : ''}/${options.database ?? ''}`;
   }
   return connectionConfig(options);
+}
+
+/** The database a Kysely instance connects to, as the server names it, for the Database line: the config does not say. */
+async function nameFromServer(out: Output, db: Kysely<unknown>, kysely: typeof import('kysely'), file: string) {
+  const { rows } = await kysely.sql<{ user: string; database: string; host: string | null; port: number | null }>`
+    SELECT current_user AS "user", current_database() AS "database", host(inet_server_addr()) AS "host",
+      inet_server_port() AS "port"`.execute(db);
+  const row = rows[0];
+  if (!row) return;
+  // No address: a Unix socket (libpq's `postgres://user@/db`).
+  const host = row.host === null ? '' : row.host.includes(':') ? `[${row.host}]` : row.host;
+  out.target = `postgres://${encodeURIComponent(row.user)}@${host}${row.port ? `:${row.port}` : ''}/${encodeURIComponent(row.database)}`;
+  out.targetSource = `${basename(file)}, as the server names it`;
 }
 
 /** kysely-ctl accepts a value or a (possibly async) factory of it in several places. */

@@ -60,6 +60,7 @@ export async function migrateTypeorm(
 /** What `migrate typeorm` would apply, with the same flags: the adapter's `pending` (TypeORM's executor). */
 export async function pendingTypeorm(command: Command, out: Output, flags: TypeormFlags): Promise<PendingCheck> {
   const { dataSource, database } = await openDataSource(command, out, flags);
+  announceTarget(out);
   await dataSource.initialize();
   const { pending } = await import('../../../adapters/typeorm.js');
   return {
