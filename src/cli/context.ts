@@ -132,10 +132,17 @@ function shownUrl(out: Output, url: string): string {
   return /@/.test(shown.replace(/:\*\*\*@/g, '')) ? '(not shown: it may contain a password)' : shown;
 }
 
-/** "Database: postgres://app:***@db:5432/app (from DATABASE_URL)": which database a migrate run acts on. */
+/**
+ * "Database: postgres://app:***@db:5432/app (from DATABASE_URL)": which database a command acts on, once per
+ * run (a migrator's set-up and the command may both call it), on stderr, not with --quiet.
+ */
 export function announceTarget(out: Output): void {
-  if (out.target) out.info(`Database: ${out.target} (from ${out.targetSource ?? 'the configuration'})`);
+  if (!out.target || announced.has(out)) return;
+  announced.add(out);
+  out.info(`Database: ${out.target} (from ${out.targetSource ?? 'the configuration'})`);
 }
+
+const announced = new WeakSet<Output>();
 
 /** A pg config for connections we open: a bounded connect time, so an unreachable server fails instead of hanging. */
 export function clientConfig(url: string): pg.ClientConfig {

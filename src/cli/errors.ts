@@ -1,4 +1,5 @@
 import { constants } from 'node:os';
+import { isConnectFailure } from '../driver/errors.js';
 import { MISSING_MIGRATOR, MigrationLockBusyError, MigrationLockTimeoutError } from '../errors.js';
 import { errorMessage } from '../logger.js';
 
@@ -48,17 +49,22 @@ export function signalExitCode(signal: NodeJS.Signals): number {
   return 128 + (constants.signals[signal] ?? 0);
 }
 
-// Errors raised while opening a connection: network errno codes, and SQLSTATE classes 08 (connection
-// exception), 28 (authentication), 3D000 (no such database), 57P03 (server starting up).
-const CONNECT_CODES =
-  /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|08...|28...|3D000|57P03)$/;
+/** The error says we could not connect (unreachable, refused, authentication, no such database, TLS): the driver's one classifier. */
+export const isConnectError = isConnectFailure;
 
-export function isConnectError(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && CONNECT_CODES.test(code)) return true;
-  return /connection timeout|Connection terminated unexpectedly|self[- ]signed certificate|does not support SSL/i.test(
-    errorMessage(err),
-  );
+/**
+ * The connection offered no password where the server asks for one: pg's own SCRAM error ("client password
+ * must be a string") or the server's answer to an empty password (method `password`); the error or its cause.
+ */
+export function isMissingPassword(err: unknown): boolean {
+  let current = err;
+  for (let depth = 0; current && depth < 3; depth++) {
+    if (/client password must be a (non-empty )?string|empty password returned by client/.test(errorMessage(current))) {
+      return true;
+    }
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
 }
 
 /** Maps any error to the SPEC's exit code. */

@@ -1,6 +1,6 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { MigrationLockBusyError, MigrationLockError, MigrationLockTimeoutError } from '../errors.js';
 import { errorMessage } from '../logger.js';
 import { registerMigrate } from './commands/migrate.js';
@@ -9,7 +9,7 @@ import { registerRelease } from './commands/release.js';
 import { registerRun } from './commands/run.js';
 import { registerStatus } from './commands/status.js';
 import { addGlobalOptions } from './context.js';
-import { CliError, EXIT, exitCodeOf, isConnectError } from './errors.js';
+import { CliError, EXIT, exitCodeOf, isConnectError, isMissingPassword } from './errors.js';
 import { Output } from './output.js';
 
 const EXAMPLES = `
@@ -36,11 +36,12 @@ The lock is a PostgreSQL session advisory lock; from psql:
   SELECT * FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1;`;
 
 export function buildProgram(out: Output): Command {
+  const version = packageVersion();
   const program = new Command('pg-migration-lock')
     .description(
       'Run database migrations under a PostgreSQL advisory lock, so that of many processes starting at once (replicas, init containers, CI jobs) one migrates and the others wait.',
     )
-    .version(packageVersion(), '-V, --version')
+    .version(version, '-V, --version', 'output the version number (also -v)')
     // Options after a command name belong to that command, so `run -- CMD --flags` reaches CMD untouched.
     .enablePositionalOptions()
     .showHelpAfterError('(add --help for usage)')
@@ -51,6 +52,11 @@ export function buildProgram(out: Output): Command {
       outputError: (text, write) => write(`${out.err.red(out.err.bold('error:'))}${text.replace(/^error:/, '')}`),
     })
     .addHelpText('after', EXAMPLES);
+  // `-v` too, as many CLIs take it (commander gives an option one short flag): it prints what -V prints.
+  program.addOption(new Option('-v').hideHelp()).on('option:v', () => {
+    process.stdout.write(`${version}\n`);
+    throw new CommanderError(0, 'commander.version', version);
+  });
   addGlobalOptions(program);
   registerRun(program, out);
   registerMigrate(program, out);
@@ -76,12 +82,23 @@ export async function main(argv: string[]): Promise<void> {
     }
     out.error(...explain(out, err));
     process.exitCode = exitCodeOf(err);
+    if (isConnectError(err) || isMissingPassword(err)) {
+      // Whatever the failed connection left open must not keep the process alive: pg leaves the socket of a
+      // failed SCRAM exchange open (a pool of the CLI's, TypeORM's, knex's). Everything we wait for is done.
+      setTimeout(() => process.exit(), 500).unref();
+    }
   }
 }
 
 /** The one message (and a hint when there is a useful next step) an error is reported with. */
 function explain(out: Output, err: unknown): [message: string, hint?: string] {
   if (err instanceof CliError) return [err.message, err.hint];
+  if (isMissingPassword(err)) {
+    // pg's own words ("SASL: SCRAM-SERVER-FIRST-MESSAGE: client password must be a string") say neither.
+    return [
+      `Cannot connect to ${out.target ?? 'the database'}: the server asks for a password and the URL has none: add it (user:password@) or set PGPASSWORD`,
+    ];
+  }
   if (err instanceof MigrationLockBusyError) {
     return [`${err.message} (--no-wait)`, `See who holds it: pg-migration-lock status${out.keyFlag}`];
   }

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -210,5 +210,78 @@ describe('the CLI never outlives the process that started it', () => {
     // Stopped inside its 3 s migration: rolled back as a whole (node-pg-migrate runs it in a transaction).
     const { rows } = await withClient(db, (client) => client.query("SELECT to_regclass('three_seconds_done') AS t"));
     expect(rows[0].t).toBeNull();
+  });
+});
+
+describe("kysely: a config whose dialect 'pg' or 'postgres' has no dialectConfig", () => {
+  const cwd = fixture('kysely-no-dialect-config');
+  const cases = [
+    ['pg', [], 'pool'],
+    ['postgres', ['-e', 'postgres'], 'postgres'],
+  ] as const;
+
+  test.each(cases)("dialect '%s': the database URL is used, like --database-url", async (_dialect, flags) => {
+    const db = await createTestDatabase();
+    const before = await cli(['pending', 'kysely', ...flags], { cwd, env: { DATABASE_URL: db } });
+    expect(before.code, before.stderr).toBe(3);
+    expect(before.stdout).toBe('001_create_gizmos\n002_slow_add_size\n');
+    const migrated = await cli(['migrate', 'kysely', ...flags], { cwd, env: { DATABASE_URL: db } });
+    expect(migrated.code, migrated.stderr).toBe(0);
+    expect(migrated.stdout).toBe('✔ kysely: applied 2 migrations\n  001_create_gizmos\n  002_slow_add_size\n');
+    const { rows } = await withClient(db, (client) => client.query('SELECT name FROM kysely_migration ORDER BY name'));
+    expect(rows.map((row) => row.name)).toEqual(['001_create_gizmos', '002_slow_add_size']);
+  });
+
+  test.each(cases)("dialect '%s' and no database URL: exit 2, saying what to add", async (dialect, flags, setting) => {
+    for (const command of ['migrate', 'pending']) {
+      const { code, stderr } = await cli([command, 'kysely', ...flags], { cwd });
+      expect(code, stderr).toBe(2);
+      expect(stderr).toContain(
+        `error: kysely.config.mjs has dialect '${dialect}' but no dialectConfig.${setting}, and no database URL is given\n`,
+      );
+      expect(stderr).toContain(`Set DATABASE_URL (or pass --database-url), or add dialectConfig: { ${setting}: `);
+    }
+  });
+});
+
+describe('typeorm: a CommonJS data source file', () => {
+  test('`exports.default = new DataSource(…)` (what tsc emits for `export default`) is found, as TypeORM’s CLI finds it', async () => {
+    const db = await createTestDatabase();
+    const dataSource = fixture('typeorm-cjs/data-source.js');
+    const before = await cli(['pending', 'typeorm', '-d', dataSource], { env: { DATABASE_URL: db } });
+    expect(before.code, before.stderr).toBe(3);
+    expect(before.stdout).toBe('CreateWidgets1700000000001\n');
+    const migrated = await cli(['migrate', 'typeorm', '-d', dataSource], { env: { DATABASE_URL: db } });
+    expect(migrated.code, migrated.stderr).toBe(0);
+    expect(migrated.stdout).toBe('✔ typeorm: applied 1 migration\n  CreateWidgets1700000000001\n');
+    const { rows } = await withClient(db, (client) => client.query("SELECT to_regclass('cjs_widgets') AS t"));
+    expect(rows[0].t).toBe('cjs_widgets');
+  });
+});
+
+describe('knex: the Database line says when the knexfile reads DATABASE_URL', () => {
+  test.each([
+    ['connection: { connectionString: process.env.DATABASE_URL }', 'knex-connection-string/knexfile.cjs'],
+    ['connection: process.env.DATABASE_URL', 'knex/knexfile.cjs'],
+  ])('%s', async (_form, knexfile) => {
+    const db = await createTestDatabase();
+    const { code, stderr } = await cli(['pending', 'knex', '--knexfile', fixture(knexfile)], {
+      env: { DATABASE_URL: db },
+    });
+    expect(code, stderr).toBe(3);
+    expect(stderr).toMatch(
+      /^\[pg-migration-lock\] Database: postgres:\/\/\S+ \(from knexfile\.cjs, environment "development", which reads DATABASE_URL\)$/m,
+    );
+    expect(stderr).not.toContain('not used');
+  });
+});
+
+describe('-v', () => {
+  test.each(['-v', '-V', '--version'])('%s prints the version and exits 0', async (flag) => {
+    const { version } = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8'));
+    const { code, stdout, stderr } = await cli([flag]);
+    expect(code, stderr).toBe(0);
+    expect(stdout).toBe(`${version}\n`);
+    expect(stderr).toBe('');
   });
 });

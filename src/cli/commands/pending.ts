@@ -2,7 +2,7 @@ import { type Command, Option } from 'commander';
 import { connectionConfig } from '../../driver/pg.js';
 import { formatMs, nap } from '../../time.js';
 import { watchReleases } from '../../wait.js';
-import { type Context, createContext, parseDurationArg } from '../context.js';
+import { announceTarget, type Context, createContext, parseDurationArg } from '../context.js';
 import { CliError, EXIT, InterruptedError, ParentGoneError, UsageError } from '../errors.js';
 import { trapSignals, watchParent } from '../locking.js';
 import { drizzleFlags, pendingDrizzle } from '../migrators/drizzle.js';
@@ -55,6 +55,8 @@ Examples:
         throw new UsageError('--timeout needs --wait', 'Add --wait to wait until no migration is pending.');
       }
       const check = await open(command, out, flags);
+      // Each migrator names its database before it first connects; this covers any that has not yet.
+      announceTarget(out);
       let names: string[];
       try {
         names = await check.check();

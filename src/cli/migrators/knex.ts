@@ -83,7 +83,7 @@ async function openKnex(
     const fromEnv = process.env.DATABASE_URL;
     const ignored = !fromEnv
       ? ''
-      : config.connection === fromEnv
+      : readsUrl(config.connection, fromEnv)
         ? ', which reads DATABASE_URL'
         : '; DATABASE_URL is set but not used: --database-url overrides';
     out.targetSource = `${basename(knexfile)}, environment "${envName}"${ignored}`;
@@ -97,7 +97,9 @@ async function openKnex(
       // knex names the failing file, then repeats the error our final line gives: keep the name for that line.
       const file = /^migration file "(.+)" failed$/.exec(message)?.[1];
       if (file) failedFile = file;
-      else if (!message.startsWith('migration failed with error:')) out.detail(`knex: ${message}`);
+      // knex throws the error it logs as "Acquire connection error: <stack>" right after: our last line names it.
+      else if (!/^(migration failed with error:|Acquire connection error:)/.test(message))
+        out.detail(`knex: ${message}`);
     },
     error: (message) => out.detail(`knex: ${message}`),
     deprecate: (method, alternative) => out.warn(`knex: ${method} is deprecated, use ${alternative}`),
@@ -170,6 +172,12 @@ function registerSecrets(out: Output, connection: unknown): void {
   const settings = connection as { password?: unknown; connectionString?: unknown };
   if (typeof settings.password === 'string') out.addSecret(settings.password);
   if (typeof settings.connectionString === 'string') out.addConnectionString(settings.connectionString);
+}
+
+/** Whether a knexfile's connection is this URL: `connection: process.env.DATABASE_URL` or `{ connectionString: … }`. */
+function readsUrl(connection: unknown, url: string): boolean {
+  if (typeof connection === 'string') return connection === url;
+  return (connection as { connectionString?: unknown } | null)?.connectionString === url;
 }
 
 /** A knexfile's connection as a redacted URL-like name (a function or other shape: named as such). */

@@ -127,8 +127,10 @@ async function openKysely(
     // kysely 0.28 has the migrator in 'kysely' itself.
     () => kyselyModule as unknown as typeof import('kysely/migration'),
   );
-  const { db, database } = await kyselyOf(command, out, config, kyselyModule, dirname(file));
-  out.targetSource ??= basename(file);
+  const { db, database } = await kyselyOf(command, out, config, kyselyModule, file);
+  if (out.target) out.targetSource ??= basename(file);
+  // A Kysely instance or dialect of the config's own, or a pool set up by PG* variables: the server names it.
+  else await nameFromServer(out, db, kyselyModule, file);
   return {
     db,
     database,
@@ -185,28 +187,38 @@ async function loadConfig(file: string, environment: string | undefined): Promis
   return { ...base, ...layer, migrations: { ...base.migrations, ...layer.migrations } };
 }
 
-/** The Kysely instance the config describes; --database-url (or DATABASE_URL when it names none) wins. */
+/**
+ * The Kysely instance the config describes; --database-url wins, and the database URL (--database-url or
+ * DATABASE_URL) fills in when the config names no server: no dialect, or dialect 'pg' / 'postgres' without the
+ * pool / postgres.js instance of its dialectConfig (kysely-ctl would fail on it).
+ */
 async function kyselyOf(
   command: Command,
   out: Output,
   config: KyselyCtlConfig,
   kysely: typeof import('kysely'),
-  fromDir: string,
+  file: string,
 ): Promise<{ db: Kysely<unknown>; database: pg.ClientConfig | undefined }> {
   const plugins = config.plugins;
-  const override = command.optsWithGlobals<GlobalOptions>().databaseUrl;
-  if (override || (!config.kysely && !config.dialect)) {
-    const database = connectionConfig(clientConfig(databaseUrl(command, out, true)));
+  const fromDir = dirname(file);
+  const fromUrl = async (url: string) => {
+    const database = connectionConfig(clientConfig(url));
     const pgModule = await importFromProject<typeof import('pg')>('pg', fromDir);
     const pool = new pgModule.default.Pool({ ...database, max: 2 });
     pool.on('error', () => {}); // a lost session is reported by the lock
     return { db: new kysely.Kysely({ dialect: new kysely.PostgresDialect({ pool }), plugins }), database };
-  }
+  };
+  const override = command.optsWithGlobals<GlobalOptions>().databaseUrl;
+  if (override || (!config.kysely && !config.dialect)) return fromUrl(databaseUrl(command, out, true));
   if (config.kysely) return { db: config.kysely, database: undefined };
   const dialect = config.dialect;
   if (dialect === 'pg') {
-    const dialectConfig = (await hydrate(config.dialectConfig)) as { pool?: unknown };
+    const dialectConfig = (await hydrate(config.dialectConfig)) as { pool?: unknown } | undefined;
     const pool = (await hydrate(dialectConfig?.pool)) as { options?: pg.ClientConfig } | undefined;
+    if (!pool)
+      return fromUrl(
+        urlFor(command, out, file, 'pg', 'pool', 'new pg.Pool({ connectionString: process.env.DATABASE_URL })'),
+      );
     const db = new kysely.Kysely({
       dialect: new kysely.PostgresDialect({ ...dialectConfig, pool } as never),
       plugins,
@@ -214,15 +226,16 @@ async function kyselyOf(
     return { db, database: describeDatabase(out, pool?.options) };
   }
   if (dialect === 'postgres') {
+    const dialectConfig = (await hydrate(config.dialectConfig)) as { postgres?: unknown } | undefined;
+    const sql = dialectConfig?.postgres as
+      | { options?: { host?: string[]; port?: number[]; user?: string; pass?: string; database?: string } }
+      | undefined;
+    if (!sql) return fromUrl(urlFor(command, out, file, 'postgres', 'postgres', 'postgres(process.env.DATABASE_URL)'));
     const { PostgresJSDialect } = await importFromProject<typeof import('kysely-postgres-js')>(
       'kysely-postgres-js',
       fromDir,
     );
-    const dialectConfig = (await hydrate(config.dialectConfig)) as { postgres?: unknown };
-    const sql = dialectConfig?.postgres as
-      | { options?: { host?: string[]; port?: number[]; user?: string; pass?: string; database?: string } }
-      | undefined;
-    const o = sql?.options;
+    const o = sql.options;
     const database = o?.host
       ? describeDatabase(out, {
           host: o.host[0],
@@ -242,6 +255,26 @@ async function kyselyOf(
   return { db: new kysely.Kysely({ dialect: (await hydrate(dialect)) as Dialect, plugins }), database: undefined };
 }
 
+/**
+ * The database URL for a config whose dialect names no server (dialect 'pg' without dialectConfig.pool…),
+ * like --database-url; without one, a usage error that says what to add.
+ */
+function urlFor(
+  command: Command,
+  out: Output,
+  file: string,
+  dialect: string,
+  setting: string,
+  example: string,
+): string {
+  const url = databaseUrl(command, out, false);
+  if (url !== undefined) return url;
+  throw new UsageError(
+    `${basename(file)} has dialect '${dialect}' but no dialectConfig.${setting}, and no database URL is given`,
+    `Set DATABASE_URL (or pass --database-url), or add dialectConfig: { ${setting}: ${example} } to ${file}.`,
+  );
+}
+
 /** The connection settings a pool was made with, for `pending --wait`'s own connection and the target line. */
 function describeDatabase(out: Output, options: pg.ClientConfig | undefined): pg.ClientConfig | undefined {
   if (!options) return undefined;
@@ -253,6 +286,19 @@ function describeDatabase(out: Output, options: pg.ClientConfig | undefined): pg
     out.target = `postgres://${options.user ? `${options.user}@` : ''}${options.host}${options.port ? `:${options.port}` : ''}/${options.database ?? ''}`;
   }
   return connectionConfig(options);
+}
+
+/** The database a Kysely instance connects to, as the server names it, for the Database line: the config does not say. */
+async function nameFromServer(out: Output, db: Kysely<unknown>, kysely: typeof import('kysely'), file: string) {
+  const { rows } = await kysely.sql<{ user: string; database: string; host: string | null; port: number | null }>`
+    SELECT current_user AS "user", current_database() AS "database", host(inet_server_addr()) AS "host",
+      inet_server_port() AS "port"`.execute(db);
+  const row = rows[0];
+  if (!row) return;
+  // No address: a Unix socket (libpq's `postgres://user@/db`).
+  const host = row.host === null ? '' : row.host.includes(':') ? `[${row.host}]` : row.host;
+  out.target = `postgres://${encodeURIComponent(row.user)}@${host}${row.port ? `:${row.port}` : ''}/${encodeURIComponent(row.database)}`;
+  out.targetSource = `${basename(file)}, as the server names it`;
 }
 
 /** kysely-ctl accepts a value or a (possibly async) factory of it in several places. */

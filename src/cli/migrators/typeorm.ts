@@ -1,5 +1,5 @@
-import { existsSync } from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type pg from 'pg';
@@ -60,6 +60,7 @@ export async function migrateTypeorm(
 /** What `migrate typeorm` would apply, with the same flags: the adapter's `pending` (TypeORM's executor). */
 export async function pendingTypeorm(command: Command, out: Output, flags: TypeormFlags): Promise<PendingCheck> {
   const { dataSource, database } = await openDataSource(command, out, flags);
+  announceTarget(out);
   await dataSource.initialize();
   const { pending } = await import('../../../adapters/typeorm.js');
   return {
@@ -144,10 +145,18 @@ async function loadDataSource(file: string): Promise<DataSource> {
     }
     throw err;
   }
+  // TypeORM's CLI requires a CommonJS file and looks at module.exports' properties; an ES import gives
+  // module.exports as `default` (with the names Node could detect beside it). What `tsc` emits for
+  // `export default new DataSource(…)`, `exports.default = …`, is then at `default.default`.
+  const exported: Record<string, unknown>[] = [ns];
+  if (isCommonJs(path) && ns.default && typeof ns.default === 'object')
+    exported.push(ns.default as Record<string, unknown>);
   const found: DataSource[] = [];
-  for (const key of Object.keys(ns)) {
-    const value = await ns[key];
-    if (isDataSource(value) && !found.includes(value)) found.push(value);
+  for (const exports of exported) {
+    for (const key in exports) {
+      const value = await exports[key];
+      if (isDataSource(value) && !found.includes(value)) found.push(value);
+    }
   }
   if (found.length === 0) throw new UsageError(`${path} exports no TypeORM DataSource`);
   if (found.length > 1) {
@@ -157,6 +166,23 @@ async function loadDataSource(file: string): Promise<DataSource> {
     );
   }
   return found[0]!;
+}
+
+/** Whether Node loads this file as CommonJS: `.cjs`, or `.js` without `"type": "module"` in the nearest package.json. */
+function isCommonJs(file: string): boolean {
+  if (file.endsWith('.cjs')) return true;
+  if (!file.endsWith('.js')) return false;
+  for (let dir = dirname(file); ; dir = dirname(dir)) {
+    const manifest = join(dir, 'package.json');
+    if (existsSync(manifest)) {
+      try {
+        return (JSON.parse(readFileSync(manifest, 'utf8')) as { type?: unknown }).type !== 'module';
+      } catch {
+        return true; // Node fails on it anyway
+      }
+    }
+    if (dirname(dir) === dir) return true;
+  }
 }
 
 function isDataSource(value: unknown): value is DataSource {
