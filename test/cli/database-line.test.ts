@@ -56,12 +56,16 @@ describe.each(migrators)('%s', (migrator, args, exitPending, source, cwd) => {
   });
 });
 
-test('run: one Database line; --quiet none', async () => {
+test.each([
+  ['run', ['run', '--', 'true']],
+  ['status', ['status']],
+  ['release', ['release', '--force', '--yes']],
+])('%s: one Database line; --quiet none', async (_command, args) => {
   const url = await createTestDatabase();
-  const ran = await cli(['run', '--', 'true'], { env: { DATABASE_URL: url } });
+  const ran = await cli(args, { env: { DATABASE_URL: url } });
   expect(ran.code, ran.stderr).toBe(0);
   expect(databaseLines(ran.stderr)).toEqual([`${shown(url)} (from DATABASE_URL)`]);
-  const quiet = await cli(['run', '--quiet', '--', 'true'], { env: { DATABASE_URL: url } });
+  const quiet = await cli([args[0]!, '--quiet', ...args.slice(1)], { env: { DATABASE_URL: url } });
   expect(quiet.code, quiet.stderr).toBe(0);
   expect(quiet.stderr).toBe('');
 });

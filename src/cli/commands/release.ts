@@ -2,7 +2,7 @@ import { createInterface } from 'node:readline';
 import type { Command } from 'commander';
 import { describeKey } from '../../key.js';
 import { findMigrationLocks, getLockStatus, type Holder, releaseLock } from '../../status.js';
-import { clientConfig, createContext, databaseUrl } from '../context.js';
+import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
 import { CliError, UsageError } from '../errors.js';
 import { describeSession } from '../locking.js';
 import type { Output } from '../output.js';
@@ -37,6 +37,7 @@ Examples:
         );
       }
       const connection = clientConfig(databaseUrl(command, out, true));
+      announceTarget(out);
       const status = await getLockStatus(connection, ctx.key);
       if (!status.holder && status.work.length === 0) {
         out.success(`No lock to release: migration lock ${ctx.keyLabel} is not held`);

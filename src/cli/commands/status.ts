@@ -3,7 +3,7 @@ import { describeKey } from '../../key.js';
 import { isLockAttempt } from '../../protocol.js';
 import { findMigrationLocks, getLockStatus, type Holder, type LockStatus } from '../../status.js';
 import { formatMs } from '../../time.js';
-import { clientConfig, createContext, databaseUrl } from '../context.js';
+import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
 import { ago, describeSession } from '../locking.js';
 import type { Output } from '../output.js';
 import { visibilityNote } from '../privileges.js';
@@ -30,6 +30,7 @@ Examples:
     .action(async (flags: { json?: boolean }, command: Command) => {
       const ctx = createContext(command, out);
       const connection = clientConfig(databaseUrl(command, out, true));
+      announceTarget(out);
       const status = await getLockStatus(connection, ctx.key);
       // No key asked for: the default, and whatever other migration lock is held (a migrator's own key, a --name).
       const others = ctx.keyFlag ? undefined : await otherLocks(connection, ctx.key);
