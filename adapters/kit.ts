@@ -20,8 +20,8 @@ import type { LockContext, MigrationLockOptions } from '../src/options.js';
 export { isPostgresJs } from '../src/driver/postgres-js.js';
 export type { PostgresJsReservedSql, PostgresJsSql } from '../src/driver/types.js';
 export { unlockIfHeldSql } from '../src/protocol.js';
-export type { ClientSource, Query, Session, SessionSource };
-export { type SessionView, SKIPPED, withSession };
+export type { ClientSource, Logger, Query, Session, SessionSource };
+export { defaultKeyOf, type SessionView, SKIPPED, withSession };
 
 /**
  * An adapter's `lock` option: the key, plus every option of `withMigrationLock`.

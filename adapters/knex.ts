@@ -1,8 +1,7 @@
 import { promisify } from 'node:util';
 import type { Knex } from 'knex';
 import type pg from 'pg';
-import type { Logger } from '../src/logger.js';
-import { type AdapterLockOptions, adapterLock, type ClientSource, lockedRun, SKIPPED } from './kit.js';
+import { type AdapterLockOptions, adapterLock, type ClientSource, type Logger, lockedRun, SKIPPED } from './kit.js';
 
 /**
  * The `lock` option of {@link latest}: the key, plus every option of `withMigrationLock`.

@@ -1,9 +1,9 @@
 import type { CompiledQuery, Kysely } from 'kysely';
-import { defaultKeyOf } from '../src/key.js';
 import {
   type AdapterLock,
   type AdapterLockOptions,
   adapterLock,
+  defaultKeyOf,
   importPeer,
   lockedRun,
   type Session,

@@ -2,11 +2,11 @@ import { readdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Migration, runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
-import { defaultKeyOf } from '../src/key.js';
 import {
   type AdapterLockOptions,
   adapterLock,
   type ClientSource,
+  defaultKeyOf,
   importPeer,
   lockedRun,
   quoteIdent,

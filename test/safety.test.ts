@@ -37,7 +37,7 @@ describe('CREATE INDEX CONCURRENTLY by the holder', () => {
       82n,
       async ({ client }) => {
         waiters.push(...[1, 2, 3, 4].map(() => spawnNode(fixture('lock-worker.mjs'), ['section', url, '82', '0'])));
-        await waitFor(async () => (await getLockStatus(url, 82n)).waiters.length === 4, 15_000, '4 waiters');
+        await waitFor(async () => (await getLockStatus(url, 82n)).waiters.length === 4, 30_000, '4 waiters');
         await client.query('CREATE INDEX CONCURRENTLY big_id ON big (id)');
         // Longer than deadlock_timeout (1 s): a deadlock would have been detected by now.
         await client.query('DROP INDEX CONCURRENTLY big_id');
@@ -90,11 +90,21 @@ describe('role and database settings', () => {
         },
         quiet,
       );
-      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      // Waiting (the server's own account, from the waiter's breadcrumb) far longer than either timeout; asked
+      // on a session of the test's own, without the database's statement_timeout.
+      await withClient(url, async (client) => {
+        await client.query('SET statement_timeout = 0');
+        await waitFor(
+          async () => ((await getLockStatus(client, 83n)).waiters[0]?.waitingMs ?? 0) >= 1_000,
+          30_000,
+          'the waiter to have waited 1 s',
+        );
+      });
       release();
       await holder;
       const seen = await waiter;
       expect(seen).toMatchObject({ st: '150ms', lt: '100ms' });
+      // Its wait began before the server counted that second, and ended after.
       expect(seen.waitedMs).toBeGreaterThan(900);
     } finally {
       await withClient(url, (client) =>

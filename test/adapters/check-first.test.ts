@@ -20,7 +20,7 @@ import { runner } from '../../adapters/node-pg-migrate.js';
 import { DEFAULT_LOCK_KEY } from '../../src/index.js';
 import { appliedMigrations, type Migrator, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, withClient } from '../helpers.js';
-import { expectAllSucceeded, report } from './race-report.js';
+import { expectAllSucceeded, expectExclusiveHoldings, report } from './race-report.js';
 
 const REPLICAS = 12;
 const NODE_PG_MIGRATE_KEY = 7241865325823964n;
@@ -122,6 +122,7 @@ describe.each(MIGRATORS)('%s', (migrator) => {
     await setup.applyFirst(url);
     const outcome = await race({ migrator, mode: 'locked', replicas: REPLICAS, databaseUrl: url });
     report(migrator, 'locked', outcome, ' (check first, 2 pending)');
+    expectExclusiveHoldings(outcome);
     expectAllSucceeded(outcome);
     expect(await appliedMigrations(url, migrator)).toEqual({ total: 3, distinct: 3 });
     if (setup.rest.length > 0) {
@@ -150,6 +151,7 @@ describe.each(MIGRATORS)('%s', (migrator) => {
       await release();
     }
     report(migrator, 'locked', outcome, ' (up to date, lock held by a test session)');
+    expectExclusiveHoldings(outcome);
     expectAllSucceeded(outcome);
     expect(outcome.results.map((r) => [r.result?.waited, r.result?.locked])).toEqual(
       Array(REPLICAS).fill([false, false]),

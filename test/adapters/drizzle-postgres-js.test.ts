@@ -9,7 +9,13 @@ import { migrate } from '../../adapters/drizzle.js';
 import { DEFAULT_LOCK_KEY, lockKey, MigrationLockLostError } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
+import {
+  expectAllSucceeded,
+  expectBareOutcome,
+  expectExclusiveHoldings,
+  expectMigratedOnLockSession,
+  report,
+} from './race-report.js';
 
 const REPLICAS = 12;
 const [lockedUrl, bareUrl, oneUrl, failUrl, lostUrl] = await Promise.all([
@@ -38,6 +44,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/drizzle over drizzle-orm/po
     databaseUrl: lockedUrl,
   });
   report('drizzle-postgres-js', 'locked', outcome);
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   expect(await appliedMigrations(lockedUrl, 'drizzle-postgres-js')).toEqual({ total: 3, distinct: 3 });
   await expectMigratedOnLockSession(lockedUrl, DEFAULT_LOCK_KEY);

@@ -5,7 +5,13 @@ import { migrate } from '../../adapters/drizzle.js';
 import { DEFAULT_LOCK_KEY, lockKey } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture } from '../helpers.js';
-import { expectAllSucceeded, expectBareOutcome, expectMigratedOnLockSession, report } from './race-report.js';
+import {
+  expectAllSucceeded,
+  expectBareOutcome,
+  expectExclusiveHoldings,
+  expectMigratedOnLockSession,
+  report,
+} from './race-report.js';
 
 const REPLICAS = 12;
 const [lockedUrl, bareUrl, poolUrl, clientUrl] = await Promise.all([
@@ -25,6 +31,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/drizzle (half over a Pool, 
     args: (i) => [i % 2 ? 'client' : 'pool'],
   });
   report('drizzle', 'locked', outcome);
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   expect(await appliedMigrations(lockedUrl, 'drizzle')).toEqual({ total: 3, distinct: 3 });
   await expectMigratedOnLockSession(lockedUrl, DEFAULT_LOCK_KEY);

@@ -9,6 +9,7 @@ import {
   expectAllSucceeded,
   expectBareOutcome,
   expectCicRace,
+  expectExclusiveHoldings,
   expectMigratedOnLockSession,
   report,
 } from './race-report.js';
@@ -30,6 +31,7 @@ const silent = { info() {}, warn() {}, error() {} };
 test(`${REPLICAS} replicas through pg-migration-lock/knex all succeed and apply each migration once`, async () => {
   const outcome = await race({ migrator: 'knex', mode: 'locked', replicas: REPLICAS, databaseUrl: lockedUrl });
   report('knex', 'locked', outcome);
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   // One replica ran the three migrations; the others waited, then found nothing pending.
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);

@@ -11,6 +11,7 @@ import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../h
 import {
   expectAllSucceeded,
   expectBareOutcome,
+  expectExclusiveHoldings,
   expectMigratedOnLockSession,
   expectUpToDateRace,
   report,
@@ -56,6 +57,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/kysely (half over pg, half 
     args: (i) => ['migrations', i % 2 ? 'postgres' : 'pg'],
   });
   report('kysely', 'locked', outcome);
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
   expect(await appliedMigrations(lockedUrl, 'kysely')).toEqual({ total: 3, distinct: 3 });
@@ -82,6 +84,7 @@ test('CREATE INDEX CONCURRENTLY (disableTransactions) while 4 replicas wait: no 
     args: () => ['migrations-cic'],
   });
   report('kysely', 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   expect(outcome.results.filter((r) => r.result?.waited).length).toBeGreaterThan(0);
   expect(await appliedMigrations(cicUrl, 'kysely')).toEqual({ total: 2, distinct: 2 });
@@ -112,6 +115,7 @@ test('kysely 0.28: the same adapter, with `kysely` resolving to 0.28.x', async (
     nodeArgs: ['--import', fixture('adapters/use-kysely-v028.mjs')],
   });
   report('kysely', 'locked', outcome, ' (0.28.x)');
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   for (const replica of outcome.results) expect(replica.result?.kysely).toMatch(/kysely-v028/);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);

@@ -8,6 +8,7 @@ import {
   expectAllSucceeded,
   expectBareOutcome,
   expectCicRace,
+  expectExclusiveHoldings,
   expectMigratedOnLockSession,
   report,
 } from './race-report.js';
@@ -41,6 +42,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/node-pg-migrate all succeed
     databaseUrl: lockedUrl,
   });
   report('node-pg-migrate', 'locked', outcome);
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
   expect(await appliedMigrations(lockedUrl, 'node-pg-migrate')).toEqual({ total: 3, distinct: 3 });
@@ -66,6 +68,7 @@ test('node-pg-migrate 8.x: the same adapter, with `node-pg-migrate` resolving to
     nodeArgs: ['--import', fixture('adapters/use-node-pg-migrate-v8.mjs')],
   });
   report('node-pg-migrate', 'locked', outcome, ' (8.x)');
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   for (const replica of outcome.results) expect(replica.result?.nodePgMigrate).toMatch(/node-pg-migrate-v8/);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);

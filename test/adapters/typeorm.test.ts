@@ -7,6 +7,7 @@ import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../h
 import {
   expectAllSucceeded,
   expectBareOutcome,
+  expectExclusiveHoldings,
   expectMigratedOnLockSession,
   expectUpToDateRace,
   report,
@@ -45,6 +46,7 @@ function dataSourceFor(url: string, folder = 'migrations'): DataSource {
 test(`${REPLICAS} replicas through pg-migration-lock/typeorm (transaction 'all') apply each migration once`, async () => {
   const outcome = await race({ migrator: 'typeorm', mode: 'locked', replicas: REPLICAS, databaseUrl: lockedUrl });
   report('typeorm', 'locked', outcome);
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual([...MIGRATIONS].sort());
   expect(await appliedMigrations(lockedUrl, 'typeorm')).toEqual({ total: 3, distinct: 3 });
@@ -76,6 +78,7 @@ test.each([
       args: () => ['migrations', transaction],
     });
     report('typeorm', 'locked', outcome, ` (transaction '${transaction}')`);
+    expectExclusiveHoldings(outcome);
     expectAllSucceeded(outcome);
     expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual([...MIGRATIONS].sort());
     expect(await appliedMigrations(url, 'typeorm')).toEqual({ total: 3, distinct: 3 });
@@ -94,6 +97,7 @@ test('TypeORM 0.3: the same adapter, with `typeorm` resolving to 0.3.x', async (
     args: () => ['migrations', 'each'],
   });
   report('typeorm', 'locked', outcome, ' (0.3.x)');
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   for (const replica of outcome.results) expect(replica.result?.typeorm).toMatch(/typeorm-v03/);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual([...MIGRATIONS].sort());
@@ -110,6 +114,7 @@ test("CREATE INDEX CONCURRENTLY (a migration with `transaction = false`, mode 'e
     args: () => ['migrations-cic', 'each'],
   });
   report('typeorm', 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
+  expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);
   expect(outcome.results.filter((r) => r.result?.waited).length).toBeGreaterThan(0);
   expect(await appliedMigrations(cicUrl, 'typeorm')).toEqual({ total: 2, distinct: 2 });
