@@ -155,16 +155,23 @@ async function waitUntilNone(
   const elapsed = () => performance.now() - startedAt;
   const deadline = timeoutMs ?? Number.POSITIVE_INFINITY;
   let wake: (() => void) | undefined;
+  // Something happened since the last check (a release, a signal): the next check comes without a nap, so a
+  // release heard while a check was running is not slept through.
+  let stirred = false;
+  const stir = () => {
+    stirred = true;
+    wake?.();
+  };
   let interrupted: NodeJS.Signals | undefined;
   let parentGone = false;
   const disposeSignals = trapSignals((signal) => {
     interrupted ??= signal;
-    wake?.();
+    stir();
   });
   // Like every command: when the process that started it is gone, stop waiting rather than linger.
   const disposeWatch = watchParent(() => {
     parentGone = true;
-    wake?.();
+    stir();
   });
   out.info(
     `Waiting for ${count(first)} to be applied (${first.join(', ')}): re-checking when migration lock ${keyLabel} is released${timeoutMs === undefined ? '' : `, for up to ${formatMs(timeoutMs)}`}`,
@@ -172,8 +179,9 @@ async function waitUntilNone(
   let names = first;
   let watch: { close(): Promise<void> } | undefined;
   try {
-    watch = await watchReleases(connectionConfig(check.database), key, () => wake?.());
+    watch = await watchReleases(connectionConfig(check.database), key, stir);
     // A release between the first check and the watch would not wake us: check once more now.
+    stirred = false;
     names = await check.check();
     while (names.length > 0) {
       if (parentGone) throw new ParentGoneError();
@@ -185,11 +193,13 @@ async function waitUntilNone(
           `Is the migration job running? See who holds the lock: pg-migration-lock status${keyFlag}`,
         );
       }
-      const pause = Math.min(FALLBACK_POLL_MS * (0.8 + Math.random() * 0.4), deadline - elapsed());
-      const napping = nap(pause);
-      wake = napping.wake;
-      await napping.done;
-      wake = undefined;
+      if (!stirred) {
+        const napping = nap(Math.min(FALLBACK_POLL_MS * (0.8 + Math.random() * 0.4), deadline - elapsed()));
+        wake = napping.wake;
+        await napping.done;
+        wake = undefined;
+      }
+      stirred = false;
       if (parentGone) throw new ParentGoneError();
       if (interrupted) throw new InterruptedError(interrupted);
       const before = names.length;
