@@ -83,7 +83,9 @@ export async function release(
 /** Unlocks after fn, ending a transaction fn left behind where that is ours to end. */
 async function unlockAfter(held: Held, key: bigint, logger: Logger): Promise<UnlockRow> {
   const { session } = held;
-  const restore = session.kind === 'own' ? "''" : restoreAllSql(held.saved);
+  // Our own session too, though it is closed next: through a session pooler (PgBouncer) the server connection
+  // lives on, and must not keep the holding's tag (which a next holder would fence) until the pooler resets it.
+  const restore = restoreAllSql(held.saved);
   const sql = unlockSql(key, held.registered, restore);
   let row: UnlockRow | undefined;
   let cancelled = false;
@@ -122,7 +124,7 @@ async function unlockAfter(held: Held, key: bigint, logger: Logger): Promise<Unl
     // The rollback also undoes the settings put back inside it: put them back again after.
     logger.warn('fn left a transaction open on the lock session: rolling it back before giving the session back');
     await session.query('ROLLBACK');
-    if (session.kind !== 'own') await session.query(`SELECT ${restore}`);
+    await session.query(`SELECT ${restore}`);
   }
   // Our own session is closed next, which stops listening anyway.
   if (session.kind !== 'own') await held.unlisten?.();

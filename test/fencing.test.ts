@@ -172,8 +172,10 @@ describe('fencing: an earlier holding’s work never runs beside the next holder
   test('release --force during a step: the holder and its tagged statement are terminated; no double run', async () => {
     const { first, second, backend } = await twoReplicas(4);
     const release = await cli(['release', '--force', '--yes'], { env });
+    // On failure, what each replica said: which one held the lock when release --force came.
+    const said = () => `first:\n${first.stdout()}${first.stderr()}\nsecond:\n${second.stdout()}${second.stderr()}`;
     expect(release.code).toBe(0);
-    expect(release.stderr).toMatch(new RegExp(`terminated pid \\d+ .*and its holding's work: pid ${backend}`));
+    expect(release.stderr, said()).toMatch(new RegExp(`terminated pid \\d+ .*and its holding's work: pid ${backend}`));
     const [a, b] = await Promise.all([first.exited, second.exited]);
     expect([a.code, b.code]).toEqual([1, 0]);
     expect(await outcome()).toEqual(ONCE);
