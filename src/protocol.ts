@@ -52,10 +52,13 @@ export function keyOfTag(name: string | null | undefined): bigint | undefined {
  * another holding, which must not run beside the holder. `terminate` signals them too.
  */
 export function taggedSql(key: bigint, exceptTag: string, terminate: boolean): string {
-  return `SELECT a.pid, a.application_name AS tag, a.usename AS role${terminate ? ', pg_terminate_backend(a.pid) AS signalled' : ''}
-    FROM pg_stat_activity a
-    WHERE a.pid <> pg_backend_pid() AND a.datname = current_database()
-      AND ${isTagOf(key, 'a.application_name')} AND a.application_name <> ${literal(exceptTag)}`;
+  // pg_stat_get_activity() itself, not the pg_stat_activity view: the view's joins (pg_database, pg_authid)
+  // cost more to plan than the whole statement that takes the lock.
+  return `SELECT a.pid, a.application_name AS tag, pg_get_userbyid(a.usesysid) AS role${terminate ? ', pg_terminate_backend(a.pid) AS signalled' : ''}
+    FROM pg_stat_get_activity(NULL) a
+    WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid <> pg_backend_pid()
+      AND a.application_name LIKE ${literal(`${TAG_PREFIX}${key}:%`)} AND ${isTagOf(key, 'a.application_name')}
+      AND a.application_name <> ${literal(exceptTag)}`;
 }
 
 /** The same, as one JSON text column (NULL when there are none): for the statement that takes the lock. */
