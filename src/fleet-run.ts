@@ -1,0 +1,197 @@
+// One fleet run's scheduling: workers taking fresh targets first and deferred ones after, each try's outcome, the counts.
+import { MigrationLockBusyError } from './errors.js';
+import type { FleetSetup } from './fleet-options.js';
+import type { FleetTarget } from './fleet-target.js';
+import type { FleetCounts, FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from './fleet-types.js';
+import { describeKey } from './key.js';
+import { callSafely, errorMessage } from './logger.js';
+import { formatMs } from './time.js';
+
+/** A target of the run: checked, keyed, and once it ends, its result. */
+export interface Entry {
+  target: FleetTarget;
+  key: bigint;
+  result?: FleetResult;
+  /** Milliseconds spent in its tries so far. */
+  spent: number;
+}
+
+/** The field of FleetCounts a status is counted in: `up-to-date` → `upToDate`. */
+const counted = (status: string) => status.replace(/-(\w)/g, (_, c: string) => c.toUpperCase()) as 'applied';
+
+/** A result without what every result has. */
+type Without<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+type Outcome = Without<FleetResult, 'target' | 'key' | 'durationMs'>;
+
+export class FleetRun<M extends FleetMigrator> {
+  readonly #startedAt = performance.now();
+  readonly #fresh: Entry[];
+  readonly #deferred: Entry[] = [];
+  readonly counts: FleetCounts;
+  #firstTries = 0;
+  #stopped = false;
+  #sourceError: { error: unknown } | undefined;
+  #reading: Promise<unknown> = Promise.resolve();
+  /** Workers waiting for a try to end (it may defer its target). */
+  #sleepers: (() => void)[] = [];
+
+  constructor(
+    readonly setup: FleetSetup<M>,
+    readonly migrator: M,
+    readonly entries: Entry[],
+    readonly source: AsyncIterator<unknown> | undefined,
+    readonly toEntry: (input: unknown, where: string) => Entry,
+  ) {
+    this.#fresh = [...entries];
+    const zero = { done: 0, running: 0, deferred: 0, applied: 0, upToDate: 0, skipped: 0, failed: 0, notRun: 0 };
+    this.counts = { total: source ? undefined : entries.length, ...zero };
+  }
+
+  async finish(): Promise<FleetReport> {
+    const { signal, concurrency, logger } = this.setup;
+    const stop = () => this.#stop();
+    signal?.addEventListener('abort', stop, { once: true });
+    if (signal?.aborted) this.#stop();
+    try {
+      await Promise.all(Array.from({ length: concurrency }, () => this.#worker()));
+    } finally {
+      signal?.removeEventListener('abort', stop);
+      await this.source?.return?.().catch(() => {});
+    }
+    for (const entry of this.entries) if (!entry.result) this.#settle(entry, { status: 'not-run', applied: [] });
+    if (this.#sourceError) throw this.#sourceError.error;
+    const { counts } = this;
+    const durationMs = performance.now() - this.#startedAt;
+    logger.debug?.(
+      `Fleet of ${this.migrator.name}: ${counts.done} targets in ${formatMs(durationMs)}: ${counts.applied} applied, ${counts.upToDate} up to date, ${counts.skipped} skipped, ${counts.failed} failed, ${counts.notRun} not run`,
+    );
+    return {
+      results: this.entries.map((e) => e.result!),
+      counts: { ...counts },
+      ok: counts.failed === 0 && counts.notRun === 0,
+      durationMs,
+    };
+  }
+
+  async #worker(): Promise<void> {
+    for (;;) {
+      if (this.#stopped) return;
+      const fresh = await this.#next();
+      if (fresh) {
+        await this.#attempt(fresh, false);
+        continue;
+      }
+      if (this.#stopped) return;
+      const later = this.#deferred.shift();
+      if (later) {
+        this.counts.deferred--;
+        await this.#attempt(later, true);
+        continue;
+      }
+      // Tries still running may defer their target yet: wait for one to end, else this worker is done.
+      if (this.#firstTries === 0) return;
+      await new Promise<void>((resolve) => this.#sleepers.push(resolve));
+    }
+  }
+
+  /** The next target never tried: from the array, or read from the iterable (one read at a time). */
+  async #next(): Promise<Entry | undefined> {
+    if (this.#fresh.length > 0) return this.#fresh.shift();
+    if (!this.source) return undefined;
+    const read = this.#reading.then(async () => {
+      if (this.#stopped || this.counts.total !== undefined) return undefined;
+      try {
+        const { done, value } = await this.source!.next();
+        if (done) {
+          this.counts.total = this.entries.length;
+          return undefined;
+        }
+        const entry = this.toEntry(value, `targets (item ${this.entries.length})`);
+        this.entries.push(entry);
+        return entry;
+      } catch (error) {
+        this.#sourceError ??= { error };
+        this.#stop();
+        return undefined;
+      }
+    });
+    this.#reading = read;
+    return read;
+  }
+
+  /** A first try (`wait: false`: a lock held elsewhere defers the target), or a deferred target's second (waiting). */
+  async #attempt(entry: Entry, again: boolean): Promise<void> {
+    if (!again) this.#firstTries++;
+    this.#emit(again ? 'resumed' : 'started', entry);
+    try {
+      const applied = await this.#try(entry, again);
+      if (applied.length > 0) this.#settle(entry, { status: 'applied', applied });
+      else this.#settle(entry, { status: again ? 'skipped' : 'up-to-date', applied: [] });
+    } catch (error) {
+      if (again || !(error instanceof MigrationLockBusyError)) {
+        this.#fail(entry, error);
+        return;
+      }
+      this.#deferred.push(entry);
+      this.counts.deferred++;
+      this.setup.logger.debug?.(`${entry.target.name}: ${error.message}; coming back to it after the others`);
+      this.#emit('deferred', entry);
+    } finally {
+      if (!again) {
+        this.#firstTries--;
+        this.#wake();
+      }
+    }
+  }
+
+  async #try(entry: Entry, wait: boolean): Promise<string[]> {
+    const { lock, signal, logger } = this.setup;
+    const startedAt = performance.now();
+    this.counts.running++;
+    try {
+      const keyLabel = `${describeKey(entry.key)} of ${entry.target.name}`;
+      const options = { ...lock, key: entry.key, wait, signal, logger, keyLabel };
+      const applied = await this.migrator.run(entry.target, options);
+      if (!Array.isArray(applied) || applied.some((name) => typeof name !== 'string')) {
+        throw new TypeError(`${this.migrator.name}: run() must resolve to the names of the migrations it applied`);
+      }
+      return applied;
+    } finally {
+      entry.spent += performance.now() - startedAt;
+      this.counts.running--;
+    }
+  }
+
+  #fail(entry: Entry, error: unknown): void {
+    const { signal, stopOnError, logger } = this.setup;
+    if (signal?.aborted && error === signal.reason) {
+      this.#settle(entry, { status: 'not-run', applied: [] });
+      return;
+    }
+    logger.warn(`Migrating ${entry.target.name} with ${this.migrator.name} failed: ${errorMessage(error)}`);
+    this.#settle(entry, { status: 'failed', error });
+    if (stopOnError) this.#stop();
+  }
+
+  #settle(entry: Entry, outcome: Outcome): void {
+    entry.result = { target: entry.target, key: entry.key, durationMs: entry.spent, ...outcome } as FleetResult;
+    this.counts.done++;
+    this.counts[counted(entry.result.status)]++;
+    this.setup.logger.debug?.(`${entry.target.name}: ${entry.result.status} in ${formatMs(entry.spent)}`);
+    this.#emit('finished', entry);
+  }
+
+  #emit(type: FleetProgressEvent['type'], { target, result }: Entry): void {
+    const event = { type, target, ...(type === 'finished' && { result }), counts: { ...this.counts } };
+    callSafely(this.setup.logger, 'onProgress', this.setup.onProgress, event as FleetProgressEvent);
+  }
+
+  #stop(): void {
+    this.#stopped = true;
+    this.#wake();
+  }
+
+  #wake(): void {
+    for (const resolve of this.#sleepers.splice(0)) resolve();
+  }
+}
