@@ -122,32 +122,35 @@ export class FleetRun<M extends FleetMigrator> {
   /** A first try (`wait: false`: a lock held elsewhere defers the target), or a deferred target's second (waiting). */
   async #attempt(entry: Entry, again: boolean): Promise<void> {
     if (!again) this.#firstTries++;
+    this.counts.running++;
     this.#emit(again ? 'resumed' : 'started', entry);
+    let applied: string[];
     try {
-      const applied = await this.#try(entry, again);
-      if (applied.length > 0) this.#settle(entry, { status: 'applied', applied });
-      else this.#settle(entry, { status: again ? 'skipped' : 'up-to-date', applied: [] });
+      applied = await this.#try(entry, again);
     } catch (error) {
-      if (again || !(error instanceof MigrationLockBusyError)) {
-        this.#fail(entry, error);
-        return;
+      this.counts.running--;
+      if (again || !(error instanceof MigrationLockBusyError)) this.#fail(entry, error);
+      else {
+        this.#deferred.push(entry);
+        this.counts.deferred++;
+        this.setup.logger.debug?.(`${entry.target.name}: ${error.message}; coming back to it after the others`);
+        this.#emit('deferred', entry);
       }
-      this.#deferred.push(entry);
-      this.counts.deferred++;
-      this.setup.logger.debug?.(`${entry.target.name}: ${error.message}; coming back to it after the others`);
-      this.#emit('deferred', entry);
+      return;
     } finally {
       if (!again) {
         this.#firstTries--;
         this.#wake();
       }
     }
+    this.counts.running--;
+    if (applied.length > 0) this.#settle(entry, { status: 'applied', applied });
+    else this.#settle(entry, { status: again ? 'skipped' : 'up-to-date', applied: [] });
   }
 
   async #try(entry: Entry, wait: boolean): Promise<string[]> {
     const { lock, signal, logger } = this.setup;
     const startedAt = performance.now();
-    this.counts.running++;
     try {
       const keyLabel = `${describeKey(entry.key)} of ${entry.target.name}`;
       const options = { ...lock, key: entry.key, wait, signal, logger, keyLabel };
@@ -158,7 +161,6 @@ export class FleetRun<M extends FleetMigrator> {
       return applied;
     } finally {
       entry.spent += performance.now() - startedAt;
-      this.counts.running--;
     }
   }
 

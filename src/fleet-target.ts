@@ -42,6 +42,16 @@ export interface FleetTarget {
 }
 
 const SPEC_KEYS = new Set(['url', 'schema', 'name']);
+
+/**
+ * A target as a fleet migrator takes it, e.g. to ask one target what is pending: checked without touching the
+ * network (a TypeError for a bad one) and named.
+ * @example
+ * const names = await fleet({ migrations: { directory: './migrations' } }).pending(fleetTarget({ url, schema: 'tenant_42' }));
+ */
+export function fleetTarget(input: FleetTargetInput): FleetTarget {
+  return toFleetTarget(input, 'fleetTarget');
+}
 const EXPECTED = 'a connection string, a pg client config or { url, schema?, name? }';
 
 /** Checks one target without touching the network, and names it. `where` names it in errors: `targets[3]`. */

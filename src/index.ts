@@ -6,7 +6,13 @@ export {
   MigrationLockTimeoutError,
 } from './errors.js';
 export { migrateEach } from './fleet.js';
-export { type FleetTarget, type FleetTargetInput, type FleetTargetSpec, fleetKey } from './fleet-target.js';
+export {
+  type FleetTarget,
+  type FleetTargetInput,
+  type FleetTargetSpec,
+  fleetKey,
+  fleetTarget,
+} from './fleet-target.js';
 export type {
   FleetCounts,
   FleetLockOptions,
