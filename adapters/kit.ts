@@ -191,8 +191,3 @@ export function checkFleetConfig(tool: string, config: unknown, what: string): v
     throw new TypeError(`pg-migration-lock/${tool}: expected fleet(${what}) to get an object`);
   }
 }
-
-/** A fleet migrator, frozen: `name`, its database default key, `pending` and `run`. */
-export function fleetMigrator(migrator: FleetMigrator): FleetMigrator {
-  return Object.freeze(migrator);
-}
