@@ -1,4 +1,4 @@
-// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead]
+// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet]
 // The performance suite: against a throwaway embedded PostgreSQL (or BENCH_DATABASE_URL), prints one
 // Markdown table per section, then every target with its measured value, and writes all figures as JSON
 // (bench/results.json, or BENCH_RESULTS / --out). BENCH_SMOKE=1 is --smoke: tiny N, few iterations.
@@ -63,6 +63,10 @@ const config = values.smoke
       loadWindowMs: 1000,
       iterations: 100,
       overheadIterations: 3,
+      fleetTenants: 10,
+      fleetConcurrency: 2,
+      fleetSleepSeconds: 0.05,
+      fleetSerialSample: 3,
     }
   : {
       migrations: 60,
@@ -79,6 +83,10 @@ const config = values.smoke
       loadWindowMs: 10_000,
       iterations: 2000,
       overheadIterations: 40,
+      fleetTenants: 200,
+      fleetConcurrency: 8,
+      fleetSleepSeconds: 0.2,
+      fleetSerialSample: 10,
     };
 if (values.repeats !== undefined) {
   config.repeats = Number(values.repeats);
@@ -98,6 +106,7 @@ const created = new Set();
 const problems = [];
 const ctx = {
   config,
+  tmp,
   migrators: Object.keys(MIGRATORS).filter((name) => available(MIGRATORS[name])),
   sets: {},
   noopWall: {},
