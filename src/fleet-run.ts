@@ -1,20 +1,11 @@
-// One fleet run's scheduling: workers taking fresh targets first and deferred ones after, each try's outcome, the counts.
+// One fleet run's scheduling: workers taking untried targets first and deferred ones after, each try's outcome, the counts.
 import { MigrationLockBusyError } from './errors.js';
 import type { FleetSetup } from './fleet-options.js';
-import type { FleetTarget } from './fleet-target.js';
+import type { Entry, TargetQueue } from './fleet-queue.js';
 import type { FleetCounts, FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from './fleet-types.js';
 import { describeKey } from './key.js';
 import { callSafely, errorMessage } from './logger.js';
 import { formatMs } from './time.js';
-
-/** A target of the run: checked, keyed, and once it ends, its result. */
-export interface Entry {
-  target: FleetTarget;
-  key: bigint;
-  result?: FleetResult;
-  /** Milliseconds spent in its tries so far. */
-  spent: number;
-}
 
 /** The field of FleetCounts a status is counted in: `up-to-date` → `upToDate`. */
 const counted = (status: string) => status.replace(/-(\w)/g, (_, c: string) => c.toUpperCase()) as 'applied';
@@ -25,26 +16,20 @@ type Outcome = Without<FleetResult, 'target' | 'key' | 'durationMs'>;
 
 export class FleetRun<M extends FleetMigrator> {
   readonly #startedAt = performance.now();
-  readonly #fresh: Entry[];
   readonly #deferred: Entry[] = [];
   readonly counts: FleetCounts;
   #firstTries = 0;
   #stopped = false;
-  #sourceError: { error: unknown } | undefined;
-  #reading: Promise<unknown> = Promise.resolve();
   /** Workers waiting for a try to end (it may defer its target). */
   #sleepers: (() => void)[] = [];
 
   constructor(
     readonly setup: FleetSetup<M>,
     readonly migrator: M,
-    readonly entries: Entry[],
-    readonly source: AsyncIterator<unknown> | undefined,
-    readonly toEntry: (input: unknown, where: string) => Entry,
+    readonly queue: TargetQueue,
   ) {
-    this.#fresh = [...entries];
     const zero = { done: 0, running: 0, deferred: 0, applied: 0, upToDate: 0, skipped: 0, failed: 0, notRun: 0 };
-    this.counts = { total: source ? undefined : entries.length, ...zero };
+    this.counts = { total: queue.total, ...zero };
   }
 
   async finish(): Promise<FleetReport> {
@@ -56,17 +41,18 @@ export class FleetRun<M extends FleetMigrator> {
       await Promise.all(Array.from({ length: concurrency }, () => this.#worker()));
     } finally {
       signal?.removeEventListener('abort', stop);
-      await this.source?.return?.().catch(() => {});
+      await this.queue.close();
     }
-    for (const entry of this.entries) if (!entry.result) this.#settle(entry, { status: 'not-run', applied: [] });
-    if (this.#sourceError) throw this.#sourceError.error;
+    const { entries, error } = this.queue;
+    for (const entry of entries) if (!entry.result) this.#settle(entry, { status: 'not-run', applied: [] });
+    if (error) throw error.error;
     const { counts } = this;
     const durationMs = performance.now() - this.#startedAt;
     logger.debug?.(
       `Fleet of ${this.migrator.name}: ${counts.done} targets in ${formatMs(durationMs)}: ${counts.applied} applied, ${counts.upToDate} up to date, ${counts.skipped} skipped, ${counts.failed} failed, ${counts.notRun} not run`,
     );
     return {
-      results: this.entries.map((e) => e.result!),
+      results: entries.map((e) => e.result!),
       counts: { ...counts },
       ok: counts.failed === 0 && counts.notRun === 0,
       durationMs,
@@ -76,7 +62,9 @@ export class FleetRun<M extends FleetMigrator> {
   async #worker(): Promise<void> {
     for (;;) {
       if (this.#stopped) return;
-      const fresh = await this.#next();
+      const fresh = await this.queue.next(() => this.#stopped);
+      this.counts.total = this.queue.total;
+      if (this.queue.error) this.#stop();
       if (fresh) {
         await this.#attempt(fresh, false);
         continue;
@@ -94,31 +82,6 @@ export class FleetRun<M extends FleetMigrator> {
     }
   }
 
-  /** The next target never tried: from the array, or read from the iterable (one read at a time). */
-  async #next(): Promise<Entry | undefined> {
-    if (this.#fresh.length > 0) return this.#fresh.shift();
-    if (!this.source) return undefined;
-    const read = this.#reading.then(async () => {
-      if (this.#stopped || this.counts.total !== undefined) return undefined;
-      try {
-        const { done, value } = await this.source!.next();
-        if (done) {
-          this.counts.total = this.entries.length;
-          return undefined;
-        }
-        const entry = this.toEntry(value, `targets (item ${this.entries.length})`);
-        this.entries.push(entry);
-        return entry;
-      } catch (error) {
-        this.#sourceError ??= { error };
-        this.#stop();
-        return undefined;
-      }
-    });
-    this.#reading = read;
-    return read;
-  }
-
   /** A first try (`wait: false`: a lock held elsewhere defers the target), or a deferred target's second (waiting). */
   async #attempt(entry: Entry, again: boolean): Promise<void> {
     if (!again) this.#firstTries++;
@@ -133,6 +96,7 @@ export class FleetRun<M extends FleetMigrator> {
       else {
         this.#deferred.push(entry);
         this.counts.deferred++;
+        this.queue.jump();
         this.setup.logger.debug?.(`${entry.target.name}: ${error.message}; coming back to it after the others`);
         this.#emit('deferred', entry);
       }

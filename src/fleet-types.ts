@@ -77,7 +77,7 @@ export interface FleetCounts {
 /**
  * What `onProgress` receives, umzug-style:
  * - `started`: a target's first try begins;
- * - `deferred`: another run holds its lock: it is tried again once no fresh target is left;
+ * - `deferred`: another run holds its lock: it is tried again once no untried target is left;
  * - `resumed`: a deferred target is tried again (waiting for the lock if it is still held);
  * - `finished`: the target has its `result`.
  */

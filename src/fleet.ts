@@ -1,6 +1,7 @@
 // migrateEach: many databases or schemas, each under its own lock, a few at a time; runs started together share the work.
 import { checkFleetArguments, type FleetTargets } from './fleet-options.js';
-import { type Entry, FleetRun } from './fleet-run.js';
+import { type Entry, TargetQueue } from './fleet-queue.js';
+import { FleetRun } from './fleet-run.js';
 import { type FleetTargetInput, fleetKey, toFleetTarget } from './fleet-target.js';
 import type { FleetMigrator, FleetReport, MigrateEachOptions } from './fleet-types.js';
 import { parseKey } from './key.js';
@@ -9,10 +10,11 @@ import { parseKey } from './key.js';
  * Migrates every target (a database, or a schema of one) under a lock of its own, `concurrency` at a time,
  * and reports each target's outcome. Each target is tried with `wait: false` first: the migrator checks
  * what is pending on the session it locks with (an up-to-date target costs one connection and no lock);
- * a target whose lock another run holds is deferred and tried again once no fresh target is left, when that
- * run has usually finished it (`skipped`), waiting for its lock otherwise. So two runs of one fleet started
- * together (two replicas, two pods) split the targets between them, each migrated once, and finish about as
- * fast as one run with twice the concurrency. Advisory locks never wait on one another here: no deadlock.
+ * a target whose lock another run holds is deferred and tried again once no untried target is left, when that
+ * run has usually finished it (`skipped`), waiting for its lock otherwise. Targets are taken in the order
+ * given; after a busy one, from a random untried one on, so that two runs of one fleet started together (two
+ * replicas, two pods) work apart: they split the targets, each migrated once, and finish about as fast as one
+ * run with twice the concurrency. No lock is waited for while another is held: no deadlock.
  *
  * @param targets connection strings, `pg` configs or `{ url, schema?, name? }`: an array (checked before any
  *   connection) or an (async) iterable, e.g. rows read from a tenants table (read as slots free up).
@@ -43,8 +45,8 @@ export async function migrateEach<M extends FleetMigrator>(
   };
   // An array is checked whole, before any connection; an iterable as it is read.
   const entries: Entry[] = Array.isArray(targets) ? targets.map((t, i) => entry(t, `targets[${i}]`)) : [];
-  const run = new FleetRun(setup, migrator, entries, Array.isArray(targets) ? undefined : iterate(targets), entry);
-  return run.finish();
+  const queue = new TargetQueue(entries, Array.isArray(targets) ? undefined : iterate(targets), entry);
+  return new FleetRun(setup, migrator, queue).finish();
 }
 
 async function* iterate(targets: FleetTargets): AsyncGenerator<FleetTargetInput> {
