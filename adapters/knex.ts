@@ -277,6 +277,11 @@ export type KnexFleetConfig = Omit<Knex.Config, 'connection'> & { connection?: n
  */
 export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
   checkFleetConfig('knex', config, 'knexConfig');
+  if (config.client !== undefined && !['pg', 'postgres', 'postgresql'].includes(config.client as string)) {
+    throw new TypeError(
+      `pg-migration-lock/knex: a fleet migrates PostgreSQL: expected client 'pg', got ${String(config.client)}`,
+    );
+  }
   const open = async (target: FleetTarget): Promise<Knex> => {
     const { default: knexFactory } = await importPeer('knex', 'knex', () => import('knex'));
     const { schema } = target;
