@@ -1,6 +1,7 @@
 // One fleet run's scheduling: workers taking untried targets first and deferred ones after, each try's outcome, the counts.
 import { MigrationLockBusyError } from './errors.js';
 import type { FleetSetup } from './fleet-options.js';
+import { FleetPools } from './fleet-pools.js';
 import type { Entry, TargetQueue } from './fleet-queue.js';
 import type { FleetCounts, FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from './fleet-types.js';
 import { describeKey } from './key.js';
@@ -17,6 +18,7 @@ type Outcome = Without<FleetResult, 'target' | 'key' | 'durationMs'>;
 export class FleetRun<M extends FleetMigrator> {
   readonly #startedAt = performance.now();
   readonly #deferred: Entry[] = [];
+  readonly #pools: FleetPools;
   readonly counts: FleetCounts;
   #firstTries = 0;
   #stopped = false;
@@ -30,6 +32,7 @@ export class FleetRun<M extends FleetMigrator> {
   ) {
     const zero = { done: 0, running: 0, deferred: 0, applied: 0, upToDate: 0, skipped: 0, failed: 0, notRun: 0 };
     this.counts = { total: queue.total, ...zero };
+    this.#pools = new FleetPools(setup.concurrency);
   }
 
   async finish(): Promise<FleetReport> {
@@ -41,7 +44,7 @@ export class FleetRun<M extends FleetMigrator> {
       await Promise.all(Array.from({ length: concurrency }, () => this.#worker()));
     } finally {
       signal?.removeEventListener('abort', stop);
-      await this.queue.close();
+      await Promise.all([this.queue.close(), this.#pools.end()]);
     }
     const { entries, error } = this.queue;
     for (const entry of entries) if (!entry.result) this.#settle(entry, { status: 'not-run', applied: [] });
@@ -118,7 +121,7 @@ export class FleetRun<M extends FleetMigrator> {
     try {
       const keyLabel = `${describeKey(entry.key)} of ${entry.target.name}`;
       const options = { ...lock, key: entry.key, wait, signal, logger, keyLabel };
-      const applied = await this.migrator.run(entry.target, options);
+      const applied = await this.migrator.run(entry.target, options, this.#pools.for(entry.target));
       if (!Array.isArray(applied) || applied.some((name) => typeof name !== 'string')) {
         throw new TypeError(`${this.migrator.name}: run() must resolve to the names of the migrations it applied`);
       }

@@ -1,4 +1,5 @@
 // The shapes of a fleet run: the migrator it drives, its options, its progress events and its report.
+import type pg from 'pg';
 import type { FleetTarget } from './fleet-target.js';
 import type { LockKeyInput } from './key.js';
 import type { Logger } from './logger.js';
@@ -11,7 +12,7 @@ export interface FleetLockOptions extends MigrationLockOptions {
 
 /**
  * One migrator, as a fleet drives it: each adapter's `fleet(config)` makes one (`pg-migration-lock/knex`, …).
- * A migrator of your own fits too: `run` takes the lock with `withMigrationLock(target.connection, lock.key, fn, lock)`.
+ * A migrator of your own fits too: `run` takes the lock with `withMigrationLock(pool ?? target.connection, lock.key, fn, lock)`.
  */
 export interface FleetMigrator {
   /** Names the migrator in default keys and messages: `knex`, `node-pg-migrate`, `drizzle`, `kysely`, `typeorm`. */
@@ -28,8 +29,12 @@ export interface FleetMigrator {
    * and `logger` there), and resolves to the names of the migrations it applied (`[]` when none). It checks
    * what is pending first, on the session it locks with, and takes no lock when nothing is: the adapters' do.
    * With `wait: false` and the lock held elsewhere, it rejects with `MigrationLockBusyError`.
+   *
+   * `pool`, for a schema target, is a `pg.Pool` on the target's database that the run shares among the schemas
+   * of that database (each checkout is reset: role, settings, temporary tables): a migrator that can lock and
+   * migrate on a connection of it opens none of its own (it must not end it). Undefined for a database target.
    */
-  run(target: FleetTarget, lock: FleetLockOptions): Promise<string[]>;
+  run(target: FleetTarget, lock: FleetLockOptions, pool?: pg.Pool): Promise<string[]>;
 }
 
 /** How a target ended. */

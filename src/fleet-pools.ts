@@ -1,0 +1,42 @@
+// The connections a fleet run shares among the schema targets of one database: a pool per database, reset at each checkout, ended with the run.
+import pg from 'pg';
+import type { FleetTarget } from './fleet-target.js';
+
+/**
+ * Put at the front of each checkout: what a tenant's migration may have left on the session (`SET ROLE`, a `SET`
+ * of any setting, search_path, temporary tables) must not reach the next tenant. Queued before the borrower's
+ * first statement (node-postgres runs a client's queries in order), so it costs no round trip of its own.
+ */
+const RESET = 'SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP';
+
+/**
+ * One `pg.Pool` per database that schema targets of the run share (a database target gets none: its migrator
+ * opens its own connection, since nothing else uses it): opening a connection (a backend forked, a password
+ * checked, catalog caches warmed) costs more than checking a tenant that is up to date.
+ */
+export class FleetPools {
+  readonly #pools = new Map<string, pg.Pool>();
+
+  constructor(readonly max: number) {}
+
+  /** The pool for `target`'s database, made on first use; undefined for a database target. */
+  for(target: FleetTarget): pg.Pool | undefined {
+    if (target.schema === undefined) return undefined;
+    const id = typeof target.connection === 'string' ? target.connection : JSON.stringify(target.connection);
+    let pool = this.#pools.get(id);
+    if (!pool) {
+      const config =
+        typeof target.connection === 'string' ? { connectionString: target.connection } : target.connection;
+      pool = new pg.Pool({ ...config, max: this.max, idleTimeoutMillis: 10_000 });
+      // An idle connection that dies must not crash the process; the next checkout gets another.
+      pool.on('error', () => {});
+      pool.on('acquire', (client) => void client.query(RESET).catch(() => {}));
+      this.#pools.set(id, pool);
+    }
+    return pool;
+  }
+
+  async end(): Promise<void> {
+    await Promise.all([...this.#pools.values()].map((pool) => pool.end().catch(() => {})));
+  }
+}
