@@ -268,7 +268,8 @@ export type DrizzleFleetConfig = Parameters<typeof drizzleMigrate>[1];
 
 /**
  * A fleet migrator for `migrateEach`: drizzle's node-postgres `migrate(db, config)` on each target, under the
- * target's lock, through a `pg.Pool` of one connection made for the target (ended after). Resolves to the journal
+ * target's lock, through a `pg.Pool` of one connection made for the target (ended after), or for a schema target
+ * the pool the run shares among the schemas of that database. Resolves to the journal
  * tags it applied.
  *
  * On a schema target (`{ url, schema }`): `migrationsSchema` is the schema, so `__drizzle_migrations` lives there;
@@ -309,10 +310,10 @@ export function fleet(config: DrizzleFleetConfig): FleetMigrator {
           return withSession(pool, (session) => toApply(session.query, on(target), readMigrationFiles));
         },
       ),
-    run: (target, lock) =>
+    run: (target, lock, shared) =>
       usingTarget(
-        () => open(target),
-        close,
+        () => shared ?? open(target),
+        (pool) => (pool === shared ? Promise.resolve() : close(pool)),
         (pool) => {
           const { schema } = target;
           const before = async (query: Query) => {

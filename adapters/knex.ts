@@ -60,13 +60,17 @@ export async function latest(
   return latestLocked(knex, client, migratorConfig, adapterLock(lock ?? lockInConfig, 'knex'));
 }
 
-/** `latest` once its arguments are checked; a fleet's `before` runs on the locked session before knex migrates. */
+/**
+ * `latest` once its arguments are checked. For a fleet: `before` runs on the locked session before knex
+ * migrates, and `source` (a fleet's pool) replaces the connection made from knex's settings.
+ */
 async function latestLocked(
   knex: Knex,
   client: Knex.Client,
   migratorConfig: Knex.MigratorConfig,
   locking: AdapterLock,
   before?: (query: Query) => Promise<void>,
+  source?: ClientSource,
 ): Promise<[batchNo: number, log: string[]]> {
   /*
    * Lock and migration share one session, so they share fate: if the session dies, the lock is gone and
@@ -84,7 +88,7 @@ async function latestLocked(
   };
   let batchNo = 0;
   const result = await lockedRun(
-    await lockSource(client),
+    source ?? (await lockSource(client)),
     locking,
     async ({ client: session }: { client: pg.ClientBase }) => {
       await before?.(pgQuery(session));
@@ -263,8 +267,9 @@ export type KnexFleetConfig = Omit<Knex.Config, 'connection'> & { connection?: n
 /**
  * A fleet migrator for `migrateEach`: `knex.migrate.latest()` on each target, under the target's lock.
  *
- * Per target it makes a knex of `config` on the target's connection (a pool of at most one connection, destroyed
- * after). On a schema target (`{ url, schema }`): `migrations.schemaName` is the schema, so `knex_migrations` and
+ * Per target it makes a knex of `config` on the target's connection (destroyed after); the lock and the migration
+ * run on one connection, made for the target, or for a schema target one of the pool the run shares among the
+ * schemas of that database (so `pool.afterCreate` runs on each checkout). On a schema target (`{ url, schema }`): `migrations.schemaName` is the schema, so `knex_migrations` and
  * `knex_migrations_lock` live there; `searchPath` is `[schema, 'public']`, so unqualified `knex.schema.createTable()`
  * lands in the schema; and the schema is created, under the lock, if it does not exist.
  *
@@ -305,14 +310,14 @@ export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
         close,
         (db) => pending(db),
       ),
-    run: (target, lock) =>
+    run: (target, lock, pool) =>
       usingTarget(
         () => open(target),
         close,
         async (db) => {
           const schema = target.schema;
           const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, false);
-          const [, log] = await latestLocked(db, db.client, {}, adapterLock(lock, 'knex'), before);
+          const [, log] = await latestLocked(db, db.client, {}, adapterLock(lock, 'knex'), before, pool);
           return log;
         },
       ),

@@ -1,4 +1,5 @@
 import type { CompiledQuery, Dialect, Kysely, PostgresDialect } from 'kysely';
+import type pg from 'pg';
 import { defaultKeyOf } from '../src/key.js';
 import {
   type AdapterLock,
@@ -322,7 +323,8 @@ export type KyselyFleetProps = Omit<MigratorProps, 'db'> & { db?: never };
 
 /**
  * A fleet migrator for `migrateEach`: kysely's `migrateToLatest()` on each target, under the target's lock,
- * through a Kysely made for the target (`PostgresDialect` over a `pg.Pool` of one connection, destroyed after).
+ * through a Kysely made for the target (`PostgresDialect` over a `pg.Pool` of one connection, destroyed after, or
+ * for a schema target the pool the run shares among the schemas of that database).
  * Resolves to the names kysely applied; a migration's error rejects (kysely's `{ error }`).
  *
  * On a schema target (`{ url, schema }`): `migrationTableSchema` is the schema, so `kysely_migration` and
@@ -330,6 +332,10 @@ export type KyselyFleetProps = Omit<MigratorProps, 'db'> & { db?: never };
  * `search_path` is the schema, then `public`, so unqualified `db.schema.createTable()` lands in the schema; and
  * kysely's own migration lock (one `pg_advisory_lock` per database) is left out, or the schemas of a database
  * would queue behind one another inside the server: the fleet's key of the schema stands in for it.
+ *
+ * A database whose tenants' schemas hold kysely tables, migrated as a target of its own too: set
+ * `migrationTableSchema` (e.g. `'public'`, it applies to database targets). Without it kysely looks for
+ * `kysely_migration` by name in every schema, finds a tenant's, and fails ("relation does not exist").
  *
  * @param props kysely's Migrator props without `db`: `provider` (e.g. a `FileMigrationProvider`), ….
  * @example
@@ -346,33 +352,37 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
   if (typeof props.provider?.getMigrations !== 'function') {
     throw new TypeError('pg-migration-lock/kysely: expected fleet({ provider }) to get a MigrationProvider');
   }
-  const open = async (target: FleetTarget) => {
-    const [{ Kysely: KyselyClass, PostgresDialect: Postgres }, { default: pg }] = await Promise.all([
+  const open = async (target: FleetTarget, shared: pg.Pool | undefined) => {
+    const [{ Kysely: KyselyClass, PostgresDialect: Postgres }, { default: pgModule }] = await Promise.all([
       importKysely(),
       import('pg'),
     ]);
-    const pool = new pg.Pool({ ...targetConfig(target), max: 1 });
-    // An idle connection that dies must not crash the process: the lock notices a lost session itself.
-    pool.on('error', () => {});
+    let pool = shared;
+    if (!pool) {
+      pool = new pgModule.Pool({ ...targetConfig(target), max: 1 });
+      // An idle connection that dies must not crash the process: the lock notices a lost session itself.
+      pool.on('error', () => {});
+    }
     const dialect = new Postgres({ pool });
-    return new KyselyClass<unknown>({ dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect) });
+    const db = new KyselyClass<unknown>({ dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect) });
+    // Destroying a Kysely ends its pool: not the run's shared one.
+    return { db, close: () => (shared ? Promise.resolve() : db.destroy()) };
   };
-  const close = (db: Kysely<unknown>) => db.destroy();
   const on = (db: Kysely<unknown>, target: FleetTarget, lock?: AdapterLockOptions) =>
     new Migrator({ ...props, db, lock, ...(target.schema !== undefined && { migrationTableSchema: target.schema }) });
   return {
     name: 'kysely',
     pending: (target) =>
       usingTarget(
-        () => open(target),
-        close,
-        (db) => on(db, target).pending(),
+        () => open(target, undefined),
+        (opened) => opened.close(),
+        ({ db }) => on(db, target).pending(),
       ),
-    run: (target, lock) =>
+    run: (target, lock, shared) =>
       usingTarget(
-        () => open(target),
-        close,
-        async (db) => {
+        () => open(target, shared),
+        (opened) => opened.close(),
+        async ({ db }) => {
           const migrator = on(db, target, lock);
           const { schema } = target;
           if (schema !== undefined) fleetBefore.set(migrator, (query) => enterSchema(query, schema, true));

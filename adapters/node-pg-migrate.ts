@@ -276,8 +276,9 @@ export type NodePgMigrateFleetOptions = Omit<Extract<RunnerOption, { databaseUrl
 };
 
 /**
- * A fleet migrator for `migrateEach`: node-pg-migrate's `runner(options)` on each target (as `databaseUrl`),
- * under the target's lock. On a database target its default key is node-pg-migrate's own (`options.lockValue`,
+ * A fleet migrator for `migrateEach`: node-pg-migrate's `runner(options)` on each target (as `databaseUrl`, or
+ * for a schema target, a connection of the pool the run shares among the schemas of that database, as
+ * `dbClient`), under the target's lock. On a database target its default key is node-pg-migrate's own (`options.lockValue`,
  * else `7241865325823964`), so plain node-pg-migrate runs on that database wait for it too.
  *
  * On a schema target (`{ url, schema }`): node-pg-migrate's `schema` is `[schema, 'public']`, so it sets
@@ -296,23 +297,24 @@ export type NodePgMigrateFleetOptions = Omit<Extract<RunnerOption, { databaseUrl
 export function fleet(options: NodePgMigrateFleetOptions): FleetMigrator {
   checkFleetConfig('node-pg-migrate', options, 'runnerOptions');
   const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
-  const on = (target: FleetTarget): RunnerOption => {
+  const on = (target: FleetTarget, pool?: pg.Pool): RunnerOption => {
     const { schema } = target;
     const perSchema = schema !== undefined && {
       schema: tenantSearchPath(schema),
       migrationsSchema: schema,
       noLock: true,
     };
-    return { ...options, databaseUrl: target.connection, ...perSchema } as RunnerOption;
+    const connection = pool ? { dbClient: pool } : { databaseUrl: target.connection };
+    return { ...options, ...connection, ...perSchema } as RunnerOption;
   };
   return {
     name: 'node-pg-migrate',
     key: ownLock,
     pending: (target) => pending(on(target)),
-    run: async (target, lock) => {
+    run: async (target, lock, pool) => {
       const { schema } = target;
       const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, false);
-      const ran = await runLocked(on(target), adapterLock(lock, 'node-pg-migrate', ownLock), before);
+      const ran = await runLocked(on(target, pool), adapterLock(lock, 'node-pg-migrate', ownLock), before);
       return ran.map((migration) => migration.name);
     },
   };

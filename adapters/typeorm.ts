@@ -165,7 +165,8 @@ export type TypeormFleetOptions = DataSourceOptions & { type: 'postgres' };
 
 /**
  * A fleet migrator for `migrateEach`: `dataSource.runMigrations(runOptions)` on each target, under the target's
- * lock, through a data source made of `options` for the target (a pool of one connection; destroyed after).
+ * lock, through a data source made of `options` for the target (a pool of one connection; destroyed after: TypeORM
+ * makes its own pool, so a run's shared pool of a database is not used).
  * Resolves to the names of the migrations TypeORM applied.
  *
  * The target's connection replaces the options' (`url`, `host`, `port`, `username`, `password`, `database`,

@@ -39,8 +39,12 @@ const FLEETS: Record<MigratorName, () => FleetMigrator> = {
       log: () => {},
     }),
   drizzle: () => drizzleFleet({ migrationsFolder: fixture('fleet/drizzle') }),
+  // kysely looks for its table by name in every schema unless told which: the tenants' would hide the database's.
   kysely: () =>
-    kyselyFleet({ provider: new FileMigrationProvider({ fs, path, migrationFolder: fixture('fleet/kysely') }) }),
+    kyselyFleet({
+      provider: new FileMigrationProvider({ fs, path, migrationFolder: fixture('fleet/kysely') }),
+      migrationTableSchema: 'public',
+    }),
   typeorm: () => typeormFleet({ type: 'postgres', migrations: [fixture('fleet/typeorm/*.mjs')], logging: false }),
 };
 
