@@ -6,6 +6,7 @@ import { expect, test } from 'vitest';
 import { fleet } from '../adapters/knex.js';
 import {
   DEFAULT_LOCK_KEY,
+  type FleetMigrator,
   type FleetProgressEvent,
   type FleetTargetInput,
   fleetKey,
@@ -251,6 +252,57 @@ test('keys: one per schema and migrator, as psql computes it; the migrator’s o
     keyOf: (target, migrator) => lockKey(`billing:${migrator.name}:${target.schema}`),
   });
   expect(custom.results[0]!.key).toBe(lockKey('billing:knex:k_3'));
+});
+
+test('the schemas of a database share the run’s connections, and nothing one tenant set reaches the next', async () => {
+  const url = await createTestDatabase();
+  await prepareTenants(url);
+  // One slot: the three tenants migrate one after the other, on one connection of the run's pool.
+  const report = await migrateEach(schemaTargets(url, ['c_1', 'c_2', 'c_3']), knexFleet(), {
+    concurrency: 1,
+    logger: null,
+  });
+  expect(report.ok).toBe(true);
+  const pids = await withClient(url, async (client) => {
+    const { rows } = await client.query('SELECT DISTINCT pid FROM public.fleet_events');
+    return rows.map((row) => row.pid);
+  });
+  expect(pids).toHaveLength(1);
+
+  // A migrator of its own, on the shared pool: the first tenant leaves settings, a role and a temporary table.
+  const seen: Record<string, unknown>[] = [];
+  const role = `fleet_leak_${Math.random().toString(36).slice(2, 8)}`;
+  const leaky: FleetMigrator = {
+    name: 'leaky',
+    pending: async () => [],
+    run: (target, lock, pool) =>
+      withMigrationLock(
+        pool ?? target.connection,
+        lock.key,
+        async ({ client }) => {
+          const { rows } = await client.query(
+            `SELECT pg_backend_pid() AS pid, current_setting('statement_timeout') AS timeout, current_user AS who,
+                    current_setting('search_path') AS path, to_regclass('pg_temp.leftover') IS NOT NULL AS temp`,
+          );
+          seen.push(rows[0]);
+          await client.query(`SET statement_timeout = '1234ms'; SET search_path = "${target.schema}";
+                              CREATE TEMP TABLE leftover (); CREATE ROLE ${role}_${seen.length} NOLOGIN;
+                              SET ROLE ${role}_${seen.length}`);
+          return ['leaky'];
+        },
+        lock,
+      ),
+  };
+  try {
+    await migrateEach(schemaTargets(url, ['l_1', 'l_2']), leaky, { concurrency: 1, logger: null });
+  } finally {
+    await withClient(url, (client) =>
+      client.query('DROP ROLE IF EXISTS fleet_leak_1; DROP ROLE IF EXISTS fleet_leak_2'),
+    );
+  }
+  expect(seen[1]!.pid).toBe(seen[0]!.pid);
+  expect(seen[1]).toEqual(seen[0]);
+  expect(seen[1]).toMatchObject({ temp: false });
 });
 
 test('progress events: started and finished for each target, with the counts', async () => {
