@@ -180,10 +180,16 @@ export class Migrator {
     const db = anyDb as Kysely<Record<string, MigrationRow>>;
     const { provider, migrationTableName = 'kysely_migration', migrationTableSchema } = this.#props;
     const names = Object.keys(await provider.getMigrations()).sort();
-    const tables = await db.introspection.getTables({ withInternalKyselyTables: true });
-    const exists = tables.some(
-      (t) => t.name === migrationTableName && (!migrationTableSchema || t.schema === migrationTableSchema),
+    // kysely's own test (its introspector's getTables: a table, view or foreign table of that name in a schema
+    // it may use, or in `migrationTableSchema`), asked of that one table rather than of every column of the database.
+    const [found] = await kyselyQuery(anyDb, await importKysely())(
+      `SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+       WHERE c.relname = $1 AND c.relkind IN ('r', 'v', 'p', 'f') AND ns.nspname !~ '^pg_'
+         AND ns.nspname NOT IN ('information_schema', 'crdb_internal') AND has_schema_privilege(ns.nspname, 'USAGE')
+         AND ($2::text IS NULL OR ns.nspname = $2) LIMIT 1`,
+      [migrationTableName, migrationTableSchema ?? null],
     );
+    const exists = found !== undefined;
     const rows: MigrationRow[] = exists
       ? await (migrationTableSchema ? db.withSchema(migrationTableSchema) : db)
           .selectFrom(migrationTableName)
