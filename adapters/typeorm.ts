@@ -13,6 +13,7 @@ import {
   lockedRun,
   pgQuery,
   type Query,
+  quoteIdent,
   requirePeer,
   SKIPPED,
   targetConfig,
@@ -166,7 +167,8 @@ export type TypeormFleetOptions = DataSourceOptions & { type: 'postgres' };
 /**
  * A fleet migrator for `migrateEach`: `dataSource.runMigrations(runOptions)` on each target, under the target's
  * lock, through a data source made of `options` for the target (a pool of one connection; destroyed after: TypeORM
- * makes its own pool, so a run's shared pool of a database is not used).
+ * makes its own pool). A schema target that is up to date is found so on the run's shared pool of its database,
+ * without a data source, once one has named the migrations.
  * Resolves to the names of the migrations TypeORM applied.
  *
  * The target's connection replaces the options' (`url`, `host`, `port`, `username`, `password`, `database`,
@@ -205,10 +207,31 @@ export function fleet(
       extra: { ...options.extra, ...targetConfig(target), max: 1 },
     } as DataSourceOptions);
     await dataSource.initialize();
+    // The migrations' names, as TypeORM names them: the same for every target, kept for upToDate.
+    names ??= dataSource.migrations.map((m) => m.name || m.constructor.name);
     return dataSource;
   };
   const close = async (dataSource: DataSource) => {
     if (dataSource.isInitialized) await dataSource.destroy();
+  };
+  let names: string[] | undefined;
+  /**
+   * A schema target found up to date on a connection of the run's pool, without a data source (whose start, per
+   * target, costs more than the check): TypeORM's own rule, every migration's name in the schema's table. Only
+   * once a data source has named the migrations; anything else goes the whole way (which checks again).
+   */
+  const upToDate = async (target: FleetTarget, pool: pg.Pool | undefined): Promise<boolean> => {
+    if (!pool || !names || target.schema === undefined) return false;
+    const table = `${quoteIdent(target.schema)}.${quoteIdent(options.migrationsTableName ?? 'migrations')}`;
+    const client = await pool.connect();
+    try {
+      const [row] = (await client.query('SELECT to_regclass($1) IS NOT NULL AS present', [table])).rows;
+      if (!row?.present) return false;
+      const done = new Set((await client.query(`SELECT name FROM ${table}`)).rows.map((r) => r.name));
+      return names.every((name) => done.has(name));
+    } finally {
+      client.release();
+    }
   };
   return {
     name: 'typeorm',
@@ -218,8 +241,9 @@ export function fleet(
         close,
         (dataSource) => pending(dataSource),
       ),
-    run: (target, lock) =>
-      usingTarget(
+    run: async (target, lock, pool) => {
+      if (await upToDate(target, pool)) return [];
+      return usingTarget(
         () => open(target),
         close,
         async (dataSource) => {
@@ -228,6 +252,7 @@ export function fleet(
           const applied = await runLocked(dataSource, runOptions, adapterLock(lock, 'typeorm'), before);
           return applied.map((migration) => migration.name);
         },
-      ),
+      );
+    },
   };
 }
