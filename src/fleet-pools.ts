@@ -1,6 +1,7 @@
 // The connections a fleet run shares among the schema targets of one database: a pool per database, reset at each checkout, ended with the run.
 import pg from 'pg';
 import type { FleetTarget } from './fleet-target.js';
+import { lockRowsOf } from './protocol.js';
 
 /**
  * Put at the front of each checkout: what a tenant's migration may have left on the session (`SET ROLE`, a `SET`
@@ -34,6 +35,18 @@ export class FleetPools {
       this.#pools.set(id, pool);
     }
     return pool;
+  }
+
+  /**
+   * Whether another session holds `key` in `pool`'s database right now: one query on a connection the run keeps
+   * anyway, where finding it busy through the migrator would cost its whole check (and, for TypeORM, a data
+   * source). A lock taken just after is found busy by the migrator's own try.
+   */
+  static async held(pool: pg.Pool, key: bigint): Promise<boolean> {
+    const { rows } = await pool.query(
+      `SELECT EXISTS (SELECT FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted) AS held`,
+    );
+    return rows[0]?.held === true;
   }
 
   async end(): Promise<void> {

@@ -120,8 +120,13 @@ export class FleetRun<M extends FleetMigrator> {
     const startedAt = performance.now();
     try {
       const keyLabel = `${describeKey(entry.key)} of ${entry.target.name}`;
+      const pool = this.#pools.for(entry.target);
+      // A first try of a target another run holds: found busy on the run's own connection, cheaply.
+      if (!wait && pool && (await FleetPools.held(pool, entry.key))) {
+        throw new MigrationLockBusyError(`Migration lock ${keyLabel} is held by another session`, entry.key);
+      }
       const options = { ...lock, key: entry.key, wait, signal, logger, keyLabel };
-      const applied = await this.migrator.run(entry.target, options, this.#pools.for(entry.target));
+      const applied = await this.migrator.run(entry.target, options, pool);
       if (!Array.isArray(applied) || applied.some((name) => typeof name !== 'string')) {
         throw new TypeError(`${this.migrator.name}: run() must resolve to the names of the migrations it applied`);
       }
