@@ -4,11 +4,33 @@ import type { FleetTarget } from './fleet-target.js';
 import { lockRowsOf } from './protocol.js';
 
 /**
- * Put at the front of each checkout: what a tenant's migration may have left on the session (`SET ROLE`, a `SET`
- * of any setting, search_path, temporary tables) must not reach the next tenant. Queued before the borrower's
- * first statement (node-postgres runs a client's queries in order), so it costs no round trip of its own.
+ * Run at each checkout: what a tenant's migration may have left on the session (`SET ROLE`, a `SET` of any
+ * setting, search_path, temporary tables) must not reach the next tenant.
  */
 const RESET = 'SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP';
+
+type Checkout = (err: Error | undefined, client: pg.PoolClient | undefined, release: () => void) => void;
+
+/** A pg.Pool whose every checkout (promise or callback, `pool.query` included) is reset first. */
+class ResettingPool extends pg.Pool {
+  // biome-ignore lint/suspicious/noExplicitAny: pg.Pool's own overloads (a promise, or a callback)
+  override connect(callback?: Checkout): any {
+    const checkout = super.connect().then(async (client) => {
+      try {
+        await client.query(RESET);
+      } catch (err) {
+        client.release(err as Error);
+        throw err;
+      }
+      return client;
+    });
+    if (!callback) return checkout;
+    checkout.then(
+      (client) => callback(undefined, client, () => client.release()),
+      (err) => callback(err, undefined, () => {}),
+    );
+  }
+}
 
 /**
  * One `pg.Pool` per database that schema targets of the run share (a database target gets none: its migrator
@@ -28,10 +50,9 @@ export class FleetPools {
     if (!pool) {
       const config =
         typeof target.connection === 'string' ? { connectionString: target.connection } : target.connection;
-      pool = new pg.Pool({ ...config, max: this.max, idleTimeoutMillis: 10_000 });
+      pool = new ResettingPool({ ...config, max: this.max, idleTimeoutMillis: 10_000 });
       // An idle connection that dies must not crash the process; the next checkout gets another.
       pool.on('error', () => {});
-      pool.on('acquire', (client) => void client.query(RESET).catch(() => {}));
       this.#pools.set(id, pool);
     }
     return pool;
