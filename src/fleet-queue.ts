@@ -15,7 +15,7 @@ export interface Entry {
  * The targets a run has not tried yet. An array is taken in order; after a target another run holds (`jump`),
  * from a random untried one on: two runs started together on one list then work apart, instead of one trailing
  * the other and finding each of its targets busy (each such target costs a check now and one later). A run
- * alone never jumps: it goes in the given order. An iterable is read in order, one target at a time.
+ * alone never jumps: it goes in the given order. An iterable is read in order, one target ahead of the runs.
  */
 export class TargetQueue {
   /** Every target read so far, in the order read. */
@@ -24,6 +24,8 @@ export class TargetQueue {
   #left: number;
   #cursor = 0;
   #reading: Promise<unknown> = Promise.resolve();
+  /** The target read ahead of the one last handed out. */
+  #ahead: Promise<Entry | undefined> | undefined;
   #exhausted: boolean;
   /** What the iterable threw (or a bad target it yielded). */
   error: { error: unknown } | undefined;
@@ -44,27 +46,37 @@ export class TargetQueue {
     return this.#exhausted ? this.entries.length : undefined;
   }
 
-  /** The next untried target, or undefined when there is none (or the iterable failed). */
+  /**
+   * The next untried target, or undefined when there is none (or the iterable failed). An iterable is read one
+   * target ahead, so its end (and the total) is known while its last target runs.
+   */
   async next(stopped: () => boolean): Promise<Entry | undefined> {
     if (!this.source) return this.#take();
-    const read = this.#reading.then(async () => {
-      if (stopped() || this.#exhausted) return undefined;
-      try {
-        const { done, value } = await this.source!.next();
-        if (done) {
-          this.#exhausted = true;
-          return undefined;
-        }
-        const entry = this.toEntry(value, `targets (item ${this.entries.length})`);
-        this.entries.push(entry);
-        return entry;
-      } catch (error) {
-        this.error ??= { error };
+    const next = this.#reading.then(async () => {
+      const entry = await (this.#ahead ?? this.#read(stopped));
+      this.#ahead = entry && !stopped() ? this.#read(stopped) : undefined;
+      return entry;
+    });
+    this.#reading = next;
+    return next;
+  }
+
+  /** Reads one target of the iterable (never two at once: `next` chains them). */
+  async #read(stopped: () => boolean): Promise<Entry | undefined> {
+    if (stopped() || this.#exhausted || this.error) return undefined;
+    try {
+      const { done, value } = await this.source!.next();
+      if (done) {
+        this.#exhausted = true;
         return undefined;
       }
-    });
-    this.#reading = read;
-    return read;
+      const entry = this.toEntry(value, `targets (item ${this.entries.length})`);
+      this.entries.push(entry);
+      return entry;
+    } catch (error) {
+      this.error ??= { error };
+      return undefined;
+    }
   }
 
   /** The target just tried was busy: move on from a random untried one (arrays only). */
@@ -73,6 +85,7 @@ export class TargetQueue {
   }
 
   async close(): Promise<void> {
+    await this.#ahead;
     await this.source?.return?.(undefined).catch(() => {});
   }
 

@@ -64,7 +64,7 @@ export type FleetResult =
 
 /** Where a fleet run stands. */
 export interface FleetCounts {
-  /** How many targets there are: known for an array, and for an iterable once it is read to the end. */
+  /** How many targets there are: known for an array, for an iterable once read to the end (one target ahead). */
   total: number | undefined;
   /** Targets finished, whatever their status. */
   done: number;

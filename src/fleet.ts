@@ -17,7 +17,7 @@ import { parseKey } from './key.js';
  * run with twice the concurrency. No lock is waited for while another is held: no deadlock.
  *
  * @param targets connection strings, `pg` configs or `{ url, schema?, name? }`: an array (checked before any
- *   connection) or an (async) iterable, e.g. rows read from a tenants table (read as slots free up).
+ *   connection) or an (async) iterable, e.g. rows read from a tenants table (read as slots free up, one target ahead).
  * @param migrator what each adapter's `fleet(config)` returns, e.g. `fleet({ directory })` from `pg-migration-lock/knex`.
  * @param options `concurrency` (default 4), `keyOf`, `onProgress`, `stopOnError`, `signal`, `logger`, `lock`.
  * @returns `{ results, counts, ok, durationMs }`: it resolves when a target fails too (`ok` is false then).
