@@ -291,9 +291,9 @@ export function fleet(config: DrizzleFleetConfig): FleetMigrator {
   }
   const on = (target: FleetTarget) =>
     target.schema === undefined ? config : { ...config, migrationsSchema: target.schema };
-  const open = async (target: FleetTarget) => {
+  const open = async (target: FleetTarget, applicationName?: string) => {
     const { default: pg } = await import('pg');
-    const pool = new pg.Pool({ ...targetConfig(target), max: 1 });
+    const pool = new pg.Pool({ ...targetConfig(target, applicationName), max: 1 });
     // An idle connection that dies must not crash the process: the lock notices a lost session itself.
     pool.on('error', () => {});
     return pool;
@@ -312,7 +312,7 @@ export function fleet(config: DrizzleFleetConfig): FleetMigrator {
       ),
     run: (target, lock, shared) =>
       usingTarget(
-        () => shared ?? open(target),
+        () => shared ?? open(target, lock.applicationName),
         (pool) => (pool === shared ? Promise.resolve() : close(pool)),
         (pool) => {
           const { schema } = target;

@@ -12,6 +12,7 @@ import {
   sessionSource,
   withSession,
 } from '../src/driver/index.js';
+import { connectionConfig } from '../src/driver/pg.js';
 import { missingMigrator } from '../src/errors.js';
 import type { FleetTarget } from '../src/fleet-target.js';
 import type { FleetLockOptions, FleetMigrator } from '../src/fleet-types.js';
@@ -132,9 +133,12 @@ export function requirePeer<T>(pkg: string): T {
   return createRequire(import.meta.url)(pkg) as T;
 }
 
-/** A fleet target's connection as a `pg` client config (a connection string becomes `{ connectionString }`). */
-export function targetConfig(target: FleetTarget): pg.ClientConfig {
-  return typeof target.connection === 'string' ? { connectionString: target.connection } : { ...target.connection };
+/**
+ * A fleet target's connection as a `pg` client config, as the library opens its own: named (host and pid, unless
+ * `applicationName`), with TCP keepalive and a bounded connect.
+ */
+export function targetConfig(target: FleetTarget, applicationName?: string): pg.ClientConfig {
+  return connectionConfig(target.connection, applicationName);
 }
 
 /**

@@ -358,14 +358,14 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
   if (typeof props.provider?.getMigrations !== 'function') {
     throw new TypeError('pg-migration-lock/kysely: expected fleet({ provider }) to get a MigrationProvider');
   }
-  const open = async (target: FleetTarget, shared: pg.Pool | undefined) => {
+  const open = async (target: FleetTarget, shared: pg.Pool | undefined, applicationName?: string) => {
     const [{ Kysely: KyselyClass, PostgresDialect: Postgres }, { default: pgModule }] = await Promise.all([
       importKysely(),
       import('pg'),
     ]);
     let pool = shared;
     if (!pool) {
-      pool = new pgModule.Pool({ ...targetConfig(target), max: 1 });
+      pool = new pgModule.Pool({ ...targetConfig(target, applicationName), max: 1 });
       // An idle connection that dies must not crash the process: the lock notices a lost session itself.
       pool.on('error', () => {});
     }
@@ -386,7 +386,7 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
       ),
     run: (target, lock, shared) =>
       usingTarget(
-        () => open(target, shared),
+        () => open(target, shared, lock.applicationName),
         (opened) => opened.close(),
         async ({ db }) => {
           const migrator = on(db, target, lock);

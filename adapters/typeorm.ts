@@ -204,7 +204,7 @@ export function fleet(
       replication: undefined,
       ...(target.schema !== undefined && { schema: target.schema }),
       // TypeORM hands `extra` to pg's Pool last: the target's connection, and one connection per target.
-      extra: { ...options.extra, ...targetConfig(target), max: 1 },
+      extra: { ...options.extra, ...targetConfig(target, options.applicationName), max: 1 },
     } as DataSourceOptions);
     await dataSource.initialize();
     // The migrations' names, as TypeORM names them: the same for every target, kept for upToDate.

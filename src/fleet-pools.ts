@@ -1,5 +1,6 @@
 // The connections a fleet run shares among the schema targets of one database: a pool per database, reset at each checkout, ended with the run.
 import pg from 'pg';
+import { connectionConfig } from './driver/pg.js';
 import type { FleetTarget } from './fleet-target.js';
 import { lockRowsOf } from './protocol.js';
 
@@ -40,7 +41,10 @@ class ResettingPool extends pg.Pool {
 export class FleetPools {
   readonly #pools = new Map<string, pg.Pool>();
 
-  constructor(readonly max: number) {}
+  constructor(
+    readonly max: number,
+    readonly applicationName: string | undefined,
+  ) {}
 
   /** The pool for `target`'s database, made on first use; undefined for a database target. */
   for(target: FleetTarget): pg.Pool | undefined {
@@ -48,8 +52,8 @@ export class FleetPools {
     const id = typeof target.connection === 'string' ? target.connection : JSON.stringify(target.connection);
     let pool = this.#pools.get(id);
     if (!pool) {
-      const config =
-        typeof target.connection === 'string' ? { connectionString: target.connection } : target.connection;
+      // Named like every connection the library opens (host and pid), with TCP keepalive and a bounded connect.
+      const config = connectionConfig(target.connection, this.applicationName);
       pool = new ResettingPool({ ...config, max: this.max, idleTimeoutMillis: 10_000 });
       // An idle connection that dies must not crash the process; the next checkout gets another.
       pool.on('error', () => {});

@@ -32,7 +32,7 @@ export class FleetRun<M extends FleetMigrator> {
   ) {
     const zero = { done: 0, running: 0, deferred: 0, applied: 0, upToDate: 0, skipped: 0, failed: 0, notRun: 0 };
     this.counts = { total: queue.total, ...zero };
-    this.#pools = new FleetPools(setup.concurrency);
+    this.#pools = new FleetPools(setup.concurrency, setup.lock.applicationName);
   }
 
   async finish(): Promise<FleetReport> {
