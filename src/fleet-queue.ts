@@ -1,4 +1,4 @@
-// Which target a fleet run tries next: an array in order (moving on from a random untried one after a busy one), or an iterable read one at a time.
+// Which target a fleet run tries next: an array in order (going on from a random untried one after a busy one), or an iterable read one ahead.
 import type { FleetTarget } from './fleet-target.js';
 import type { FleetResult } from './fleet-types.js';
 
