@@ -296,9 +296,7 @@ test('the schemas of a database share the run’s connections, and nothing one t
   try {
     await migrateEach(schemaTargets(url, ['l_1', 'l_2']), leaky, { concurrency: 1, logger: null });
   } finally {
-    await withClient(url, (client) =>
-      client.query('DROP ROLE IF EXISTS fleet_leak_1; DROP ROLE IF EXISTS fleet_leak_2'),
-    );
+    await withClient(url, (client) => client.query(`DROP ROLE IF EXISTS ${role}_1; DROP ROLE IF EXISTS ${role}_2`));
   }
   expect(seen[1]!.pid).toBe(seen[0]!.pid);
   expect(seen[1]).toEqual(seen[0]);
