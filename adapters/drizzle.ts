@@ -4,16 +4,24 @@ import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrat
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
 import {
+  type AdapterLock,
   type AdapterLockOptions,
   adapterLock,
   type ClientSource,
+  checkFleetConfig,
+  enterSchema,
+  type FleetMigrator,
+  type FleetTarget,
   importPeer,
   isPostgresJs,
   lockedRun,
   type PostgresJsReservedSql,
   type PostgresJsSql,
+  pgQuery,
   type Query,
   quoteIdent,
+  targetConfig,
+  usingTarget,
   withSession,
 } from './kit.js';
 
@@ -63,15 +71,35 @@ export async function migrate(
   if (config === null || typeof config !== 'object')
     throw new TypeError('pg-migration-lock/drizzle: expected a migrate config ({ migrationsFolder })');
   const { lock: lockInConfig, ...migrateConfig } = config;
-  const locking = adapterLock(lock ?? lockInConfig, 'drizzle');
+  await migrateLocked(target, migrateConfig, adapterLock(lock ?? lockInConfig, 'drizzle'));
+}
+
+/**
+ * `migrate` once its arguments are checked. For a fleet (`before` given): `before` runs on the locked session,
+ * and it resolves to the tags of the migrations drizzle applied (what was pending under the lock).
+ */
+async function migrateLocked(
+  target: DrizzleTarget,
+  migrateConfig: Parameters<typeof drizzleMigrate>[1],
+  locking: AdapterLock,
+  before?: (query: Query) => Promise<void>,
+): Promise<string[]> {
   const { migrateOn, readMigrationFiles } = await target.load();
   // Nothing to apply: drizzle's no-op resolves undefined too, and this one queues for no lock.
-  await lockedRun(
+  const applied = await lockedRun(
     target.source,
     locking,
-    ({ client }: { client: unknown }) => migrateOn(client, migrateConfig),
+    async ({ client }: { client: unknown }) => {
+      if (!before) return migrateOn(client, migrateConfig);
+      const query = pgQuery(client as pg.ClientBase);
+      await before(query);
+      const tags = await toApply(query, migrateConfig, readMigrationFiles);
+      await migrateOn(client, migrateConfig);
+      return tags;
+    },
     async ({ query }) => (await toApply(query, migrateConfig, readMigrationFiles)).length > 0,
   );
+  return Array.isArray(applied) ? applied : [];
 }
 
 /**
@@ -134,7 +162,13 @@ async function toApply(
 function drizzleTarget(db: unknown) {
   const client = (db as { $client?: unknown } | undefined)?.$client;
   // Keep the query logger of the caller's db, if it has one (drizzle({ logger: true })).
-  const logger = (db as { session?: { options?: { logger?: DrizzleLogger } } }).session?.options?.logger;
+  const logger = (db as { session?: { options?: { logger?: DrizzleLogger } } } | undefined)?.session?.options?.logger;
+  return clientTarget(client, logger);
+}
+type DrizzleTarget = ReturnType<typeof drizzleTarget>;
+
+/** {@link drizzleTarget} from the db's client (a pg Pool or Client, a postgres.js sql) and its query logger. */
+function clientTarget(client: unknown, logger: DrizzleLogger | undefined) {
   const withLogger = logger ? { logger } : {};
   type MigrateOn = (session: unknown, config: Parameters<typeof drizzleMigrate>[1]) => Promise<void>;
   type Loaded = { migrateOn: MigrateOn; readMigrationFiles: ReadMigrationFiles };
@@ -228,3 +262,65 @@ type NodePgDrizzle = {
   drizzle: typeof import('drizzle-orm/node-postgres').drizzle;
   run: typeof import('drizzle-orm/node-postgres/migrator').migrate;
 };
+
+/** What {@link fleet} takes: drizzle's migrate config (`migrationsFolder`, `migrationsTable`, `migrationsSchema`). */
+export type DrizzleFleetConfig = Parameters<typeof drizzleMigrate>[1];
+
+/**
+ * A fleet migrator for `migrateEach`: drizzle's node-postgres `migrate(db, config)` on each target, under the
+ * target's lock, through a `pg.Pool` of one connection made for the target (ended after), or for a schema target
+ * the pool the run shares among the schemas of that database. Resolves to the journal
+ * tags it applied.
+ *
+ * On a schema target (`{ url, schema }`): `migrationsSchema` is the schema, so `__drizzle_migrations` lives there;
+ * the schema is created, under the lock, if it does not exist; and the session's `search_path` is the schema,
+ * then `public`, so unqualified statements land in the schema. drizzle-kit writes schema-qualified names for
+ * some statements (`REFERENCES "public"."users"`, tables of a `pgSchema`): those land where they say, so keep
+ * tenant migrations unqualified.
+ *
+ * @param config drizzle's migrate config.
+ * @example
+ * import { migrateEach } from 'pg-migration-lock';
+ * import { fleet } from 'pg-migration-lock/drizzle';
+ * await migrateEach(['postgres://db1/acme', 'postgres://db1/globex'], fleet({ migrationsFolder: './drizzle' }));
+ */
+export function fleet(config: DrizzleFleetConfig): FleetMigrator {
+  checkFleetConfig('drizzle', config, '{ migrationsFolder }');
+  if (typeof config.migrationsFolder !== 'string') {
+    throw new TypeError('pg-migration-lock/drizzle: expected fleet({ migrationsFolder }) to name the folder');
+  }
+  const on = (target: FleetTarget) =>
+    target.schema === undefined ? config : { ...config, migrationsSchema: target.schema };
+  const open = async (target: FleetTarget, applicationName?: string) => {
+    const { default: pg } = await import('pg');
+    const pool = new pg.Pool({ ...targetConfig(target, applicationName), max: 1 });
+    // An idle connection that dies must not crash the process: the lock notices a lost session itself.
+    pool.on('error', () => {});
+    return pool;
+  };
+  const close = (pool: pg.Pool) => pool.end();
+  return {
+    name: 'drizzle',
+    pending: (target) =>
+      usingTarget(
+        () => open(target),
+        close,
+        async (pool) => {
+          const { readMigrationFiles } = await clientTarget(pool, undefined).load();
+          return withSession(pool, (session) => toApply(session.query, on(target), readMigrationFiles));
+        },
+      ),
+    run: (target, lock, shared) =>
+      usingTarget(
+        () => shared ?? open(target, lock.applicationName),
+        (pool) => (pool === shared ? Promise.resolve() : close(pool)),
+        (pool) => {
+          const { schema } = target;
+          const before = async (query: Query) => {
+            if (schema !== undefined) await enterSchema(query, schema, true);
+          };
+          return migrateLocked(clientTarget(pool, undefined), on(target), adapterLock(lock, 'drizzle'), before);
+        },
+      ),
+  };
+}

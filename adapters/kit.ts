@@ -1,5 +1,6 @@
 // The one door adapters come through: their `lock` option (a key plus the core's options), the core's
-// check-before-queue lock, sessions borrowed from a migrator's own connection, and importing the migrator.
+// check-before-queue lock, sessions borrowed from a migrator's own connection, importing the migrator, and
+// what their fleet factories share (a target's connection, entering a tenant's schema).
 import { createRequire } from 'node:module';
 import type pg from 'pg';
 import { type SessionView, SKIPPED, type Unless } from '../src/acquire.js';
@@ -11,7 +12,10 @@ import {
   sessionSource,
   withSession,
 } from '../src/driver/index.js';
+import { connectionConfig } from '../src/driver/pg.js';
 import { missingMigrator } from '../src/errors.js';
+import type { FleetTarget } from '../src/fleet-target.js';
+import type { FleetLockOptions, FleetMigrator } from '../src/fleet-types.js';
 import { defaultKeyOf, describeKey, type LockKeyInput, parseKey } from '../src/key.js';
 import { withMigrationLockUnless } from '../src/lock.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
@@ -20,7 +24,7 @@ import type { LockContext, MigrationLockOptions } from '../src/options.js';
 export { isPostgresJs } from '../src/driver/postgres-js.js';
 export type { PostgresJsReservedSql, PostgresJsSql } from '../src/driver/types.js';
 export { unlockIfHeldSql } from '../src/protocol.js';
-export type { ClientSource, Logger, Query, Session, SessionSource };
+export type { ClientSource, FleetLockOptions, FleetMigrator, FleetTarget, Logger, Query, Session, SessionSource };
 export { defaultKeyOf, type SessionView, SKIPPED, withSession };
 
 /**
@@ -127,4 +131,67 @@ export async function importPeer<T>(adapter: string, pkg: string, load: () => Pr
  */
 export function requirePeer<T>(pkg: string): T {
   return createRequire(import.meta.url)(pkg) as T;
+}
+
+/**
+ * A fleet target's connection as a `pg` client config, as the library opens its own: named (host and pid, unless
+ * `applicationName`), with TCP keepalive and a bounded connect.
+ */
+export function targetConfig(target: FleetTarget, applicationName?: string): pg.ClientConfig {
+  return connectionConfig(target.connection, applicationName);
+}
+
+/**
+ * The search path a fleet migrates a schema target with: the tenant's schema first (unqualified names are
+ * created and found there), then `public` (shared tables and the extensions installed there stay reachable).
+ */
+export const tenantSearchPath = (schema: string): string[] => [schema, 'public'];
+
+/**
+ * For a schema target, on the locked session before the migrator starts: creates the schema when it does not
+ * exist (under the target's lock, so two runs never race to create it), and with `setSearchPath` puts it first
+ * in the session's search_path (for migrators that do not set it themselves).
+ */
+export async function enterSchema(query: Query, schema: string, setSearchPath: boolean): Promise<void> {
+  // Checked first: CREATE SCHEMA IF NOT EXISTS needs the CREATE right on the database even when the schema exists.
+  const [row] = await query<{ present: boolean }>(
+    'SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1) AS present',
+    [schema],
+  );
+  if (!row?.present) await query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`);
+  if (setSearchPath) {
+    await query("SELECT pg_catalog.set_config('search_path', $1, false)", [
+      tenantSearchPath(schema).map(quoteIdent).join(', '),
+    ]);
+  }
+}
+
+/** SQL on a node-postgres client, as the core's `Query`. */
+export const pgQuery =
+  (client: pg.ClientBase): Query =>
+  async <R>(sql: string, params?: unknown[]) =>
+    (await client.query(sql, params)).rows as R[];
+
+/**
+ * Runs `use` on a per-target resource made by `open` (a knex, a pool, a data source), and closes it after,
+ * whatever happens: a fleet's migrators keep nothing open between targets.
+ */
+export async function usingTarget<R, T>(
+  open: () => Promise<R> | R,
+  close: (resource: R) => Promise<unknown>,
+  use: (resource: R) => Promise<T>,
+): Promise<T> {
+  const resource = await open();
+  try {
+    return await use(resource);
+  } finally {
+    await close(resource).catch(() => {});
+  }
+}
+
+/** Checks a fleet factory's config object up front. */
+export function checkFleetConfig(tool: string, config: unknown, what: string): void {
+  if (config === null || typeof config !== 'object') {
+    throw new TypeError(`pg-migration-lock/${tool}: expected fleet(${what}) to get an object`);
+  }
 }

@@ -1,7 +1,25 @@
 import { promisify } from 'node:util';
 import type { Knex } from 'knex';
 import type pg from 'pg';
-import { type AdapterLockOptions, adapterLock, type ClientSource, type Logger, lockedRun, SKIPPED } from './kit.js';
+import {
+  type AdapterLock,
+  type AdapterLockOptions,
+  adapterLock,
+  type ClientSource,
+  checkFleetConfig,
+  enterSchema,
+  type FleetMigrator,
+  type FleetTarget,
+  importPeer,
+  type Logger,
+  lockedRun,
+  pgQuery,
+  type Query,
+  SKIPPED,
+  targetConfig,
+  tenantSearchPath,
+  usingTarget,
+} from './kit.js';
 
 /**
  * The `lock` option of {@link latest}: the key, plus every option of `withMigrationLock`.
@@ -39,8 +57,21 @@ export async function latest(
 ): Promise<[batchNo: number, log: string[]]> {
   const client = checkKnex(knex);
   const { lock: lockInConfig, ...migratorConfig } = config;
-  const locking = adapterLock(lock ?? lockInConfig, 'knex');
+  return latestLocked(knex, client, migratorConfig, adapterLock(lock ?? lockInConfig, 'knex'));
+}
 
+/**
+ * `latest` once its arguments are checked. For a fleet: `before` runs on the locked session before knex
+ * migrates, and `source` (a fleet's pool) replaces the connection made from knex's settings.
+ */
+async function latestLocked(
+  knex: Knex,
+  client: Knex.Client,
+  migratorConfig: Knex.MigratorConfig,
+  locking: AdapterLock,
+  before?: (query: Query) => Promise<void>,
+  source?: ClientSource,
+): Promise<[batchNo: number, log: string[]]> {
   /*
    * Lock and migration share one session, so they share fate: if the session dies, the lock is gone and
    * so is the migration's connection (its transaction rolls back). The lock is taken on a connection of
@@ -57,9 +88,10 @@ export async function latest(
   };
   let batchNo = 0;
   const result = await lockedRun(
-    await lockSource(client),
+    source ?? (await lockSource(client)),
     locking,
     async ({ client: session }: { client: pg.ClientBase }) => {
+      await before?.(pgQuery(session));
       const locked = await knexOn(session);
       await freeStaleLockRow(locked, merged, locking.logger);
       return locked.migrate.latest(migratorConfig) as Promise<[number, string[]]>;
@@ -224,4 +256,70 @@ async function lockTableState(knex: Knex, table: string, schema: string | undefi
   );
   const { rows, locked } = row as { rows: number; locked: number };
   return rows === 0 ? undefined : { rows, locked };
+}
+
+/**
+ * What {@link fleet} takes: a knex config as a knexfile environment holds it (`client: 'pg'`, `migrations`,
+ * `pool.afterCreate`, …), whose `connection` each target replaces.
+ */
+export type KnexFleetConfig = Omit<Knex.Config, 'connection'> & { connection?: never };
+
+/**
+ * A fleet migrator for `migrateEach`: `knex.migrate.latest()` on each target, under the target's lock.
+ *
+ * Per target it makes a knex of `config` on the target's connection (destroyed after); the lock and the migration
+ * run on one connection, made for the target, or for a schema target one of the pool the run shares among the
+ * schemas of that database (so `pool.afterCreate` runs on each checkout). On a schema target (`{ url, schema }`): `migrations.schemaName` is the schema, so `knex_migrations` and
+ * `knex_migrations_lock` live there; `searchPath` is `[schema, 'public']`, so unqualified `knex.schema.createTable()`
+ * lands in the schema; and the schema is created, under the lock, if it does not exist.
+ *
+ * @param config a knex config without `connection`, e.g. a knexfile environment's.
+ * @example
+ * import { migrateEach } from 'pg-migration-lock';
+ * import { fleet } from 'pg-migration-lock/knex';
+ * const tenants = ['tenant_1', 'tenant_2'].map((schema) => ({ url: process.env.DATABASE_URL!, schema }));
+ * const report = await migrateEach(tenants, fleet({ migrations: { directory: './migrations' } }));
+ */
+export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
+  checkFleetConfig('knex', config, 'knexConfig');
+  if (config.client !== undefined && !['pg', 'postgres', 'postgresql'].includes(config.client as string)) {
+    throw new TypeError(
+      `pg-migration-lock/knex: a fleet migrates PostgreSQL: expected client 'pg', got ${String(config.client)}`,
+    );
+  }
+  const open = async (target: FleetTarget): Promise<Knex> => {
+    const { default: knexFactory } = await importPeer('knex', 'knex', () => import('knex'));
+    const { schema } = target;
+    const db = knexFactory({
+      ...config,
+      client: config.client ?? 'pg',
+      connection: targetConfig(target) as Knex.PgConnectionConfig,
+      pool: { ...config.pool, min: 0, max: 1 },
+      ...(schema !== undefined && { searchPath: tenantSearchPath(schema) }),
+      migrations: { ...config.migrations, ...(schema !== undefined && { schemaName: schema }) },
+    });
+    checkKnex(db);
+    return db;
+  };
+  const close = (db: Knex) => db.destroy();
+  return {
+    name: 'knex',
+    pending: (target) =>
+      usingTarget(
+        () => open(target),
+        close,
+        (db) => pending(db),
+      ),
+    run: (target, lock, pool) =>
+      usingTarget(
+        () => open(target),
+        close,
+        async (db) => {
+          const schema = target.schema;
+          const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, false);
+          const [, log] = await latestLocked(db, db.client, {}, adapterLock(lock, 'knex'), before, pool);
+          return log;
+        },
+      ),
+  };
 }

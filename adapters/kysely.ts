@@ -1,14 +1,22 @@
-import type { CompiledQuery, Kysely } from 'kysely';
+import type { CompiledQuery, Dialect, Kysely, PostgresDialect } from 'kysely';
+import type pg from 'pg';
 import {
   type AdapterLock,
   type AdapterLockOptions,
   adapterLock,
+  checkFleetConfig,
   defaultKeyOf,
+  enterSchema,
+  type FleetMigrator,
+  type FleetTarget,
   importPeer,
   lockedRun,
+  type Query,
   type Session,
   type SessionSource,
   SKIPPED,
+  targetConfig,
+  usingTarget,
 } from './kit.js';
 
 /** kysely's own migration lock id (`pg_advisory_lock(3853314791062309107)` in its PostgresAdapter). */
@@ -100,7 +108,12 @@ type KyselyMigrator = {
 type KyselyModules = {
   Migrator: new (props: MigratorProps) => KyselyMigrator;
   CompiledQuery: typeof CompiledQuery;
+  Kysely: typeof Kysely;
+  PostgresDialect: typeof PostgresDialect;
 };
+
+/** What a fleet runs on a Migrator's locked session before kysely migrates (see {@link fleet}). */
+const fleetBefore = new WeakMap<Migrator, (query: Query) => Promise<void>>();
 
 /**
  * kysely's `Migrator` under a PostgreSQL advisory lock: replicas that start at once apply each migration
@@ -167,10 +180,16 @@ export class Migrator {
     const db = anyDb as Kysely<Record<string, MigrationRow>>;
     const { provider, migrationTableName = 'kysely_migration', migrationTableSchema } = this.#props;
     const names = Object.keys(await provider.getMigrations()).sort();
-    const tables = await db.introspection.getTables({ withInternalKyselyTables: true });
-    const exists = tables.some(
-      (t) => t.name === migrationTableName && (!migrationTableSchema || t.schema === migrationTableSchema),
+    // kysely's own test (its introspector's getTables: a table, view or foreign table of that name in a schema
+    // it may use, or in `migrationTableSchema`), asked of that one table rather than of every column of the database.
+    const [found] = await kyselyQuery(anyDb, await importKysely())(
+      `SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+       WHERE c.relname = $1 AND c.relkind IN ('r', 'v', 'p', 'f') AND ns.nspname !~ '^pg_'
+         AND ns.nspname NOT IN ('information_schema', 'crdb_internal') AND has_schema_privilege(ns.nspname, 'USAGE')
+         AND ($2::text IS NULL OR ns.nspname = $2) LIMIT 1`,
+      [migrationTableName, migrationTableSchema ?? null],
     );
+    const exists = found !== undefined;
     const rows: MigrationRow[] = exists
       ? await (migrationTableSchema ? db.withSchema(migrationTableSchema) : db)
           .selectFrom(migrationTableName)
@@ -239,7 +258,10 @@ export class Migrator {
         lockedRun(
           kyselySessionSource(conn, modules),
           this.#lock,
-          () => migrate(new modules.Migrator({ ...this.#props, db: conn })),
+          async () => {
+            await fleetBefore.get(this)?.(kyselyQuery(conn, modules));
+            return migrate(new modules.Migrator({ ...this.#props, db: conn }));
+          },
           // Checked on the lock session before queueing, and while waiting every RECHECK_EVERY_MS (this session
           // cannot hear releases): with nothing pending, no lock is taken. kysely checks again under the lock, so
           // this only saves waits; a check that fails (corrupted migrations) is left for kysely to report.
@@ -266,19 +288,23 @@ const RECHECK_EVERY_MS = 1_000;
  * notifications nor its connection events: waiters poll every `pollIntervalMs` (no LISTEN), and a lost
  * session shows as the failing statement rather than at once.
  */
-function kyselySessionSource(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules): SessionSource {
+function kyselySessionSource(conn: Kysely<unknown>, modules: KyselyModules): SessionSource {
   const session: Session = {
     client: conn,
     kind: 'borrowed',
-    async query<R>(sql: string, params: unknown[] = []) {
-      return (await conn.executeQuery(CompiledQuery.raw(sql, params))).rows as R[];
-    },
+    query: kyselyQuery(conn, modules),
     onLost: () => () => {},
     release: async () => {},
     // kysely offers no way to cut its connection: a session that stopped answering is left to kysely.
     destroy: () => {},
   };
   return { reopenable: false, borrowed: conn, open: async () => session };
+}
+
+/** SQL on one connection of a Kysely instance, as the core's `Query`. */
+function kyselyQuery(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules): Query {
+  return async <R>(sql: string, params: unknown[] = []) =>
+    (await conn.executeQuery(CompiledQuery.raw(sql, params))).rows as R[];
 }
 
 function importKysely(): Promise<KyselyModules> {
@@ -292,6 +318,99 @@ function importKysely(): Promise<KyselyModules> {
     return {
       Migrator: (migration as { Migrator: KyselyModules['Migrator'] }).Migrator,
       CompiledQuery: kysely.CompiledQuery,
+      Kysely: kysely.Kysely,
+      PostgresDialect: kysely.PostgresDialect,
     };
   });
+}
+
+/** What {@link fleet} takes: kysely's `Migrator` props (`provider`, `migrationTableName`, …) without `db`. */
+export type KyselyFleetProps = Omit<MigratorProps, 'db'> & { db?: never };
+
+/**
+ * A fleet migrator for `migrateEach`: kysely's `migrateToLatest()` on each target, under the target's lock,
+ * through a Kysely made for the target (`PostgresDialect` over a `pg.Pool` of one connection, destroyed after, or
+ * for a schema target the pool the run shares among the schemas of that database).
+ * Resolves to the names kysely applied; a migration's error rejects (kysely's `{ error }`).
+ *
+ * On a schema target (`{ url, schema }`): `migrationTableSchema` is the schema, so `kysely_migration` and
+ * `kysely_migration_lock` live there; the schema is created, under the lock, if it does not exist; the session's
+ * `search_path` is the schema, then `public`, so unqualified `db.schema.createTable()` lands in the schema; and
+ * kysely's own migration lock (one `pg_advisory_lock` per database) is left out, or the schemas of a database
+ * would queue behind one another inside the server: the fleet's key of the schema stands in for it.
+ *
+ * A database whose tenants' schemas hold kysely tables, migrated as a target of its own too: set
+ * `migrationTableSchema` (e.g. `'public'`, it applies to database targets). Without it kysely looks for
+ * `kysely_migration` by name in every schema, finds a tenant's, and fails ("relation does not exist").
+ *
+ * @param props kysely's Migrator props without `db`: `provider` (e.g. a `FileMigrationProvider`), ….
+ * @example
+ * import { promises as fs } from 'node:fs';
+ * import path from 'node:path';
+ * import { FileMigrationProvider } from 'kysely';
+ * import { migrateEach } from 'pg-migration-lock';
+ * import { fleet } from 'pg-migration-lock/kysely';
+ * const provider = new FileMigrationProvider({ fs, path, migrationFolder: path.resolve('migrations') });
+ * await migrateEach(['postgres://db1/acme', 'postgres://db1/globex'], fleet({ provider }));
+ */
+export function fleet(props: KyselyFleetProps): FleetMigrator {
+  checkFleetConfig('kysely', props, '{ provider }');
+  if (typeof props.provider?.getMigrations !== 'function') {
+    throw new TypeError('pg-migration-lock/kysely: expected fleet({ provider }) to get a MigrationProvider');
+  }
+  const open = async (target: FleetTarget, shared: pg.Pool | undefined, applicationName?: string) => {
+    const [{ Kysely: KyselyClass, PostgresDialect: Postgres }, { default: pgModule }] = await Promise.all([
+      importKysely(),
+      import('pg'),
+    ]);
+    let pool = shared;
+    if (!pool) {
+      pool = new pgModule.Pool({ ...targetConfig(target, applicationName), max: 1 });
+      // An idle connection that dies must not crash the process: the lock notices a lost session itself.
+      pool.on('error', () => {});
+    }
+    const dialect = new Postgres({ pool });
+    const db = new KyselyClass<unknown>({ dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect) });
+    // Destroying a Kysely ends its pool: not the run's shared one.
+    return { db, close: () => (shared ? Promise.resolve() : db.destroy()) };
+  };
+  const on = (db: Kysely<unknown>, target: FleetTarget, lock?: AdapterLockOptions) =>
+    new Migrator({ ...props, db, lock, ...(target.schema !== undefined && { migrationTableSchema: target.schema }) });
+  return {
+    name: 'kysely',
+    pending: (target) =>
+      usingTarget(
+        () => open(target, undefined),
+        (opened) => opened.close(),
+        ({ db }) => on(db, target).pending(),
+      ),
+    run: (target, lock, shared) =>
+      usingTarget(
+        () => open(target, shared, lock.applicationName),
+        (opened) => opened.close(),
+        async ({ db }) => {
+          const migrator = on(db, target, lock);
+          const { schema } = target;
+          if (schema !== undefined) fleetBefore.set(migrator, (query) => enterSchema(query, schema, true));
+          const { error, results = [] } = await migrator.migrateToLatest();
+          if (error) throw error;
+          return results.filter((r) => r.status === 'Success').map((r) => r.migrationName);
+        },
+      ),
+  };
+}
+
+/**
+ * `dialect` without kysely's own migration lock: a fleet's schema target is locked by its own key, on the very
+ * session kysely migrates on, and kysely's one key per database would queue the schemas behind one another.
+ */
+function withoutOwnLock(dialect: Dialect): Dialect {
+  const none = { value: async () => {} };
+  return {
+    createDriver: () => dialect.createDriver(),
+    createQueryCompiler: () => dialect.createQueryCompiler(),
+    createIntrospector: (db) => dialect.createIntrospector(db),
+    createAdapter: () =>
+      Object.create(dialect.createAdapter(), { acquireMigrationLock: none, releaseMigrationLock: none }),
+  };
 }

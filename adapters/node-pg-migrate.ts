@@ -3,14 +3,22 @@ import { resolve } from 'node:path';
 import type { Migration, runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
 import {
+  type AdapterLock,
   type AdapterLockOptions,
   adapterLock,
   type ClientSource,
+  checkFleetConfig,
   defaultKeyOf,
+  enterSchema,
+  type FleetMigrator,
+  type FleetTarget,
   importPeer,
   lockedRun,
+  pgQuery,
+  type Query,
   quoteIdent,
   SKIPPED,
+  tenantSearchPath,
   unlockIfHeldSql,
   withSession,
 } from './kit.js';
@@ -80,7 +88,16 @@ export async function runner(
     throw new TypeError('pg-migration-lock/node-pg-migrate: expected runner options');
   const { lock: lockInOptions, ...runnerOptions } = options;
   const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
-  const locking = adapterLock(lock ?? lockInOptions, 'node-pg-migrate', ownLock);
+  return runLocked(runnerOptions as RunnerOption, adapterLock(lock ?? lockInOptions, 'node-pg-migrate', ownLock));
+}
+
+/** `runner` once its lock is checked; a fleet's `before` runs on the locked session before node-pg-migrate does. */
+async function runLocked(
+  runnerOptions: RunnerOption,
+  locking: AdapterLock,
+  before?: (query: Query) => Promise<void>,
+): Promise<RunMigrationResult> {
+  const ownLock = BigInt(runnerOptions.lockValue ?? PG_MIGRATE_LOCK_ID);
   const { dbClient, databaseUrl, ...rest } = runnerOptions as RunnerOption & {
     dbClient?: unknown;
     databaseUrl?: unknown;
@@ -93,6 +110,7 @@ export async function runner(
     source,
     locking,
     async ({ client, key: lockKey }: { client: pg.ClientBase; key: bigint }) => {
+      await before?.(pgQuery(client));
       // Holding node-pg-migrate's own key already, its own (re-entrant) lock would add nothing but a hold
       // that a failed run cannot release (its unlock then runs in an aborted transaction).
       const noLock = rest.noLock || lockKey === ownLock;
@@ -249,4 +267,55 @@ async function listFiles(options: RunnerOption, migration: (path: string) => Mig
 
 function importNodePgMigrate(): Promise<{ runner: typeof nodePgMigrateRunner; Migration: typeof Migration }> {
   return importPeer('node-pg-migrate', 'node-pg-migrate', () => import('node-pg-migrate'));
+}
+
+/** What {@link fleet} takes: node-pg-migrate's `runner` options, without the connection (each target gives it). */
+export type NodePgMigrateFleetOptions = Omit<Extract<RunnerOption, { databaseUrl: unknown }>, 'databaseUrl'> & {
+  databaseUrl?: never;
+  dbClient?: never;
+};
+
+/**
+ * A fleet migrator for `migrateEach`: node-pg-migrate's `runner(options)` on each target (as `databaseUrl`, or
+ * for a schema target, a connection of the pool the run shares among the schemas of that database, as
+ * `dbClient`), under the target's lock. On a database target its default key is node-pg-migrate's own (`options.lockValue`,
+ * else `7241865325823964`), so plain node-pg-migrate runs on that database wait for it too.
+ *
+ * On a schema target (`{ url, schema }`): node-pg-migrate's `schema` is `[schema, 'public']`, so it sets
+ * `search_path` to the schema first (unqualified names land there) and keeps its `pgmigrations` table there
+ * (`migrationsSchema` is the schema); its own lock is off (`noLock`: its one key per database would make the
+ * schemas of a database fail each other with "Another migration is already running"; the fleet's key of the
+ * schema stands in for it); and the schema is created, under the lock, if it does not exist.
+ *
+ * @param options node-pg-migrate's runner options (`dir`, `direction`, `migrationsTable`, …) without `databaseUrl`.
+ * @example
+ * import { migrateEach } from 'pg-migration-lock';
+ * import { fleet } from 'pg-migration-lock/node-pg-migrate';
+ * const tenants = ['postgres://db1/acme', 'postgres://db1/globex'];
+ * await migrateEach(tenants, fleet({ dir: 'migrations', direction: 'up', migrationsTable: 'pgmigrations' }));
+ */
+export function fleet(options: NodePgMigrateFleetOptions): FleetMigrator {
+  checkFleetConfig('node-pg-migrate', options, 'runnerOptions');
+  const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
+  const on = (target: FleetTarget, pool?: pg.Pool): RunnerOption => {
+    const { schema } = target;
+    const perSchema = schema !== undefined && {
+      schema: tenantSearchPath(schema),
+      migrationsSchema: schema,
+      noLock: true,
+    };
+    const connection = pool ? { dbClient: pool } : { databaseUrl: target.connection };
+    return { ...options, ...connection, ...perSchema } as RunnerOption;
+  };
+  return {
+    name: 'node-pg-migrate',
+    key: ownLock,
+    pending: (target) => pending(on(target)),
+    run: async (target, lock, pool) => {
+      const { schema } = target;
+      const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, false);
+      const ran = await runLocked(on(target, pool), adapterLock(lock, 'node-pg-migrate', ownLock), before);
+      return ran.map((migration) => migration.name);
+    },
+  };
 }

@@ -1,13 +1,23 @@
 import type pg from 'pg';
-import type { DataSource, Migration, MigrationExecutor, QueryRunner } from 'typeorm';
+import type { DataSource, DataSourceOptions, Migration, MigrationExecutor, QueryRunner } from 'typeorm';
 import {
+  type AdapterLock,
   type AdapterLockOptions,
   adapterLock,
   borrowedPgSession,
+  checkFleetConfig,
+  enterSchema,
+  type FleetMigrator,
+  type FleetTarget,
   importPeer,
   lockedRun,
+  pgQuery,
+  type Query,
+  quoteIdent,
   requirePeer,
   SKIPPED,
+  targetConfig,
+  usingTarget,
 } from './kit.js';
 
 /**
@@ -58,7 +68,19 @@ export async function runMigrations(
     throw new TypeError('pg-migration-lock/typeorm: expected `options` to be an object ({ transaction, fake, lock })');
   const { lock, transaction, fake } = options;
   // Checked before the pending check's queries: bad input fails before anything is sent.
-  const locking = adapterLock(lock, 'typeorm');
+  return runLocked(dataSource, { transaction, fake }, adapterLock(lock, 'typeorm'));
+}
+
+/**
+ * `runMigrations` once its arguments are checked; a fleet's `before` runs on the locked session before TypeORM
+ * migrates.
+ */
+async function runLocked(
+  dataSource: DataSource,
+  { transaction, fake }: Omit<TypeormRunMigrationsOptions, 'lock'>,
+  locking: AdapterLock,
+  before?: (query: Query) => Promise<void>,
+): Promise<Migration[]> {
   const Executor = await importExecutor();
   const queryRunner = dataSource.createQueryRunner('master');
   // The query runner's pg connection is the lock session, borrowed: it goes back to TypeORM's pool after,
@@ -69,7 +91,8 @@ export async function runMigrations(
     const result = await lockedRun(
       borrowed.source,
       locking,
-      () => {
+      async ({ client }: { client: pg.ClientBase }) => {
+        await before?.(pgQuery(client));
         const executor = new Executor(dataSource, queryRunner);
         // What DataSource#runMigrations sets (0.3 and 1.x alike).
         executor.transaction = transaction || dataSource.options.migrationsTransactionMode || 'all';
@@ -131,6 +154,105 @@ async function release(queryRunner: QueryRunner, discard: boolean): Promise<void
 }
 
 async function importExecutor(): Promise<typeof MigrationExecutor> {
-  return (await importPeer('typeorm', 'typeorm', async () => requirePeer<typeof import('typeorm')>('typeorm')))
-    .MigrationExecutor;
+  return (await importTypeorm()).MigrationExecutor;
+}
+
+function importTypeorm(): Promise<typeof import('typeorm')> {
+  return importPeer('typeorm', 'typeorm', async () => requirePeer<typeof import('typeorm')>('typeorm'));
+}
+
+/** What {@link fleet} takes: a `postgres` data source's options (e.g. `dataSource.options`), whose connection each target replaces. */
+export type TypeormFleetOptions = DataSourceOptions & { type: 'postgres' };
+
+/**
+ * A fleet migrator for `migrateEach`: `dataSource.runMigrations(runOptions)` on each target, under the target's
+ * lock, through a data source made of `options` for the target (a pool of one connection; destroyed after: TypeORM
+ * makes its own pool). A schema target that is up to date is found so on the run's shared pool of its database,
+ * without a data source, once one has named the migrations.
+ * Resolves to the names of the migrations TypeORM applied.
+ *
+ * The target's connection replaces the options' (`url`, `host`, `port`, `username`, `password`, `database`,
+ * `replication`). On a schema target (`{ url, schema }`): TypeORM's `schema` is the schema, so its `migrations`
+ * table (and what `queryRunner.createTable()` makes without a schema) lives there; the schema is created, under
+ * the lock, if it does not exist; and the session's `search_path` is the schema, then `public`, so a migration's
+ * unqualified raw SQL lands there too.
+ *
+ * @param options the data source's options (`type: 'postgres'`, `migrations`, `migrationsTableName`, …).
+ * @param runOptions `transaction` (`all`, `each`, `none`) and `fake`, as for {@link runMigrations}.
+ * @example
+ * import { migrateEach } from 'pg-migration-lock';
+ * import { fleet } from 'pg-migration-lock/typeorm';
+ * const migrator = fleet({ type: 'postgres', migrations: ['dist/migrations/*.js'] }, { transaction: 'each' });
+ * await migrateEach(['postgres://db1/acme', 'postgres://db1/globex'], migrator);
+ */
+export function fleet(
+  options: TypeormFleetOptions,
+  runOptions: Omit<TypeormRunMigrationsOptions, 'lock'> = {},
+): FleetMigrator {
+  checkFleetConfig('typeorm', options, 'dataSourceOptions');
+  if (options.type !== 'postgres') {
+    throw new TypeError(`pg-migration-lock/typeorm: expected fleet() to get a 'postgres' data source's options`);
+  }
+  checkFleetConfig('typeorm', runOptions, '…, { transaction, fake }');
+  const open = async (target: FleetTarget) => {
+    const { DataSource: DataSourceClass } = await importTypeorm();
+    const connection = { url: undefined, host: undefined, port: undefined, username: undefined, password: undefined };
+    const dataSource = new DataSourceClass({
+      ...options,
+      ...connection,
+      database: undefined,
+      replication: undefined,
+      ...(target.schema !== undefined && { schema: target.schema }),
+      // TypeORM hands `extra` to pg's Pool last: the target's connection, and one connection per target.
+      extra: { ...options.extra, ...targetConfig(target, options.applicationName), max: 1 },
+    } as DataSourceOptions);
+    await dataSource.initialize();
+    // The migrations' names, as TypeORM names them: the same for every target, kept for upToDate.
+    names ??= dataSource.migrations.map((m) => m.name || m.constructor.name);
+    return dataSource;
+  };
+  const close = async (dataSource: DataSource) => {
+    if (dataSource.isInitialized) await dataSource.destroy();
+  };
+  let names: string[] | undefined;
+  /**
+   * A schema target found up to date on a connection of the run's pool, without a data source (whose start, per
+   * target, costs more than the check): TypeORM's own rule, every migration's name in the schema's table. Only
+   * once a data source has named the migrations; anything else goes the whole way (which checks again).
+   */
+  const upToDate = async (target: FleetTarget, pool: pg.Pool | undefined): Promise<boolean> => {
+    if (!pool || !names || target.schema === undefined) return false;
+    const table = `${quoteIdent(target.schema)}.${quoteIdent(options.migrationsTableName ?? 'migrations')}`;
+    const client = await pool.connect();
+    try {
+      const [row] = (await client.query('SELECT to_regclass($1) IS NOT NULL AS present', [table])).rows;
+      if (!row?.present) return false;
+      const done = new Set((await client.query(`SELECT name FROM ${table}`)).rows.map((r) => r.name));
+      return names.every((name) => done.has(name));
+    } finally {
+      client.release();
+    }
+  };
+  return {
+    name: 'typeorm',
+    pending: (target) =>
+      usingTarget(
+        () => open(target),
+        close,
+        (dataSource) => pending(dataSource),
+      ),
+    run: async (target, lock, pool) => {
+      if (await upToDate(target, pool)) return [];
+      return usingTarget(
+        () => open(target),
+        close,
+        async (dataSource) => {
+          const { schema } = target;
+          const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, true);
+          const applied = await runLocked(dataSource, runOptions, adapterLock(lock, 'typeorm'), before);
+          return applied.map((migration) => migration.name);
+        },
+      );
+    },
+  };
 }

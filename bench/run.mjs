@@ -1,4 +1,4 @@
-// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,chaos]
+// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,chaos]
 // The performance suite: against a throwaway embedded PostgreSQL (or BENCH_DATABASE_URL), prints one
 // Markdown table per section, then every target with its measured value, and writes all figures as JSON
 // (bench/results.json, or BENCH_RESULTS / --out). BENCH_SMOKE=1 is --smoke: tiny N, few iterations.
@@ -66,6 +66,10 @@ const config = values.smoke
       chaosRounds: 2,
       chaosReplicas: 3,
       chaosSteps: 2,
+      fleetTenants: 10,
+      fleetConcurrency: 2,
+      fleetSleepSeconds: 0.05,
+      fleetSerialSample: 3,
     }
   : {
       migrations: 60,
@@ -85,6 +89,10 @@ const config = values.smoke
       chaosRounds: 40,
       chaosReplicas: 6,
       chaosSteps: 4,
+      fleetTenants: 200,
+      fleetConcurrency: 8,
+      fleetSleepSeconds: 0.2,
+      fleetSerialSample: 10,
     };
 if (values.repeats !== undefined) {
   config.repeats = Number(values.repeats);
@@ -104,6 +112,7 @@ const created = new Set();
 const problems = [];
 const ctx = {
   config,
+  tmp,
   migrators: Object.keys(MIGRATORS).filter((name) => available(MIGRATORS[name])),
   sets: {},
   noopWall: {},

@@ -4,6 +4,7 @@
 import pg from 'pg';
 import { withMigrationLock } from 'pg-migration-lock';
 import { chaos } from './chaos.mjs';
+import { fleet } from './fleet.mjs';
 import { BENCH_KEY, fmtMs, fmtS, median, msBetween, now, percentile, sleep, startReplica, within } from './lib.mjs';
 import { MIGRATORS } from './migrators.mjs';
 
@@ -713,5 +714,6 @@ export const SECTIONS = {
   load: { title: 'Server load while sessions wait, and passing the lock through them', run: serverLoad },
   uncontended: { title: 'Uncontended withMigrationLock on a connected client', run: uncontended },
   overhead: { title: 'Adapter overhead on an up-to-date database, in one process', run: adapterOverhead },
+  fleet: { title: 'Fleets: two runs started together on a fleet of tenant schemas', run: fleet },
   chaos: { title: 'Chaos: faults to the holder of `run` replicas, and whether their work ever overlapped', run: chaos },
 };

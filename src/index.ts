@@ -5,6 +5,25 @@ export {
   MigrationLockLostError,
   MigrationLockTimeoutError,
 } from './errors.js';
+export { migrateEach } from './fleet.js';
+export {
+  type FleetTarget,
+  type FleetTargetInput,
+  type FleetTargetSpec,
+  fleetKey,
+  fleetTarget,
+} from './fleet-target.js';
+export type {
+  FleetCounts,
+  FleetLockOptions,
+  FleetMigrator,
+  FleetProgressEvent,
+  FleetReport,
+  FleetResult,
+  FleetStatus,
+  FleetTargetLockOptions,
+  MigrateEachOptions,
+} from './fleet-types.js';
 export { DEFAULT_LOCK_KEY, KNOWN_KEYS, type KnownKey, type LockKeyInput, lockKey } from './key.js';
 export { withMigrationLock } from './lock.js';
 export type { Logger } from './logger.js';

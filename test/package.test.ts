@@ -23,8 +23,11 @@ test('require() works and loads no migrator', () => {
     'MigrationLockError',
     'MigrationLockLostError',
     'MigrationLockTimeoutError',
+    'fleetKey',
+    'fleetTarget',
     'getLockStatus',
     'lockKey',
+    'migrateEach',
     'releaseLock',
     'withMigrationLock',
   ]);

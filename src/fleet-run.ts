@@ -1,0 +1,171 @@
+// One fleet run's scheduling: workers taking untried targets first and deferred ones after, each try's outcome, the counts.
+import { MigrationLockBusyError } from './errors.js';
+import type { FleetSetup } from './fleet-options.js';
+import { FleetPools } from './fleet-pools.js';
+import type { Entry, TargetQueue } from './fleet-queue.js';
+import type { FleetCounts, FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from './fleet-types.js';
+import { describeKey } from './key.js';
+import { callSafely, errorMessage } from './logger.js';
+import { formatMs } from './time.js';
+
+/** The field of FleetCounts a status is counted in: `up-to-date` → `upToDate`. */
+const counted = (status: string) => status.replace(/-(\w)/g, (_, c: string) => c.toUpperCase()) as 'applied';
+
+/** A result without what every result has. */
+type Without<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+type Outcome = Without<FleetResult, 'target' | 'key' | 'durationMs'>;
+
+export class FleetRun<M extends FleetMigrator> {
+  readonly #startedAt = performance.now();
+  readonly #deferred: Entry[] = [];
+  readonly #pools: FleetPools;
+  readonly counts: FleetCounts;
+  #firstTries = 0;
+  #stopped = false;
+  /** Workers waiting for a try to end (it may defer its target). */
+  #sleepers: (() => void)[] = [];
+
+  constructor(
+    readonly setup: FleetSetup<M>,
+    readonly migrator: M,
+    readonly queue: TargetQueue,
+  ) {
+    const zero = { done: 0, running: 0, deferred: 0, applied: 0, upToDate: 0, skipped: 0, failed: 0, notRun: 0 };
+    this.counts = { total: queue.total, ...zero };
+    this.#pools = new FleetPools(setup.concurrency, setup.lock.applicationName);
+  }
+
+  async finish(): Promise<FleetReport> {
+    const { signal, concurrency, logger } = this.setup;
+    const stop = () => this.#stop();
+    signal?.addEventListener('abort', stop, { once: true });
+    if (signal?.aborted) this.#stop();
+    try {
+      await Promise.all(Array.from({ length: concurrency }, () => this.#worker()));
+    } finally {
+      signal?.removeEventListener('abort', stop);
+      await Promise.all([this.queue.close(), this.#pools.end()]);
+    }
+    const { entries, error } = this.queue;
+    for (const entry of entries) if (!entry.result) this.#settle(entry, { status: 'not-run', applied: [] });
+    if (error) throw error.error;
+    const { counts } = this;
+    const durationMs = performance.now() - this.#startedAt;
+    logger.debug?.(
+      `Fleet of ${this.migrator.name}: ${counts.done} targets in ${formatMs(durationMs)}: ${counts.applied} applied, ${counts.upToDate} up to date, ${counts.skipped} skipped, ${counts.failed} failed, ${counts.notRun} not run`,
+    );
+    return {
+      results: entries.map((e) => e.result!),
+      counts: { ...counts },
+      ok: counts.failed === 0 && counts.notRun === 0,
+      durationMs,
+    };
+  }
+
+  async #worker(): Promise<void> {
+    for (;;) {
+      if (this.#stopped) return;
+      const fresh = await this.queue.next(() => this.#stopped);
+      this.counts.total = this.queue.total;
+      if (this.queue.error) this.#stop();
+      if (fresh) {
+        await this.#attempt(fresh, false);
+        continue;
+      }
+      if (this.#stopped) return;
+      const later = this.#deferred.shift();
+      if (later) {
+        this.counts.deferred--;
+        await this.#attempt(later, true);
+        continue;
+      }
+      // Tries still running may defer their target yet: wait for one to end, else this worker is done.
+      if (this.#firstTries === 0) return;
+      await new Promise<void>((resolve) => this.#sleepers.push(resolve));
+    }
+  }
+
+  /** A first try (`wait: false`: a lock held elsewhere defers the target), or a deferred target's second (waiting). */
+  async #attempt(entry: Entry, again: boolean): Promise<void> {
+    if (!again) this.#firstTries++;
+    this.counts.running++;
+    this.#emit(again ? 'resumed' : 'started', entry);
+    let applied: string[];
+    try {
+      applied = await this.#try(entry, again);
+    } catch (error) {
+      this.counts.running--;
+      if (again || !(error instanceof MigrationLockBusyError)) this.#fail(entry, error);
+      else {
+        this.#deferred.push(entry);
+        this.counts.deferred++;
+        this.queue.jump();
+        this.setup.logger.debug?.(`${entry.target.name}: ${error.message}; coming back to it after the others`);
+        this.#emit('deferred', entry);
+      }
+      return;
+    } finally {
+      if (!again) {
+        this.#firstTries--;
+        this.#wake();
+      }
+    }
+    this.counts.running--;
+    if (applied.length > 0) this.#settle(entry, { status: 'applied', applied });
+    else this.#settle(entry, { status: again ? 'skipped' : 'up-to-date', applied: [] });
+  }
+
+  async #try(entry: Entry, wait: boolean): Promise<string[]> {
+    const { lock, signal, logger } = this.setup;
+    const startedAt = performance.now();
+    try {
+      const keyLabel = `${describeKey(entry.key)} of ${entry.target.name}`;
+      const pool = this.#pools.for(entry.target);
+      // A first try of a target another run holds: found busy on the run's own connection, cheaply.
+      if (!wait && pool && (await FleetPools.held(pool, entry.key))) {
+        throw new MigrationLockBusyError(`Migration lock ${keyLabel} is held by another session`, entry.key);
+      }
+      const options = { ...lock, key: entry.key, wait, signal, logger, keyLabel };
+      const applied = await this.migrator.run(entry.target, options, pool);
+      if (!Array.isArray(applied) || applied.some((name) => typeof name !== 'string')) {
+        throw new TypeError(`${this.migrator.name}: run() must resolve to the names of the migrations it applied`);
+      }
+      return applied;
+    } finally {
+      entry.spent += performance.now() - startedAt;
+    }
+  }
+
+  #fail(entry: Entry, error: unknown): void {
+    const { signal, stopOnError, logger } = this.setup;
+    if (signal?.aborted && error === signal.reason) {
+      this.#settle(entry, { status: 'not-run', applied: [] });
+      return;
+    }
+    logger.warn(`Migrating ${entry.target.name} with ${this.migrator.name} failed: ${errorMessage(error)}`);
+    this.#settle(entry, { status: 'failed', error });
+    if (stopOnError) this.#stop();
+  }
+
+  #settle(entry: Entry, outcome: Outcome): void {
+    entry.result = { target: entry.target, key: entry.key, durationMs: entry.spent, ...outcome } as FleetResult;
+    this.counts.done++;
+    this.counts[counted(entry.result.status)]++;
+    this.setup.logger.debug?.(`${entry.target.name}: ${entry.result.status} in ${formatMs(entry.spent)}`);
+    this.#emit('finished', entry);
+  }
+
+  #emit(type: FleetProgressEvent['type'], { target, result }: Entry): void {
+    const event = { type, target, ...(type === 'finished' && { result }), counts: { ...this.counts } };
+    callSafely(this.setup.logger, 'onProgress', this.setup.onProgress, event as FleetProgressEvent);
+  }
+
+  #stop(): void {
+    this.#stopped = true;
+    this.#wake();
+  }
+
+  #wake(): void {
+    for (const resolve of this.#sleepers.splice(0)) resolve();
+  }
+}
