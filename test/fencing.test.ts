@@ -36,11 +36,15 @@ const outcome = () =>
   });
 const ONCE = { values: ['100'], applied: 1 };
 
-/** Two replicas of `run -- node step.mjs SECONDS`: the first holds the lock and is in its step, the second waits. */
-async function twoReplicas(seconds: number, extraEnv: Record<string, string> = {}) {
-  const first = start(['run', '--', process.execPath, STEP, String(seconds)], { env: { ...env, ...extraEnv } });
+/**
+ * Two replicas of `run -- node step.mjs SECONDS`: the first holds the lock and is in its step, the second waits.
+ * A test that cuts the first step short gives it far longer than the test needs (a loaded machine can take
+ * seconds to start the second replica and the command that cuts it), and the second a short one.
+ */
+async function twoReplicas(seconds: number, secondSeconds = seconds) {
+  const first = start(['run', '--', process.execPath, STEP, String(seconds)], { env });
   await first.waitForOutput(/^step \d+ on backend \d+ as .*$/m);
-  const second = start(['run', '--', process.execPath, STEP, String(seconds)], { env: { ...env, ...extraEnv } });
+  const second = start(['run', '--', process.execPath, STEP, String(secondSeconds)], { env });
   await second.waitForOutput(/Waiting for migration lock/);
   const [, stepPid, backend, app] = /^step (\d+) on backend (\d+) as (.*)$/m.exec(first.stdout())!;
   return { first, second, stepPid: Number(stepPid), backend: Number(backend), app: app! };
@@ -135,7 +139,7 @@ describe('fencing: an earlier holding’s work never runs beside the next holder
   });
 
   test('lock lost mid-step (its session terminated): the step’s statement is terminated too, and the next holder applies it once', async () => {
-    const { first, second, backend } = await twoReplicas(4);
+    const { first, second, backend } = await twoReplicas(20, 1);
     const holder = (await getLockStatus(url, lockKey('pg-migration-lock'))).holder!;
     await withClient(url, (c) => c.query('SELECT pg_terminate_backend($1)', [holder.pid]));
     const [a, b] = await Promise.all([first.exited, second.exited]);
@@ -156,7 +160,7 @@ describe('fencing: an earlier holding’s work never runs beside the next holder
   }, 30_000);
 
   test('SIGKILL of the CLI alone: CMD dies with it, and its statement still running on the server is terminated by the next holder', async () => {
-    const { first, second, stepPid, backend } = await twoReplicas(4);
+    const { first, second, stepPid, backend } = await twoReplicas(20, 1);
     first.child.kill('SIGKILL');
     const b = await second.exited;
     expect(b.code).toBe(0);
@@ -170,7 +174,7 @@ describe('fencing: an earlier holding’s work never runs beside the next holder
   }, 30_000);
 
   test('release --force during a step: the holder and its tagged statement are terminated; no double run', async () => {
-    const { first, second, backend } = await twoReplicas(4);
+    const { first, second, backend } = await twoReplicas(20, 1);
     const release = await cli(['release', '--force', '--yes'], { env });
     // On failure, what each replica said: which one held the lock when release --force came.
     const said = () => `first:\n${first.stdout()}${first.stderr()}\nsecond:\n${second.stdout()}${second.stderr()}`;
