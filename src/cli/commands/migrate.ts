@@ -1,16 +1,19 @@
 import type { Command } from 'commander';
+import type { FleetMigrator } from '../../fleet-types.js';
 import { createContext } from '../context.js';
 import { signalExitCode } from '../errors.js';
+import { addFleetFlags, type FleetFlags, isFleet, runFleet } from '../fleet.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
-import { drizzleFlags, migrateDrizzle } from '../migrators/drizzle.js';
-import { knexFlags, migrateKnex } from '../migrators/knex.js';
-import { kyselyFlags, migrateKysely } from '../migrators/kysely.js';
-import { migrateNodePgMigrate, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
-import { migrateTypeorm, typeormFlags } from '../migrators/typeorm.js';
+import { drizzleFlags, fleetDrizzle, migrateDrizzle } from '../migrators/drizzle.js';
+import { fleetKnex, knexFlags, migrateKnex } from '../migrators/knex.js';
+import { fleetKysely, kyselyFlags, migrateKysely } from '../migrators/kysely.js';
+import { fleetNodePgMigrate, migrateNodePgMigrate, nodePgMigrateFlags } from '../migrators/node-pg-migrate.js';
+import { fleetTypeorm, migrateTypeorm, typeormFlags } from '../migrators/typeorm.js';
 import type { AdapterLock, Applied } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
 type Migrate<F> = (command: Command, out: Output, flags: F, lock: AdapterLock) => Promise<Applied>;
+type Fleet<F> = (out: Output, flags: F) => Promise<FleetMigrator>;
 
 export function registerMigrate(program: Command, out: Output): Command {
   const migrate = program
@@ -26,13 +29,18 @@ Examples:
   $ pg-migration-lock migrate knex --knexfile knexfile.cjs --env production
   $ pg-migration-lock migrate node-pg-migrate -m migrations -t pgmigrations
   $ pg-migration-lock migrate drizzle --migrations-folder ./drizzle --timeout 5m
-  $ pg-migration-lock migrate typeorm -d dist/data-source.js`,
+  $ pg-migration-lock migrate typeorm -d dist/data-source.js
+
+A fleet (many databases or tenant schemas), each target under a lock of its own, a few at a time:
+  $ pg-migration-lock migrate knex --each-database tenants.txt --concurrency 8
+  $ pg-migration-lock migrate drizzle --each-schema "SELECT schema FROM tenants" --json`,
     );
 
   const action =
-    <F>(run: Migrate<F>, tool: string) =>
-    async (flags: F & LockFlags, command: Command) => {
+    <F>(run: Migrate<F>, fleet: Fleet<F>, tool: string) =>
+    async (flags: F & LockFlags & FleetFlags, command: Command) => {
       const ctx = createContext(command, out, tool);
+      if (isFleet(flags)) return runFleet(command, out, flags, () => fleet(out, flags));
       const lock = lockOptions(ctx, flags, (signal, why) => {
         // The migrator runs in this process: stopping it closes the session, so PostgreSQL rolls back the
         // open transaction and frees the lock.
@@ -47,83 +55,92 @@ Examples:
       }
     };
 
-  addLockFlags(
-    knexFlags(
-      migrate.command('knex').description("knex migrate:latest, configured by your knexfile (like knex's own CLI)"),
-    ).addHelpText(
-      'after',
-      `
+  addFleetFlags(
+    addLockFlags(
+      knexFlags(
+        migrate.command('knex').description("knex migrate:latest, configured by your knexfile (like knex's own CLI)"),
+      ).addHelpText(
+        'after',
+        `
 --database-url (or DATABASE_URL when the knexfile has no connection) replaces the knexfile's connection.
 
 Examples:
   $ pg-migration-lock migrate knex
   $ pg-migration-lock migrate knex --knexfile db/knexfile.mjs --env production --timeout 5m`,
+      ),
     ),
-  ).action(action(migrateKnex, 'knex'));
+  ).action(action(migrateKnex, fleetKnex, 'knex'));
 
-  addLockFlags(
-    nodePgMigrateFlags(
-      migrate
-        .command('node-pg-migrate')
-        .description(
-          "node-pg-migrate up (all pending migrations), under node-pg-migrate's own lock key 7241865325823964 unless --key or --name is given: this CLI, the pg-migration-lock/node-pg-migrate adapter and plain node-pg-migrate all wait for one another",
-        ),
-    ).addHelpText(
-      'after',
-      `
+  addFleetFlags(
+    addLockFlags(
+      nodePgMigrateFlags(
+        migrate
+          .command('node-pg-migrate')
+          .description(
+            "node-pg-migrate up (all pending migrations), under node-pg-migrate's own lock key 7241865325823964 unless --key or --name is given: this CLI, the pg-migration-lock/node-pg-migrate adapter and plain node-pg-migrate all wait for one another",
+          ),
+      ).addHelpText(
+        'after',
+        `
 Examples:
   $ pg-migration-lock migrate node-pg-migrate
   $ pg-migration-lock migrate node-pg-migrate -m db/migrations -t schema_migrations --no-wait
   $ pg-migration-lock migrate node-pg-migrate --name billing   # a lock of your own instead`,
+      ),
     ),
-  ).action(action(migrateNodePgMigrate, 'node-pg-migrate'));
+  ).action(action(migrateNodePgMigrate, fleetNodePgMigrate, 'node-pg-migrate'));
 
-  addLockFlags(
-    drizzleFlags(
-      migrate.command('drizzle').description("drizzle's migrate() for node-postgres (what drizzle-kit migrate does)"),
-    ).addHelpText(
-      'after',
-      `
+  addFleetFlags(
+    addLockFlags(
+      drizzleFlags(
+        migrate.command('drizzle').description("drizzle's migrate() for node-postgres (what drizzle-kit migrate does)"),
+      ).addHelpText(
+        'after',
+        `
 Examples:
   $ pg-migration-lock migrate drizzle
   $ pg-migration-lock migrate drizzle --migrations-folder db/migrations --timeout 10m`,
+      ),
     ),
-  ).action(action(migrateDrizzle, 'drizzle'));
+  ).action(action(migrateDrizzle, (_, flags) => fleetDrizzle(flags), 'drizzle'));
 
-  addLockFlags(
-    typeormFlags(
-      migrate
-        .command('typeorm')
-        .description("TypeORM migration:run, for the DataSource a file exports (like TypeORM's own CLI)"),
-    )
-      .option(
-        '-t, --transaction <mode>',
-        "all, each or none (default: the data source's migrationsTransactionMode, else all)",
+  addFleetFlags(
+    addLockFlags(
+      typeormFlags(
+        migrate
+          .command('typeorm')
+          .description("TypeORM migration:run, for the DataSource a file exports (like TypeORM's own CLI)"),
       )
-      .option('-f, --fake', 'record the pending migrations as run without running them')
-      .addHelpText(
-        'after',
-        `
+        .option(
+          '-t, --transaction <mode>',
+          "all, each or none (default: the data source's migrationsTransactionMode, else all)",
+        )
+        .option('-f, --fake', 'record the pending migrations as run without running them')
+        .addHelpText(
+          'after',
+          `
 --database-url (or DATABASE_URL when the data source names no server) replaces the data source's connection.
 
 Examples:
   $ pg-migration-lock migrate typeorm -d dist/data-source.js
   $ pg-migration-lock migrate typeorm --data-source dist/data-source.js --transaction each --timeout 5m`,
-      ),
-  ).action(action(migrateTypeorm, 'typeorm'));
-
-  addLockFlags(
-    kyselyFlags(
-      migrate
-        .command('kysely')
-        .description(
-          "kysely migrate latest, configured by your kysely-ctl config file (like kysely-ctl's CLI), under kysely's own lock key 3853314791062309107 unless --key or --name is given: this CLI, the pg-migration-lock/kysely adapter and plain kysely all wait for one another",
         ),
-    )
-      .option('--no-transaction', 'run the migrations without transactions (disableTransactions)')
-      .addHelpText(
-        'after',
-        `
+    ),
+  ).action(action(migrateTypeorm, (_, flags) => fleetTypeorm(flags), 'typeorm'));
+
+  addFleetFlags(
+    addLockFlags(
+      kyselyFlags(
+        migrate
+          .command('kysely')
+          .description(
+            "kysely migrate latest, configured by your kysely-ctl config file (like kysely-ctl's CLI), under kysely's own lock key 3853314791062309107 unless --key or --name is given: this CLI, the pg-migration-lock/kysely adapter and plain kysely all wait for one another",
+          ),
+      )
+        .option('--no-transaction', 'run the migrations without transactions (disableTransactions)')
+        .addHelpText(
+          'after',
+          `
 The config's dialect must be 'pg', 'postgres' (postgres.js) or a PostgreSQL dialect instance; --database-url
 (or DATABASE_URL when the config has no dialect) replaces it with pg. A TypeScript config needs a Node that
 strips types (>= 22.18); otherwise wrap kysely-ctl: pg-migration-lock run -- npx kysely migrate latest
@@ -131,8 +148,9 @@ strips types (>= 22.18); otherwise wrap kysely-ctl: pg-migration-lock run -- npx
 Examples:
   $ pg-migration-lock migrate kysely
   $ pg-migration-lock migrate kysely --config db/kysely.config.mjs -e production --timeout 5m`,
-      ),
-  ).action(action(migrateKysely, 'kysely'));
+        ),
+    ),
+  ).action(action(migrateKysely, (_, flags) => fleetKysely(flags), 'kysely'));
 
   return migrate;
 }

@@ -5,6 +5,7 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { drizzle as drizzleFn } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { connectionConfig } from '../../driver/pg.js';
+import type { FleetMigrator } from '../../fleet-types.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
@@ -102,6 +103,18 @@ export async function pendingDrizzle(command: Command, out: Output, flags: Drizz
     database,
     close: () => pool.end(),
   };
+}
+
+/** The fleet migrator of `migrate drizzle --each-…`: the same folder and table, each target's connection. */
+export async function fleetDrizzle(flags: DrizzleFlags): Promise<FleetMigrator> {
+  const { folder } = migrationsFolder(flags);
+  const { fleet } = await import('../../../adapters/drizzle.js');
+  // A schema target keeps drizzle's table in its schema (the adapter sets migrationsSchema there).
+  return fleet({
+    migrationsFolder: folder,
+    migrationsTable: flags.migrationsTable,
+    migrationsSchema: flags.migrationsSchema,
+  });
 }
 
 function migrationsFolder(flags: DrizzleFlags): { folder: string; journalPath: string } {

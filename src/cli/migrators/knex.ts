@@ -4,6 +4,8 @@ import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type { Knex } from 'knex';
 import type pg from 'pg';
+import type { KnexFleetConfig } from '../../../adapters/knex.js';
+import type { FleetMigrator } from '../../fleet-types.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
@@ -61,17 +63,22 @@ export async function pendingKnex(command: Command, out: Output, flags: KnexFlag
   };
 }
 
+/** The fleet migrator of `migrate knex --each-…`: the knexfile's environment, each target's connection instead of its own. */
+export async function fleetKnex(out: Output, flags: KnexFlags): Promise<FleetMigrator> {
+  const { knexfile, config } = await readKnexfile(flags);
+  prepareConfig(out, config, knexfile);
+  const { connection: _ignored, ...rest } = config;
+  const { fleet } = await import('../../../adapters/knex.js');
+  return fleet(rest as KnexFleetConfig);
+}
+
 /** A knex instance from the project's knexfile (environment, connection, paths), like knex's own CLI makes it. */
 async function openKnex(
   command: Command,
   out: Output,
   flags: KnexFlags,
 ): Promise<{ knex: Knex; config: Knex.Config; failedFile: () => string | undefined; dirs: string[] }> {
-  const knexfile = findKnexfile(flags.knexfile);
-  // Like knex's CLI: paths in the knexfile (migrations.directory…) are relative to the knexfile.
-  process.chdir(dirname(knexfile));
-  const envName = flags.env ?? (process.env.NODE_ENV || 'development');
-  const config = await loadKnexfile(knexfile, envName);
+  const { knexfile, envName, config } = await readKnexfile(flags);
 
   // Precedence: --database-url, then the knexfile's own connection (what plain knex uses; knexfiles that
   // want DATABASE_URL read it themselves), then DATABASE_URL. Which one won is printed.
@@ -89,6 +96,27 @@ async function openKnex(
     out.targetSource = `${basename(knexfile)}, environment "${envName}"${ignored}`;
   }
   announceTarget(out);
+  const { failedFile, dirs } = prepareConfig(out, config, knexfile);
+  const knexModule = await importFromProject<{ default: (config: Knex.Config) => Knex }>('knex', dirname(knexfile));
+  // The file knex names as failing (its own log), and the directories it read: what our last line names.
+  return { knex: knexModule.default(config), config, failedFile, dirs };
+}
+
+/** The knexfile's environment, as knex's CLI reads it. */
+async function readKnexfile(flags: KnexFlags): Promise<{ knexfile: string; envName: string; config: Knex.Config }> {
+  const knexfile = findKnexfile(flags.knexfile);
+  // Like knex's CLI: paths in the knexfile (migrations.directory…) are relative to the knexfile.
+  process.chdir(dirname(knexfile));
+  const envName = flags.env ?? (process.env.NODE_ENV || 'development');
+  return { knexfile, envName, config: await loadKnexfile(knexfile, envName) };
+}
+
+/** Checks a knexfile config (client, migrations directories) and routes knex's log to ours. */
+function prepareConfig(
+  out: Output,
+  config: Knex.Config,
+  knexfile: string,
+): { failedFile: () => string | undefined; dirs: string[] } {
   config.client ??= 'pg';
   // knex logs to the console (stdout); ours keeps stdout for the summary.
   let failedFile: string | undefined;
@@ -115,10 +143,7 @@ async function openKnex(
       dirs.push(existingDir(dir, 'knex migrations directory', `migrations.directory in ${knexfile}`));
     }
   }
-
-  const knexModule = await importFromProject<{ default: (config: Knex.Config) => Knex }>('knex', dirname(knexfile));
-  // The file knex names as failing (its own log), and the directories it read: what our last line names.
-  return { knex: knexModule.default(config), config, failedFile: () => failedFile, dirs };
+  return { failedFile: () => failedFile, dirs };
 }
 
 function findKnexfile(given: string | undefined): string {

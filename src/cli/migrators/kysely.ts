@@ -6,6 +6,7 @@ import type { Dialect, Kysely, KyselyPlugin } from 'kysely';
 import type { MigrationProvider, MigratorProps } from 'kysely/migration';
 import type pg from 'pg';
 import { connectionConfig } from '../../driver/pg.js';
+import type { FleetMigrator } from '../../fleet-types.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
@@ -100,6 +101,24 @@ async function openKysely(
   out: Output,
   flags: KyselyFlags,
 ): Promise<{ db: Kysely<unknown>; props: MigratorProps; dirs: string[]; database: pg.ClientConfig | undefined }> {
+  const { file, config, props, dirs, kyselyModule } = await migratorSetup(flags);
+  const { db, database } = await kyselyOf(command, out, config, kyselyModule, file);
+  if (out.target) out.targetSource ??= basename(file);
+  // A Kysely instance or dialect of the config's own, or a pool set up by PG* variables: the server names it.
+  else await nameFromServer(out, db, kyselyModule, file);
+  return { db, database, dirs, props: { ...props, db } };
+}
+
+/** The fleet migrator of `migrate kysely --each-…`: the config's migrations, each target's connection instead of its dialect. */
+export async function fleetKysely(flags: KyselyFlags): Promise<FleetMigrator> {
+  const { props } = await migratorSetup(flags);
+  const { fleet } = await import('../../../adapters/kysely.js');
+  const disableTransactions = flags.transaction === false || (props.disableTransactions as boolean | undefined);
+  return fleet({ ...props, disableTransactions });
+}
+
+/** The config file, its Migrator props but `db` (the provider made as kysely-ctl makes it), and the kysely it uses. */
+async function migratorSetup(flags: KyselyFlags) {
   const file = findConfig(flags.config);
   const config = await loadConfig(file, flags.environment);
   const {
@@ -127,19 +146,15 @@ async function openKysely(
     // kysely 0.28 has the migrator in 'kysely' itself.
     () => kyselyModule as unknown as typeof import('kysely/migration'),
   );
-  const { db, database } = await kyselyOf(command, out, config, kyselyModule, file);
-  if (out.target) out.targetSource ??= basename(file);
-  // A Kysely instance or dialect of the config's own, or a pool set up by PG* variables: the server names it.
-  else await nameFromServer(out, db, kyselyModule, file);
   return {
-    db,
-    database,
+    file,
+    config,
+    kyselyModule,
     dirs: folder ? [folder] : [dirname(file)],
     props: {
       ...(props as Partial<MigratorProps>),
-      db,
       provider: provider ?? new migration.FileMigrationProvider({ fs, path, migrationFolder: folder! }),
-    },
+    } as Omit<MigratorProps, 'db'>,
   };
 }
 

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import type { RunnerOption } from 'node-pg-migrate';
 import pg from 'pg';
+import type { FleetMigrator } from '../../fleet-types.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import type { Output } from '../output.js';
 import { migrationFailure, migrationFile } from './failure.js';
@@ -94,10 +95,27 @@ export async function pendingNodePgMigrate(
   };
 }
 
+/** The fleet migrator of `migrate node-pg-migrate --each-…`: the same flags, each target's connection. */
+export async function fleetNodePgMigrate(out: Output, flags: NodePgMigrateFlags): Promise<FleetMigrator> {
+  const { fleet } = await import('../../../adapters/node-pg-migrate.js');
+  // Per target, node-pg-migrate's progress would be one line per migration per tenant: the fleet's line says it.
+  const logger = {
+    debug() {},
+    info() {},
+    error() {},
+    warn: (message: string) => out.warn(`node-pg-migrate: ${message}`),
+  };
+  return fleet({ ...runOptions(flags), logger });
+}
+
 /** `node-pg-migrate up` (all pending migrations) from the flags. */
 function upOptions(command: Command, out: Output, flags: NodePgMigrateFlags): RunnerOption {
+  return { databaseUrl: clientConfig(databaseUrl(command, out, true)), ...runOptions(flags) } as RunnerOption;
+}
+
+/** node-pg-migrate's runner options from the flags, but the connection. */
+function runOptions(flags: NodePgMigrateFlags) {
   return {
-    databaseUrl: clientConfig(databaseUrl(command, out, true)),
     dir: existingDir(flags.migrationsDir, 'node-pg-migrate migrations directory', '--migrations-dir'),
     migrationsTable: flags.migrationsTable,
     schema: flags.schema,
@@ -105,7 +123,7 @@ function upOptions(command: Command, out: Output, flags: NodePgMigrateFlags): Ru
     createSchema: flags.createSchema,
     createMigrationsSchema: flags.createMigrationsSchema,
     checkOrder: flags.checkOrder,
-    direction: 'up',
+    direction: 'up' as const,
     count: Number.POSITIVE_INFINITY,
   };
 }

@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import type pg from 'pg';
 import type { DataSource } from 'typeorm';
 import { connectionConfig } from '../../driver/pg.js';
+import type { FleetMigrator } from '../../fleet-types.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
@@ -31,10 +32,7 @@ export async function migrateTypeorm(
   flags: TypeormFlags,
   lock: AdapterLock,
 ): Promise<Applied> {
-  const transaction = flags.transaction === undefined ? undefined : MODES[flags.transaction];
-  if (flags.transaction !== undefined && transaction === undefined) {
-    throw new UsageError(`Invalid --transaction ${JSON.stringify(flags.transaction)}`, 'Use all, each or none.');
-  }
+  const transaction = transactionMode(flags);
   const { dataSource, dirs } = await openDataSource(command, out, flags);
   announceTarget(out);
   try {
@@ -54,6 +52,51 @@ export async function migrateTypeorm(
     throw migrationFailure('typeorm', err, undefined, dirs);
   } finally {
     if (dataSource.isInitialized) await dataSource.destroy();
+  }
+}
+
+/** The fleet migrator of `migrate typeorm --each-…`: the data source's options, each target's connection. */
+export async function fleetTypeorm(flags: TypeormFlags): Promise<FleetMigrator> {
+  const transaction = transactionMode(flags);
+  const dataSource = await loadDataSource(flags.dataSource);
+  checkPostgres(dataSource.options);
+  const { fleet } = await import('../../../adapters/typeorm.js');
+  // TypeORM logs every migration (and its failure) on stdout whatever `logging` says: one line per target says it.
+  const silent = () => {};
+  const logger = {
+    logQuery: silent,
+    logQueryError: silent,
+    logQuerySlow: silent,
+    logSchemaBuild: silent,
+    logMigration: silent,
+    log: silent,
+  };
+  const options = { ...dataSource.options, ...ONLY_MIGRATIONS, logger } as Parameters<typeof fleet>[0];
+  return fleet(options, { transaction, fake: flags.fake });
+}
+
+function transactionMode(flags: TypeormFlags): 'all' | 'each' | 'none' | undefined {
+  const transaction = flags.transaction === undefined ? undefined : MODES[flags.transaction];
+  if (flags.transaction !== undefined && transaction === undefined) {
+    throw new UsageError(`Invalid --transaction ${JSON.stringify(flags.transaction)}`, 'Use all, each or none.');
+  }
+  return transaction;
+}
+
+// Like TypeORM's CLI: nothing but the migrations runs (no synchronize, no migrationsRun, no subscribers).
+const ONLY_MIGRATIONS = {
+  subscribers: [],
+  synchronize: false,
+  migrationsRun: false,
+  dropSchema: false,
+  logging: false,
+};
+
+function checkPostgres(options: { type: string }): void {
+  if (options.type !== 'postgres') {
+    throw new UsageError(
+      `The data source's type is ${JSON.stringify(options.type)}: pg-migration-lock needs 'postgres'`,
+    );
   }
 }
 
@@ -86,19 +129,8 @@ async function openDataSource(
     password?: unknown;
     database?: string;
   };
-  if (options.type !== 'postgres') {
-    throw new UsageError(
-      `The data source's type is ${JSON.stringify(options.type)}: pg-migration-lock needs 'postgres'`,
-    );
-  }
-  // Like TypeORM's CLI: nothing but the migrations runs (no synchronize, no migrationsRun, no subscribers).
-  const overrides: Record<string, unknown> = {
-    subscribers: [],
-    synchronize: false,
-    migrationsRun: false,
-    dropSchema: false,
-    logging: false,
-  };
+  checkPostgres(options);
+  const overrides: Record<string, unknown> = { ...ONLY_MIGRATIONS };
   let database: pg.ClientConfig;
   if (command.optsWithGlobals<GlobalOptions>().databaseUrl || (!options.url && !options.host)) {
     // --database-url wins over the data source; DATABASE_URL fills in when it names no server.

@@ -1,0 +1,327 @@
+// `migrate <migrator> --each-database | --each-schema`: a fleet from the command line, its progress and its report.
+import { readFileSync } from 'node:fs';
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import pg from 'pg';
+import { migrateEach } from '../fleet.js';
+import type { FleetTargetSpec } from '../fleet-target.js';
+import type { FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from '../fleet-types.js';
+import { errorMessage } from '../logger.js';
+import { formatMs } from '../time.js';
+import { clientConfig, databaseUrl, type GlobalOptions } from './context.js';
+import { CliError, EXIT, InterruptedError, signalExitCode, UsageError } from './errors.js';
+import { type LockFlags, trapSignals, watchParent } from './locking.js';
+import type { Output } from './output.js';
+
+export interface FleetFlags {
+  eachDatabase?: string;
+  eachSchema?: string;
+  concurrency: number;
+  stopOnError?: boolean;
+  json?: boolean;
+}
+
+/** The fleet flags every `migrate <migrator>` takes. */
+export function addFleetFlags(command: Command): Command {
+  return command
+    .optionsGroup('Fleet options (many databases or schemas, each under a lock of its own):')
+    .option(
+      '--each-database <file|->',
+      'migrate every database listed in FILE (- for stdin): a connection string or a database name (on the server of --database-url) per line',
+    )
+    .option(
+      '--each-schema <query|list>',
+      'migrate every schema of the database: a comma-separated list, or a query (SELECT …) whose first column names them',
+    )
+    .addOption(
+      new Option('--concurrency <n>', 'targets migrated at once (each takes a connection)')
+        .default(4)
+        .argParser(parseConcurrency),
+    )
+    .option('--stop-on-error', 'after a failure, start no further target (the ones running finish)')
+    .option('--json', 'print the report as JSON on stdout');
+}
+
+function parseConcurrency(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 1000) throw new InvalidArgumentError('Expected an integer from 1 to 1000.');
+  return n;
+}
+
+/** Whether the flags ask for a fleet; the fleet-only flags without one are a usage error. */
+export function isFleet(flags: FleetFlags): boolean {
+  const fleet = flags.eachDatabase !== undefined || flags.eachSchema !== undefined;
+  if (!fleet && (flags.json || flags.stopOnError)) {
+    throw new UsageError(
+      `${flags.json ? '--json' : '--stop-on-error'} is for a fleet: add --each-database FILE or --each-schema LIST`,
+    );
+  }
+  return fleet;
+}
+
+/**
+ * Migrates every target of `--each-database`/`--each-schema` with `migrateEach`, shows its progress, prints the
+ * report, and fails (exit 1) unless every target is migrated. A first SIGINT/SIGTERM starts no further target
+ * and lets the running ones finish; a second stops at once (their sessions close, open transactions roll back).
+ */
+export async function runFleet(
+  command: Command,
+  out: Output,
+  flags: FleetFlags & LockFlags,
+  makeMigrator: () => Promise<FleetMigrator>,
+): Promise<void> {
+  const opts = command.optsWithGlobals<GlobalOptions>();
+  if (flags.eachDatabase !== undefined && flags.eachSchema !== undefined) {
+    throw new UsageError('--each-database and --each-schema both choose the fleet: give one of them');
+  }
+  if (opts.key !== undefined || opts.name !== undefined) {
+    throw new UsageError(
+      `${opts.key !== undefined ? '--key' : '--name'} chooses one lock, and a fleet takes one per target (from its database, schema and migrator)`,
+      'Drop it: two fleet runs, and a single run on one of the databases, still exclude each other.',
+    );
+  }
+  if (!flags.wait) {
+    throw new UsageError(
+      '--no-wait is for one lock: a fleet comes back to a target another run holds after the others, and waits for it then',
+      'Bound that wait with --timeout.',
+    );
+  }
+  const migrator = await makeMigrator();
+  const targets = await readTargets(command, out, flags);
+  const progress = new Progress(out, flags.json === true);
+
+  const abort = new AbortController();
+  let interrupted: NodeJS.Signals | undefined;
+  const stop = (signal: NodeJS.Signals, why: string) => {
+    if (interrupted) {
+      out.error(`Interrupted again by ${signal}: stopping now; the open transactions roll back`);
+      process.exit(signalExitCode(signal));
+    }
+    interrupted = signal;
+    out.warn(`${why}: starting no further target; the ones running finish (${signal} again to stop them now)`);
+    abort.abort(new InterruptedError(signal));
+  };
+  const disposeSignals = trapSignals((signal) => stop(signal, `Interrupted by ${signal}`));
+  const disposeWatch = watchParent(() => stop('SIGTERM', 'The process that started pg-migration-lock is gone'));
+  let report: FleetReport;
+  try {
+    report = await migrateEach(targets, migrator, {
+      concurrency: flags.concurrency,
+      stopOnError: flags.stopOnError,
+      signal: abort.signal,
+      onProgress: (event) => progress.on(event),
+      lock: { timeoutMs: flags.timeout },
+      logger: {
+        info() {},
+        // The fleet's own line for a failed target repeats what the progress line says.
+        warn: (message) => /^Migrating .+ failed: /.test(message) || out.warn(message),
+        error: (message) => out.error(message),
+      },
+    });
+  } finally {
+    progress.done();
+    disposeSignals();
+    disposeWatch();
+  }
+  summarize(out, migrator.name, report, flags.json === true);
+  if (report.ok) return;
+  if (interrupted) throw new CliError(`Interrupted by ${interrupted}: ${notDone(report)}`, signalExitCode(interrupted));
+  throw new CliError(notDone(report));
+}
+
+function notDone({ counts }: FleetReport): string {
+  const parts = [];
+  if (counts.failed > 0) parts.push(`${counts.failed} of ${counts.done} targets failed`);
+  if (counts.notRun > 0) parts.push(`${counts.notRun} not run`);
+  return parts.join(', ');
+}
+
+/** The targets `--each-database FILE` lists or `--each-schema` names, checked before any migration starts. */
+async function readTargets(command: Command, out: Output, flags: FleetFlags): Promise<FleetTargetSpec[]> {
+  if (flags.eachSchema !== undefined) {
+    const url = databaseUrl(command, out, true);
+    const schemas = /^\s*(select|with|values|table)\s/i.test(flags.eachSchema)
+      ? await schemasFromQuery(url, flags.eachSchema)
+      : flags.eachSchema.split(',').map((name) => name.trim());
+    const blank = schemas.indexOf('');
+    if (blank >= 0) throw new UsageError(`--each-schema: schema ${blank + 1} is empty`);
+    // A tenants query may find none yet: an empty fleet, which succeeds.
+    out.info(`Fleet: ${plural(schemas.length, 'schema')} of ${out.target} (from ${out.targetSource})`);
+    return unique(schemas).map((schema) => ({ url, schema, name: schema }));
+  }
+  const from = flags.eachDatabase!;
+  let text: string;
+  try {
+    text = readFileSync(from === '-' ? 0 : from, 'utf8');
+  } catch (err) {
+    throw new UsageError(`--each-database: cannot read ${from === '-' ? 'stdin' : from}: ${errorMessage(err)}`);
+  }
+  const urls: string[] = [];
+  let server: string | undefined;
+  for (const [i, raw] of text.split(/\r?\n/).entries()) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const where = `--each-database ${from === '-' ? 'stdin' : from}, line ${i + 1}`;
+    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(line)) {
+      urls.push(checkedUrl(out, line, where));
+      continue;
+    }
+    // A bare name: a database on the server --database-url (or DATABASE_URL) names.
+    server ??= databaseUrl(command, out, false);
+    if (server === undefined) {
+      throw new UsageError(
+        `${where}: "${line}" is a database name, and no --database-url or DATABASE_URL says on which server`,
+        'List connection strings, or pass the server with --database-url (its database is replaced by each name).',
+      );
+    }
+    const url = new URL(server);
+    url.pathname = `/${encodeURIComponent(line)}`;
+    urls.push(url.toString());
+  }
+  out.info(`Fleet: ${plural(urls.length, 'database')} (from ${from === '-' ? 'stdin' : from})`);
+  return unique(urls).map((url) => ({ url }));
+}
+
+/** A connection string of the list, its password registered first so no message can echo it. */
+function checkedUrl(out: Output, url: string, where: string): string {
+  out.addConnectionString(url);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new UsageError(`${where}: not a valid connection string`);
+  }
+  out.addSecret(decodeURIComponent(parsed.password));
+  if (!['postgres:', 'postgresql:'].includes(parsed.protocol)) {
+    throw new UsageError(`${where}: expected a postgres:// or postgresql:// URL, got ${parsed.protocol}//…`);
+  }
+  return url;
+}
+
+async function schemasFromQuery(url: string, query: string): Promise<string[]> {
+  const client = new pg.Client(clientConfig(url));
+  client.on('error', () => {}); // the query's own error says it
+  try {
+    await client.connect();
+    const { rows, fields } = await client.query({ text: query, rowMode: 'array' });
+    if (fields.length === 0) throw new UsageError('--each-schema: the query returns no column');
+    return rows.map((row: unknown[]) => (row[0] === null ? '' : String(row[0])));
+  } catch (err) {
+    if (err instanceof CliError) throw err;
+    throw new CliError(`--each-schema: the query failed: ${errorMessage(err)}`, EXIT.failure);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+function unique<T>(items: T[]): T[] {
+  return [...new Set(items)];
+}
+
+/**
+ * A target's failure in one line: the database's reason, where a migrator wraps it (drizzle's "Failed query: …
+ * params:" has it as its cause), and the first line of a longer message.
+ */
+function failure(error: unknown): string {
+  const cause = (error as { cause?: unknown } | null)?.cause;
+  const message = errorMessage(/^Failed query:/.test(errorMessage(error)) && cause !== undefined ? cause : error);
+  return message.trim().split('\n')[0]!;
+}
+
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`;
+
+/** How a finished target's line says its outcome. */
+const SAID: Record<'applied' | 'up-to-date' | 'skipped', (result: FleetResult) => string> = {
+  applied: (r) =>
+    `applied ${plural((r as { applied: string[] }).applied.length, 'migration')} (${formatMs(r.durationMs)})`,
+  'up-to-date': () => 'up to date',
+  skipped: () => 'migrated by another run',
+};
+
+/** Progress: a live line (done, failed, running, ETA) on a terminal, else a line per finished target. */
+class Progress {
+  readonly #startedAt = performance.now();
+  #ticker: NodeJS.Timeout | undefined;
+  #last: FleetProgressEvent['counts'] | undefined;
+
+  constructor(
+    readonly out: Output,
+    readonly json: boolean,
+  ) {
+    if (out.live) this.#ticker = setInterval(() => this.#render(), 1000);
+  }
+
+  on(event: FleetProgressEvent): void {
+    this.#last = event.counts;
+    if (event.type === 'finished' && (event.result.status === 'failed' || !this.out.live)) {
+      this.#line(event.result);
+    }
+    this.#render();
+  }
+
+  done(): void {
+    clearInterval(this.#ticker);
+    this.out.clearStatus();
+  }
+
+  #line(result: FleetResult): void {
+    const { out } = this;
+    const name = result.target.name;
+    if (result.status === 'failed') {
+      out.warn(`${name}: failed after ${formatMs(result.durationMs)}: ${failure(result.error)}`);
+    } else if (result.status !== 'not-run') {
+      out.info(`${name}: ${SAID[result.status](result)}`);
+    }
+  }
+
+  #render(): void {
+    const counts = this.#last;
+    if (!this.out.live || !counts) return;
+    const elapsed = performance.now() - this.#startedAt;
+    const total = counts.total === undefined ? '' : `/${counts.total}`;
+    const failed = counts.failed > 0 ? this.out.err.red(`, ${counts.failed} failed`) : '';
+    let eta = '';
+    if (counts.total !== undefined && counts.done > 0 && counts.done < counts.total) {
+      eta = `, ETA ${formatMs(((counts.total - counts.done) * elapsed) / counts.done)}`;
+    }
+    this.out.status(
+      `⏳ ${counts.done}${total} done${failed}, ${counts.running} running${counts.deferred > 0 ? `, ${counts.deferred} held by another run` : ''}${eta}`,
+    );
+  }
+}
+
+/** The report: a summary (and each failure) on stdout, or the whole report as JSON. */
+function summarize(out: Output, migrator: string, report: FleetReport, json: boolean): void {
+  const { counts, results } = report;
+  if (json) {
+    out.json({
+      ok: report.ok,
+      migrator,
+      durationMs: Math.round(report.durationMs),
+      counts,
+      results: results.map((r) => ({
+        target: r.target.name,
+        database: r.target.database ?? null,
+        schema: r.target.schema ?? null,
+        status: r.status,
+        applied: r.status === 'failed' ? [] : r.applied,
+        ...(r.status === 'failed' && { error: failure(r.error) }),
+        key: r.key,
+        durationMs: Math.round(r.durationMs),
+      })),
+    });
+    return;
+  }
+  const parts = [
+    `${counts.applied} applied`,
+    `${counts.upToDate} up to date`,
+    `${counts.skipped} migrated by another run`,
+  ];
+  if (counts.failed > 0) parts.push(`${counts.failed} failed`);
+  if (counts.notRun > 0) parts.push(`${counts.notRun} not run`);
+  const mark = report.ok ? out.out.green('✔') : out.out.red('✖');
+  const lines = [
+    `${mark} ${migrator}: ${plural(results.length, 'target')} in ${formatMs(report.durationMs)}: ${parts.join(', ')}`,
+  ];
+  for (const r of results) if (r.status === 'failed') lines.push(`  ${r.target.name}: ${failure(r.error)}`);
+  out.result(lines.join('\n'));
+}
