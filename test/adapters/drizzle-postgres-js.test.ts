@@ -17,7 +17,7 @@ import {
   report,
 } from './race-report.js';
 
-const REPLICAS = 8;
+const REPLICAS = 6;
 const [lockedUrl, bareUrl, oneUrl, failUrl, lostUrl] = await Promise.all([
   createTestDatabase(),
   createTestDatabase(),

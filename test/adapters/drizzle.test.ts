@@ -13,7 +13,7 @@ import {
   report,
 } from './race-report.js';
 
-const REPLICAS = 8;
+const REPLICAS = 6;
 const [lockedUrl, bareUrl, poolUrl, clientUrl] = await Promise.all([
   createTestDatabase(),
   createTestDatabase(),

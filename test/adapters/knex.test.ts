@@ -14,7 +14,7 @@ import {
   report,
 } from './race-report.js';
 
-const REPLICAS = 8;
+const REPLICAS = 6;
 const [lockedUrl, bareUrl, cicUrl, staleUrl, settingsUrl, lostUrl, externalPoolUrl] = await Promise.all([
   createTestDatabase(),
   createTestDatabase(),

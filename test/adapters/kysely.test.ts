@@ -17,7 +17,7 @@ import {
   report,
 } from './race-report.js';
 
-const REPLICAS = 8;
+const REPLICAS = 6;
 const [lockedUrl, bareUrl, cicUrl, bareCicUrl, v028Url, plainFirstUrl, wrappedFirstUrl, pendingUrl, downUrl, lostUrl] =
   await Promise.all([
     createTestDatabase(),

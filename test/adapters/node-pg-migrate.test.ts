@@ -13,7 +13,7 @@ import {
   report,
 } from './race-report.js';
 
-const REPLICAS = 8;
+const REPLICAS = 6;
 const PG_MIGRATE_LOCK_ID = 7241865325823964n;
 const [lockedUrl, bareUrl, cicUrl, v8Url, interopUrl, exclusionUrl, clientUrl] = await Promise.all([
   createTestDatabase(),

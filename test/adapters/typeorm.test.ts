@@ -13,7 +13,7 @@ import {
   report,
 } from './race-report.js';
 
-const REPLICAS = 8;
+const REPLICAS = 6;
 const [lockedUrl, bareUrl, eachUrl, noneUrl, v03Url, cicUrl, pendingUrl, waitUrl, lostUrl, fakeUrl] = await Promise.all(
   [
     createTestDatabase(),
