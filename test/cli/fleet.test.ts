@@ -136,19 +136,23 @@ describe('fleets of databases, two commands at once, interruptions, bad input', 
     for (const schema of schemas) expect([counts[`${schema}/001`], counts[`${schema}/002`]]).toEqual([1, 1]);
   }, 60_000);
 
-  test.skipIf(!hasScript)('on a terminal: one live line (done, running, ETA), then the summary', async () => {
-    const schemas = Array.from({ length: 4 }, (_, i) => `live_${i}`).join(',');
-    const run = startOnTerminal(['migrate', ...FLAGS.knex, '--each-schema', schemas, '--concurrency', '1'], {
-      env: { ...env, FLEET_SLEEP: '0.7' },
-      cwd: CWD,
-    });
-    const { code, stdout } = await run.exited;
-    expect(code, stdout).toBe(0);
-    expect(stdout).toMatch(/⏳ [1-3]\/4 done, 1 running, ETA \d/);
-    expect(stdout).toMatch(/✔ knex: 4 targets in .*: 4 applied/);
-    // No line per target on a terminal: the live line says it.
-    expect(stdout).not.toMatch(/live_0: applied/);
-  }, 30_000);
+  test.skipIf(!hasScript)(
+    'on a terminal: one live line (done, running, ETA), then the summary',
+    async () => {
+      const schemas = Array.from({ length: 4 }, (_, i) => `live_${i}`).join(',');
+      const run = startOnTerminal(['migrate', ...FLAGS.knex, '--each-schema', schemas, '--concurrency', '1'], {
+        env: { ...env, FLEET_SLEEP: '0.7' },
+        cwd: CWD,
+      });
+      const { code, stdout } = await run.exited;
+      expect(code, stdout).toBe(0);
+      expect(stdout).toMatch(/⏳ [1-3]\/4 done, 1 running, ETA \d/);
+      expect(stdout).toMatch(/✔ knex: 4 targets in .*: 4 applied/);
+      // No line per target on a terminal: the live line says it.
+      expect(stdout).not.toMatch(/live_0: applied/);
+    },
+    30_000,
+  );
 
   test('bad input: a clear message, exit 2, nothing migrated', async () => {
     const list = join(mkdtempSync(join(tmpdir(), 'pgml-fleet-cli-')), 'tenants.txt');
