@@ -65,11 +65,11 @@ const config = values.smoke
       overheadIterations: 3,
       chaosRounds: 2,
       chaosReplicas: 3,
-      chaosSteps: 2,
-      fleetTenants: 10,
+      chaosSteps: 1,
+      fleetTenants: 6,
       fleetConcurrency: 2,
       fleetSleepSeconds: 0.05,
-      fleetSerialSample: 3,
+      fleetSerialSample: 2,
     }
   : {
       migrations: 60,

@@ -87,7 +87,7 @@ export async function runFleet(
   }
   const migrator = await makeMigrator();
   const targets = await readTargets(command, out, flags);
-  const progress = new Progress(out, flags.json === true);
+  const progress = new Progress(out);
 
   const abort = new AbortController();
   let interrupted: NodeJS.Signals | undefined;
@@ -243,10 +243,7 @@ class Progress {
   #ticker: NodeJS.Timeout | undefined;
   #last: FleetProgressEvent['counts'] | undefined;
 
-  constructor(
-    readonly out: Output,
-    readonly json: boolean,
-  ) {
+  constructor(readonly out: Output) {
     if (out.live) this.#ticker = setInterval(() => this.#render(), 1000);
   }
 
