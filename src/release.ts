@@ -89,6 +89,7 @@ async function unlockAfter(held: Held, key: bigint, logger: Logger): Promise<Unl
   const sql = unlockSql(key, held.registered, restore);
   let row: UnlockRow | undefined;
   let cancelled = false;
+  let timeoutsOff = false;
   for (let attempt = 1; !row; attempt++) {
     // Whether fn left a transaction block open: the driver may know; if not, the server is asked.
     const known = session.inTransaction?.();
@@ -98,14 +99,20 @@ async function unlockAfter(held: Held, key: bigint, logger: Logger): Promise<Unl
       if (known !== undefined) row!.in_transaction = known;
     } catch (err) {
       const code = (err as { code?: string }).code;
-      if (attempt > 2) throw err;
       // in_failed_sql_transaction: fn left its transaction aborted. Nothing in it can commit and nothing
       // else can run until it ends, so roll it back and unlock again.
-      if (code === '25P02') await session.query('ROLLBACK');
-      // query_canceled: fn's own statement_timeout (put back for fn) cancelled the unlock; ours has none.
-      else if (code === '57014') {
+      if (code === '25P02' && attempt <= 2) await session.query('ROLLBACK');
+      // query_canceled: fn's own statement_timeout (put back for fn) cancelled the unlock. Turn it off and
+      // unlock again; a timeout of a millisecond can cancel that shorter statement too on a busy server, so
+      // both are tried a few times (once off, nothing of ours is cancelled).
+      else if (code === '57014' && attempt <= 10) {
         cancelled = true;
-        await session.query(timeoutsOffSql);
+        if (!timeoutsOff) {
+          timeoutsOff = await session.query(timeoutsOffSql).then(
+            () => true,
+            (e) => ((e as { code?: string }).code === '57014' ? false : Promise.reject(e)),
+          );
+        }
       } else throw err;
     }
   }
