@@ -102,20 +102,15 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
       'Example: DATABASE_URL=postgres://user:password@host:5432/db pg-migration-lock status',
     );
   }
-  out.addConnectionString(url);
   const source = flag === undefined ? 'DATABASE_URL' : '--database-url';
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
+  const parsed = parseConnectionString(out, url);
+  if (!parsed) {
     throw new UsageError(
       `Invalid database URL ${shownUrl(out, url)} (from ${source})`,
       // Not written as a URL with a password: this hint is masked like every other line.
       'Expected postgres://user@host:5432/database with the password after the user (user:password@), percent-encoding special characters in it.',
     );
   }
-  out.addSecret(parsed.password);
-  out.addSecret(parsed.searchParams.get('password'));
   if (!['postgres:', 'postgresql:', 'socket:'].includes(parsed.protocol)) {
     throw new UsageError(
       `Invalid database URL ${shownUrl(out, url)} (from ${source}): expected a postgres:// or postgresql:// URL`,
@@ -124,6 +119,23 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
   out.target = out.scrub(url);
   out.targetSource = source;
   return url;
+}
+
+/**
+ * Registers every password a connection string carries (as pg reads it, the URL's own, a `password`
+ * parameter) with the output, so no message can echo it; then the URL, or undefined when it does not parse.
+ */
+export function parseConnectionString(out: Output, url: string): URL | undefined {
+  out.addConnectionString(url);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return undefined;
+  }
+  out.addSecret(parsed.password);
+  out.addSecret(parsed.searchParams.get('password'));
+  return parsed;
 }
 
 /** A URL for an error message, redacted; not shown at all when an `@` is left that might end a password. */

@@ -7,7 +7,7 @@ import type { FleetTargetSpec } from '../fleet-target.js';
 import type { FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from '../fleet-types.js';
 import { errorMessage } from '../logger.js';
 import { formatMs } from '../time.js';
-import { clientConfig, databaseUrl, type GlobalOptions } from './context.js';
+import { clientConfig, databaseUrl, type GlobalOptions, parseConnectionString } from './context.js';
 import { CliError, EXIT, InterruptedError, signalExitCode, UsageError } from './errors.js';
 import { type LockFlags, trapSignals, watchParent } from './locking.js';
 import type { Output } from './output.js';
@@ -183,14 +183,8 @@ async function readTargets(command: Command, out: Output, flags: FleetFlags): Pr
 
 /** A connection string of the list, its password registered first so no message can echo it. */
 function checkedUrl(out: Output, url: string, where: string): string {
-  out.addConnectionString(url);
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new UsageError(`${where}: not a valid connection string`);
-  }
-  out.addSecret(decodeURIComponent(parsed.password));
+  const parsed = parseConnectionString(out, url);
+  if (!parsed) throw new UsageError(`${where}: not a valid connection string`);
   if (!['postgres:', 'postgresql:'].includes(parsed.protocol)) {
     throw new UsageError(`${where}: expected a postgres:// or postgresql:// URL, got ${parsed.protocol}//…`);
   }

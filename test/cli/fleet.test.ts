@@ -156,7 +156,7 @@ describe('fleets of databases, two commands at once, interruptions, bad input', 
 
   test('bad input: a clear message, exit 2, nothing migrated', async () => {
     const list = join(mkdtempSync(join(tmpdir(), 'pgml-fleet-cli-')), 'tenants.txt');
-    writeFileSync(list, 'postgres://ok@127.0.0.1/a\nmysql://root:hunter2@db/x\n');
+    writeFileSync(list, 'postgres://ok@127.0.0.1/a\nmysql://root:hunter2%zz@db/x\n');
     const cases: [string[], RegExp][] = [
       [['--each-database', '/nonexistent/tenants.txt'], /--each-database: cannot read \/nonexistent\/tenants.txt/],
       [['--each-database', list], /line 2: expected a postgres:\/\/ or postgresql:\/\/ URL, got mysql:\/\/…/],
