@@ -1,5 +1,6 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type pg from 'pg';
+import { conninfoToUrl, isConninfo, parseConninfo } from '../driver/conninfo.js';
 import { DEFAULT_LOCK_KEY, defaultKeyOf, lockKey, parseKey } from '../key.js';
 import { UsageError } from './errors.js';
 import type { Output } from './output.js';
@@ -94,7 +95,7 @@ export function databaseUrl(command: Command, out: Output, required: true): stri
 export function databaseUrl(command: Command, out: Output, required: false): string | undefined;
 export function databaseUrl(command: Command, out: Output, required: boolean): string | undefined {
   const flag = command.optsWithGlobals<GlobalOptions>().databaseUrl;
-  const url = flag ?? (process.env.DATABASE_URL || undefined);
+  let url = flag ?? (process.env.DATABASE_URL || undefined);
   if (url === undefined) {
     if (!required) return undefined;
     throw new UsageError(
@@ -103,6 +104,16 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
     );
   }
   const source = flag === undefined ? 'DATABASE_URL' : '--database-url';
+  const given = url;
+  if (isConninfo(given)) {
+    // libpq's keyword/value form (host=db dbname=app user=app), as psql takes it: from here on, its URL.
+    try {
+      out.addSecret(parseConninfo(given).get('password'));
+      url = conninfoToUrl(given);
+    } catch (err) {
+      throw new UsageError(`Invalid connection string (from ${source}): ${(err as Error).message}`);
+    }
+  }
   const parsed = parseConnectionString(out, url);
   if (!parsed) {
     throw new UsageError(

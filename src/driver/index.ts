@@ -1,6 +1,7 @@
 // Which driver a client source belongs to: checks its shape without touching the network (bad input fails
 // before any query, naming what was passed), then hands it to that driver's session source.
 import type pg from 'pg';
+import { isConninfo, parseConninfo } from './conninfo.js';
 import { isPgClient, isPgPool, isUnconnected, pgSource } from './pg.js';
 import { isPostgresJs, postgresJsSource } from './postgres-js.js';
 import type { ClientSource, Session, SessionOptions, SessionSource } from './types.js';
@@ -16,7 +17,8 @@ export type {
   SessionSource,
 } from './types.js';
 
-const EXPECTED = 'a pg.Pool, a connected pg.Client, a connection string, a pg client config or a postgres.js sql';
+const EXPECTED =
+  'a pg.Pool, a connected pg.Client, a connection string (a URL or libpq keyword/value), a pg client config or a postgres.js sql';
 const EXAMPLE_URL = 'postgres://user:password@host:5432/database';
 
 // What a plain pg client config may hold (pg's ClientConfig and ConnectionParameters): anything else in a
@@ -130,14 +132,19 @@ function describe(value: unknown): string {
 
 /**
  * pg reads a connection string as a URL (or a Unix socket path), and reads anything else as a host
- * name relative to "base": say what is wrong before that. The string is never echoed: it may hold a password.
+ * name relative to "base": say what is wrong before that. libpq's keyword/value strings are read too (they are
+ * turned into a URL where a connection is made, see conninfo.ts). The string is never echoed: it may hold a password.
  */
 function checkConnectionString(text: string): void {
   if (text.startsWith('/')) return;
+  if (isConninfo(text)) {
+    parseConninfo(text);
+    return;
+  }
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(text)?.[1]?.toLowerCase();
   if (scheme !== 'postgres' && scheme !== 'postgresql' && scheme !== 'socket') {
     throw new TypeError(
-      `Expected a PostgreSQL connection string like ${EXAMPLE_URL}, got ${scheme ? `a ${scheme}: URL` : 'a string that is not a URL'}`,
+      `Expected a PostgreSQL connection string like ${EXAMPLE_URL} (or host=… dbname=… user=…), got ${scheme ? `a ${scheme}: URL` : 'a string that is not a URL'}`,
     );
   }
   try {

@@ -1,6 +1,7 @@
 // node-postgres (`pg`) behind the Session seam: a Pool, a Client or pool client, or a connection we open.
 import { hostname } from 'node:os';
 import pg from 'pg';
+import { asUrl } from './conninfo.js';
 import type { Session, SessionOptions, SessionSource } from './types.js';
 
 export function isPgPool(source: object): source is pg.Pool {
@@ -148,7 +149,8 @@ export function shortened(text: string, room: number): string {
  * own wins over our default.
  */
 export function connectionConfig(source: string | pg.ClientConfig, applicationName?: string): pg.ClientConfig {
-  const config: pg.ClientConfig = typeof source === 'string' ? { connectionString: source } : { ...source };
+  const config: pg.ClientConfig = typeof source === 'string' ? { connectionString: asUrl(source) } : { ...source };
+  if (config.connectionString) config.connectionString = asUrl(config.connectionString);
   const name = applicationName ?? config.application_name ?? defaultApplicationName();
   config.application_name = name;
   if (config.connectionString) {
