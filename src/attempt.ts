@@ -3,7 +3,7 @@
 import { isConnectionLoss } from './driver/errors.js';
 import type { Query, Session, SessionSource } from './driver/index.js';
 import { describeHolder, MigrationLockBusyError } from './errors.js';
-import { fenceStale, type Stale } from './fence.js';
+import { fenceStale } from './fence.js';
 import type { ResolvedOptions } from './options.js';
 import {
   blockProbeSql,
@@ -17,11 +17,12 @@ import {
   restoreAllSql,
   restoreTimeoutsSql,
   type SavedSettings,
+  type TaggedRow,
   timeoutsOffSql,
   unlockSql,
   unregisterSql,
 } from './protocol.js';
-import { alreadyHeld, checkSameSession, inTransaction, refuseUnsupported } from './server-checks.js';
+import { alreadyHeld, checkSameSession, inTransaction, onStandby, refuseUnsupported } from './server-checks.js';
 import { bounded, type Held, type Watch } from './session.js';
 import { queryLockStatus } from './status.js';
 import type { Clock } from './time.js';
@@ -210,6 +211,7 @@ async function firstTry(
     }
   }
   refuseUnsupported(key, first.version);
+  if (first.standby) throw await onStandby(query, key, first.pid);
   if (first.held) throw alreadyHeld(session, key, first.pid);
   if (first.in_tx) throw inTransaction(key, first.pid);
   const saved = { ...(JSON.parse(first.saved) as SavedSettings), ...before };
@@ -228,7 +230,7 @@ async function handOver(
 ): Promise<Held> {
   try {
     if (stale !== null) {
-      await fenceStale(query, setup.key, held.tag, JSON.parse(stale) as Stale[], setup.options, label(setup));
+      await fenceStale(query, setup.key, held.tag, JSON.parse(stale) as TaggedRow[], setup.options, label(setup));
     }
     if (timeoutsOff) await query(`SELECT ${restoreTimeoutsSql(held.saved)}`);
   } catch (err) {

@@ -4,49 +4,58 @@
 import { type Query, type SessionSource, withSession } from './driver/index.js';
 import { MigrationLockError } from './errors.js';
 import { errorMessage, type Logger } from './logger.js';
-import { stillThereSql, taggedSql, terminateTagSql } from './protocol.js';
+import { currentUserSql, stillThereSql, type TaggedRow, taggedSql, terminateTagSql } from './protocol.js';
 import { formatMs, nap } from './time.js';
-
-/** A backend still carrying an earlier holding's tag. */
-export interface Stale {
-  pid: number;
-  tag: string;
-  role: string | null;
-}
 
 // pg_terminate_backend only signals: a backend leaves at its next interrupt check, at once unless the
 // kernel holds it (a write to a dead peer ends within tcp_user_timeout). Past this, refuse rather than overlap.
 const FENCE_BOUND_MS = 30_000;
 
-const describe = (stale: Stale[]) =>
-  stale.map(({ pid, tag, role }) => `pid ${pid}${role ? ` of role "${role}"` : ''} (${tag})`).join(', ');
+/** `pid 4242 of role "ci" (idle for 3m12s; pg-migration-lock:42:abc123.api)`: how messages name a tagged backend. */
+function describe(rows: TaggedRow[]): string {
+  return rows
+    .map(({ pid, tag, role, state, since_ms }) => {
+      const since = since_ms === null ? '' : ` for ${formatMs(Math.max(0, Date.now() - since_ms))}`;
+      return `pid ${pid}${role ? ` of role "${role}"` : ''} (${state ? `${state}${since}; ` : ''}${tag})`;
+    })
+    .join(', ');
+}
 
 /**
- * Terminates every backend of this database that carries another holding's tag of `key`, and waits until
- * they are gone, before the new holder starts; logged with which pids and whose tags. A role that may not
- * terminate them (or backends that do not leave) make it throw: never run beside them.
+ * Terminates every backend of this database that carries another holding's tag of `key` and whose role could have
+ * been doing that holding's work, and waits until they are gone, before the new holder starts; logged with which
+ * pids and whose tags. A backend whose role cannot change the database only wears the tag: it is logged and left
+ * alone. A role that may not terminate the others (or backends that do not leave) make it throw: never run beside them.
  */
 export async function fenceStale(
   query: Query,
   key: bigint,
   tag: string,
-  stale: Stale[],
+  tagged: TaggedRow[],
   { logger }: { logger: Logger },
   label: string,
 ): Promise<void> {
+  const ignored = tagged.filter((row) => !row.can_migrate);
+  if (ignored.length > 0) {
+    logger.warn(
+      `Migration lock ${label}: ignoring ${describe(ignored)}: ${ignored.length === 1 ? 'it wears' : 'they wear'} a holding's tag, but ${ignored.length === 1 ? 'its role' : 'their roles'} cannot change this database, so ${ignored.length === 1 ? 'it is' : 'they are'} not a holding's work`,
+    );
+  }
+  const stale = tagged.filter((row) => row.can_migrate);
+  if (stale.length === 0) return;
   logger.warn(
     `Migration lock ${label}: an earlier holder's work is still running on ${stale.length} backend${stale.length === 1 ? '' : 's'}: ${describe(stale)}; terminating ${stale.length === 1 ? 'it' : 'them'} before this holder starts`,
   );
   const startedAt = performance.now();
   const seen = new Map(stale.map((backend) => [backend.pid, backend]));
   for (;;) {
-    let left: Stale[];
+    let left: TaggedRow[];
     try {
       // Signals every such backend (again, if it has not left yet), and any that appeared since.
-      left = await query<Stale>(taggedSql(key, tag, true));
+      left = (await query<TaggedRow>(taggedSql(key, tag, true))).filter((row) => row.can_migrate);
     } catch (err) {
       if ((err as { code?: string }).code !== '42501') throw err;
-      const [me] = await query<{ me: string }>('SELECT current_user AS me').catch(() => [{ me: '' }]);
+      const [me] = await query<{ me: string }>(currentUserSql).catch(() => [{ me: '' }]);
       throw new MigrationLockError(
         `Migration lock ${label} was free, but an earlier holder's work still runs on ${describe([...seen.values()])}, and role "${me?.me}" may not terminate it (${errorMessage(err)}). Running beside it could apply a migration twice, so this holder does not start. Grant the right: GRANT pg_signal_backend TO "${me?.me}" (a superuser's sessions need a superuser), or stop that work.`,
         key,

@@ -3,6 +3,7 @@
 import type pg from 'pg';
 import type { MigrationLockLostError } from './errors.js';
 import { type Logger, resolveLogger } from './logger.js';
+import { checkOptionNames } from './option-names.js';
 import type { Holder } from './status.js';
 
 /** What `fn` receives while it holds the lock. */
@@ -118,16 +119,42 @@ export type ResolvedOptions = Required<Pick<MigrationLockOptions, 'wait' | 'repo
     hooks: LockHooks;
   };
 
-export function resolveOptions(options: MigrationLockOptions): ResolvedOptions {
+/** Every option of a lock call: anything else in an options object is a typo, refused by {@link resolveOptions}. */
+export const LOCK_OPTION_NAMES: readonly string[] = [
+  'wait',
+  'timeoutMs',
+  'logger',
+  'reportEveryMs',
+  'hooks',
+  'applicationName',
+  'signal',
+  'pollIntervalMs',
+  'keyLabel',
+] satisfies (keyof MigrationLockOptions)[];
+const HOOK_NAMES = [
+  'onWaiting',
+  'onAcquired',
+  'onReleased',
+  'onUnlockError',
+  'onLockLost',
+] satisfies (keyof LockHooks)[];
+
+/**
+ * Checks and completes a lock call's options. `also` names the keys the caller's own options object may hold
+ * beside them (an adapter's `lock` holds `key`): any other key is a TypeError naming it and the nearest known one.
+ */
+export function resolveOptions(options: MigrationLockOptions, also: readonly string[] = []): ResolvedOptions {
   if (options === null || typeof options !== 'object') {
     throw new TypeError(`Expected \`options\` to be an object, got ${options === null ? 'null' : typeof options}`);
   }
+  checkOptionNames(options, [...LOCK_OPTION_NAMES, ...also], 'option');
   const { wait = true, timeoutMs, reportEveryMs = 10_000, pollIntervalMs = 1_000, hooks = {} } = options;
   if (typeof wait !== 'boolean') throw new TypeError(`Expected \`wait\` to be a boolean, got ${typeof wait}`);
   checkMs('timeoutMs', timeoutMs, 0, true);
   checkMs('reportEveryMs', reportEveryMs, 1, false);
   checkMs('pollIntervalMs', pollIntervalMs, 10, false);
   if (hooks === null || typeof hooks !== 'object') throw new TypeError('Expected `hooks` to be an object of callbacks');
+  checkOptionNames(hooks, HOOK_NAMES, 'hook');
   for (const [name, hook] of Object.entries(hooks)) {
     if (hook !== undefined && typeof hook !== 'function') {
       throw new TypeError(`Expected hook \`${name}\` to be a function, got ${typeof hook}`);

@@ -48,27 +48,74 @@ export function keyOfTag(name: string | null | undefined): bigint | undefined {
 }
 
 /**
- * Backends of this database, but for this one, that carry a tag of `key` other than `exceptTag`: work of
- * another holding, which must not run beside the holder. `terminate` signals them too.
+ * SQL: whether role `role` (an oid) could have been doing a holding's work in this database, that is, could change
+ * it: a superuser, the holder's own role (or a member of it), or a role that may create in the database or one of
+ * its schemas, owns a schema or a table there, or may write to a table. `application_name` is chosen by the client
+ * and visible to every role, so anyone who can connect can wear a holding's tag: a role that cannot change the
+ * database cannot have been migrating, and must neither block a deploy nor be terminated by one. Evaluated only for
+ * backends that wear a tag, which are rare, so the catalog scans cost nothing in the common case.
+ */
+export const canMigrateSql = (role: string) => `(
+    EXISTS (SELECT FROM pg_catalog.pg_roles WHERE oid = ${role} AND rolsuper)
+    OR pg_catalog.pg_has_role(${role}, current_user, 'MEMBER')
+    OR pg_catalog.has_database_privilege(${role}, current_database(), 'CREATE')
+    OR EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+               AND (n.nspowner = ${role} OR pg_catalog.has_schema_privilege(${role}, n.oid, 'CREATE')))
+    OR EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+                 AND (c.relowner = ${role} OR pg_catalog.has_table_privilege(${role}, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE'))))`;
+
+/** A backend wearing a holding's tag, as fencing sees it. */
+export interface TaggedRow {
+  pid: number;
+  tag: string;
+  role: string | null;
+  /** `active`, `idle`, `idle in transaction`…, and since when (server epoch ms), for messages. */
+  state: string | null;
+  since_ms: number | null;
+  /** Its role could change the database (see canMigrateSql): only then is it a holding's work. */
+  can_migrate: boolean;
+}
+
+/**
+ * Backends of this database, but for this one, that carry a tag of `key` other than `exceptTag`: work of another
+ * holding, which must not run beside the holder, or a role wearing a tag it cannot have been given (can_migrate
+ * false), which is left alone. `terminate` signals the ones that can be a holding's work.
  */
 export function taggedSql(key: bigint, exceptTag: string, terminate: boolean): string {
   // pg_stat_get_activity() itself, not the pg_stat_activity view: the view's joins (pg_database, pg_authid)
-  // cost more to plan than the whole statement that takes the lock.
-  return `SELECT a.pid, a.application_name AS tag, pg_get_userbyid(a.usesysid) AS role${terminate ? ', pg_terminate_backend(a.pid) AS signalled' : ''}
-    FROM pg_stat_get_activity(NULL) a
-    WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid <> pg_backend_pid()
-      AND a.application_name LIKE ${literal(`${TAG_PREFIX}${key}:%`)} AND ${isTagOf(key, 'a.application_name')}
-      AND a.application_name <> ${literal(exceptTag)}`;
+  // cost more to plan than the whole statement that takes the lock. OFFSET 0 keeps the tag filter below the
+  // role check and the signal.
+  return `SELECT f.pid, f.tag, f.role, f.state, f.since_ms, f.can_migrate${terminate ? ', CASE WHEN f.can_migrate THEN pg_terminate_backend(f.pid) END AS signalled' : ''}
+    FROM (SELECT t.pid, t.tag, pg_get_userbyid(t.usesysid) AS role,
+                 -- Another role's state is hidden without pg_read_all_stats; pg_locks, which every role sees, tells
+                 -- a session inside a transaction (it holds its virtual transaction id) from an idle one.
+                 coalesce(t.state, CASE WHEN EXISTS (SELECT FROM pg_locks l WHERE l.pid = t.pid AND l.locktype = 'virtualxid')
+                   THEN 'in a transaction' ELSE 'idle' END) AS state,
+                 (extract(epoch FROM t.state_change) * 1000)::float8 AS since_ms, ${canMigrateSql('t.usesysid')} AS can_migrate
+      FROM (SELECT a.pid, a.application_name AS tag, a.usesysid, a.state, a.state_change FROM pg_stat_get_activity(NULL) a
+        WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid <> pg_backend_pid()
+          AND a.application_name LIKE ${literal(`${TAG_PREFIX}${key}:%`)} AND ${isTagOf(key, 'a.application_name')}
+          AND a.application_name <> ${literal(exceptTag)} OFFSET 0) t OFFSET 0) f`;
 }
 
 /** The same, as one JSON text column (NULL when there are none): for the statement that takes the lock. */
 const staleSql = (key: bigint, tag: string) =>
-  `(SELECT json_agg(json_build_object('pid', f.pid, 'tag', f.tag, 'role', f.role))::text FROM (${taggedSql(key, tag, false)}) f)`;
+  `(SELECT json_agg(row_to_json(f))::text FROM (${taggedSql(key, tag, false)}) f)`;
 
-/** Terminates the backends carrying exactly `tag` (a holding's own work, when it lost its session). */
+/**
+ * Terminates the backends carrying exactly `tag` (a holding's own work, when it lost its session), unless their
+ * role cannot change the database: then they only wear the tag.
+ */
 export const terminateTagSql = (tag: string) =>
   `SELECT pid, pg_terminate_backend(pid) AS signalled FROM pg_stat_activity
-   WHERE application_name = ${literal(tag)} AND pid <> pg_backend_pid()`;
+   WHERE application_name = ${literal(tag)} AND pid <> pg_backend_pid() AND ${canMigrateSql('usesysid')}`;
+
+/** Whether the server is a standby. */
+export const standbySql = 'SELECT pg_is_in_recovery() AS standby';
+
+/** Who this session runs as: named when it may not terminate a backend. */
+export const currentUserSql = 'SELECT current_user AS me';
 
 /** Which of `pids` ($1) are still there. */
 export const stillThereSql = 'SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])';
@@ -142,6 +189,8 @@ const PROBE = 'pg_migration_lock.in_block';
 export const blockProbeSql = `SELECT set_config('${PROBE}', 'yes', true) AS probe`;
 /** In the second: whether the marker is still there, that is, whether both ran in one transaction block. */
 const inBlock = `coalesce(current_setting('${PROBE}', true), '') = 'yes'`;
+/** The second statement on its own, answering `in_block`. */
+export const inBlockSql = `SELECT ${inBlock} AS in_block`;
 
 // ---- Taking the lock -----------------------------------------------------------------------------
 
@@ -152,6 +201,8 @@ export interface FirstTry {
   held: boolean;
   /** The session is inside a transaction block (when probed, see blockProbeSql): a waiter there would hold a snapshot. */
   in_tx: boolean;
+  /** The server is a standby (in recovery): a lock there excludes nobody on the primary. */
+  standby: boolean;
   pid: number;
   version: string;
   /** JSON of SavedSettings. */
@@ -162,19 +213,19 @@ export interface FirstTry {
 
 /**
  * The first statement on a session, one round trip: read the settings in force (OFFSET 0 keeps that subquery
- * from being merged into the outer ones, which set them), refuse a session that already holds the key or sits
- * in a transaction, try the lock, set the call's settings, and when it is taken, tag the session and look
+ * from being merged into the outer ones, which set them), refuse a session that already holds the key, sits in a
+ * transaction or is on a standby, try the lock, set the call's settings, and when it is taken, tag the session and look
  * for another holding's work still running.
  */
 export function firstTrySql(key: bigint, tag: string): string {
-  return `/* pg-migration-lock: taking ${key} */ SELECT t.locked, t.held, t.in_tx, t.pid, t.version, t.saved, t.stale,
-    CASE WHEN NOT (t.held OR t.in_tx) THEN concat(${set(CALL_SETTINGS)},
+  return `/* pg-migration-lock: taking ${key} */ SELECT t.locked, t.held, t.in_tx, t.standby, t.pid, t.version, t.saved, t.stale,
+    CASE WHEN NOT (t.held OR t.in_tx OR t.standby) THEN concat(${set(CALL_SETTINGS)},
       CASE WHEN NOT t.locked OR t.stale IS NOT NULL THEN ${set(OUR_STATEMENTS)} END) END AS settings,
     CASE WHEN t.locked THEN set_config('application_name', ${literal(tag)}, false) END AS tagged
   FROM (SELECT l.*, CASE WHEN l.locked THEN ${staleSql(key, tag)} END AS stale
-    FROM (SELECT s.*, CASE WHEN s.held OR s.in_tx THEN false ELSE pg_try_advisory_lock(${sqlKey(key)}) END AS locked
+    FROM (SELECT s.*, CASE WHEN s.held OR s.in_tx OR s.standby THEN false ELSE pg_try_advisory_lock(${sqlKey(key)}) END AS locked
       FROM (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted AND pid = pg_backend_pid()) AS held,
-              ${inBlock} AS in_tx, pg_backend_pid() AS pid, version() AS version,
+              ${inBlock} AS in_tx, pg_is_in_recovery() AS standby, pg_backend_pid() AS pid, version() AS version,
               json_build_object(${SAVED.map((name) => `'${name}', current_setting('${name}', true)`).join(', ')})::text AS saved
             OFFSET 0) s OFFSET 0) l OFFSET 0) t`;
 }
@@ -245,15 +296,12 @@ export const wakesWaiter = (payload: string, pid: number) => payload === '' || p
 export interface UnlockRow {
   unlocked: boolean;
   pid: number;
-  /** fn left a transaction block open (when probed, see blockProbeSql): the unlock took effect, the wake-up NOTIFY waits for its end. */
-  in_transaction: boolean;
 }
 
 /** Unlocks, wakes the next waiter (pg_notify is delivered when this statement commits, just after the unlock), leaves the registry and puts settings back, in one round trip. */
 export function unlockSql(key: bigint, registered: boolean, restoreSql: string): string {
   const { hi, lo } = keyParts(key);
-  return `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid,
-      ${inBlock} AS in_transaction, ${wakeNextWaiterSql(key)} AS woke,
+  return `SELECT pg_advisory_unlock(${sqlKey(key)}) AS unlocked, pg_backend_pid() AS pid, ${wakeNextWaiterSql(key)} AS woke,
       ${registered ? `pg_advisory_unlock_shared(${hi}, ${lo})` : 'NULL'} AS unregistered, ${restoreSql} AS restored`;
 }
 

@@ -6,7 +6,9 @@ import { callSafely, errorMessage, type Logger } from './logger.js';
 import type { ResolvedOptions } from './options.js';
 import {
   blockProbeSql,
+  inBlockSql,
   restoreAllSql,
+  type SavedSettings,
   strandedLockSql,
   timeoutsOffSql,
   type UnlockRow,
@@ -80,39 +82,34 @@ export async function release(
   return undefined;
 }
 
-/** Unlocks after fn, ending a transaction fn left behind where that is ours to end. */
+/**
+ * Unlocks after fn. A transaction block fn left open on the lock session is rolled back first, whoever owns the
+ * session: committed after the unlock, its work would not have been done under the lock; and the unlock, the
+ * wake-up and the settings put back (`application_name` among them: the holding's tag) must not run inside it, or
+ * a later ROLLBACK would undo them and leave the session carrying the tag for the next holder to terminate.
+ */
 async function unlockAfter(held: Held, key: bigint, logger: Logger): Promise<UnlockRow> {
   const { session } = held;
+  await endLeftTransaction(held, logger);
   // Our own session too, though it is closed next: through a session pooler (PgBouncer) the server connection
   // lives on, and must not keep the holding's tag (which a next holder would fence) until the pooler resets it.
-  const restore = restoreAllSql(held.saved);
-  const sql = unlockSql(key, held.registered, restore);
+  const sql = unlockSql(key, held.registered, restoreAllSql(held.saved));
   let row: UnlockRow | undefined;
   let cancelled = false;
-  let timeoutsOff = false;
+  // A statement_timeout (the role's, put back for fn) must not cancel the unlock halfway: the unlock takes effect
+  // at once, but the rest of its statement (the tag taken off) would be rolled back, and the next holder would then
+  // fence this session as an earlier holding's work. So with one in force, the timeouts go off first.
+  let timeoutsOff = !hasStatementTimeout(held.saved) || (await turnTimeoutsOff(session));
   for (let attempt = 1; !row; attempt++) {
-    // Whether fn left a transaction block open: the driver may know; if not, the server is asked.
-    const known = session.inTransaction?.();
     try {
-      if (known === undefined && session.kind !== 'borrowed') await session.query(blockProbeSql);
       [row] = await session.query<UnlockRow>(sql);
-      if (known !== undefined) row!.in_transaction = known;
     } catch (err) {
-      const code = (err as { code?: string }).code;
-      // in_failed_sql_transaction: fn left its transaction aborted. Nothing in it can commit and nothing
-      // else can run until it ends, so roll it back and unlock again.
-      if (code === '25P02' && attempt <= 2) await session.query('ROLLBACK');
       // query_canceled: fn's own statement_timeout (put back for fn) cancelled the unlock. Turn it off and
       // unlock again; a timeout of a millisecond can cancel that shorter statement too on a busy server, so
       // both are tried a few times (once off, nothing of ours is cancelled).
-      else if (code === '57014' && attempt <= 10) {
+      if ((err as { code?: string }).code === '57014' && attempt <= 10) {
         cancelled = true;
-        if (!timeoutsOff) {
-          timeoutsOff = await session.query(timeoutsOffSql).then(
-            () => true,
-            (e) => ((e as { code?: string }).code === '57014' ? false : Promise.reject(e)),
-          );
-        }
+        if (!timeoutsOff) timeoutsOff = await turnTimeoutsOff(session, 1);
       } else throw err;
     }
   }
@@ -126,14 +123,44 @@ async function unlockAfter(held: Held, key: bigint, logger: Logger): Promise<Unl
       `Migration lock ${key} was taken on backend ${held.pid} but released from backend ${row.pid}, so it did not exclude anyone; backend ${held.pid} was terminated to free it. ${poolerAdvice(session)}`,
     );
   }
-  if (row.in_transaction && session.kind !== 'borrowed') {
-    // Going back to the pool (or closed) with it open would hand it to the next user (or cut it anyway).
-    // The rollback also undoes the settings put back inside it: put them back again after.
-    logger.warn('fn left a transaction open on the lock session: rolling it back before giving the session back');
-    await session.query('ROLLBACK');
-    await session.query(`SELECT ${restore}`);
-  }
   // Our own session is closed next, which stops listening anyway.
   if (session.kind !== 'own') await held.unlisten?.();
   return row;
+}
+
+const hasStatementTimeout = (saved: SavedSettings) => !['0', '', undefined, null].includes(saved.statement_timeout);
+
+/**
+ * Turns the statement timeouts off; a timeout of a millisecond can cancel that short statement too on a busy
+ * server, so it is tried up to `tries` times. Resolves whether they are off.
+ */
+async function turnTimeoutsOff(session: Held['session'], tries = 10): Promise<boolean> {
+  for (let attempt = 1; attempt <= tries; attempt++) {
+    const off = await session.query(timeoutsOffSql).then(
+      () => true,
+      (e) => ((e as { code?: string }).code === '57014' ? false : Promise.reject(e)),
+    );
+    if (off) return true;
+  }
+  return false;
+}
+
+/** Rolls back a transaction block fn left open (or aborted) on the lock session, with a warning saying so. */
+async function endLeftTransaction({ session }: Held, logger: Logger): Promise<void> {
+  // The driver may know from the server's last ReadyForQuery; if not, the server is asked (one more round trip).
+  let open = session.inTransaction?.();
+  if (open === undefined) {
+    open = await session.query(blockProbeSql).then(
+      () => false,
+      // in_failed_sql_transaction: nothing runs until the block ends.
+      (err) => ((err as { code?: string }).code === '25P02' ? true : Promise.reject(err)),
+    );
+    if (!open)
+      [{ in_block: open }] = (await session.query<{ in_block: boolean }>(inBlockSql)) as [{ in_block: boolean }];
+  }
+  if (!open) return;
+  logger.warn(
+    'fn left a transaction open on the lock session: rolling it back, since its work was not committed under the lock (a COMMIT after the unlock would be outside it); commit inside fn',
+  );
+  await session.query('ROLLBACK');
 }

@@ -1,6 +1,6 @@
 // Servers and poolers a session advisory lock cannot work through: recognised and refused with the fix,
 // instead of "locking" nobody.
-import type { Session } from './driver/index.js';
+import type { Query, Session } from './driver/index.js';
 import { MigrationLockError } from './errors.js';
 
 /** The name of a PostgreSQL look-alike whose `version()` this is, when its locks cannot be relied on. */
@@ -58,6 +58,22 @@ export function checkSameSession(session: Session, key: bigint, expectedPid: num
 export function inTransaction(key: bigint, pid?: number): MigrationLockError {
   return new MigrationLockError(
     `The client passed for migration lock ${key} is inside a transaction block${pid ? ` (backend ${pid})` : ''}: a session waiting there holds a snapshot, which a holder's CREATE INDEX CONCURRENTLY waits for forever, and the lock would outlive a rollback. COMMIT or ROLLBACK first, or pass a pool or a connection string.`,
+    key,
+  );
+}
+
+/**
+ * The server is a hot standby: advisory locks work there, but only among the standby's own sessions, so a lock taken
+ * there excludes nobody migrating on the primary (and a standby cannot migrate anyway). Names the primary when the
+ * standby shows it (pg_stat_wal_receiver, to roles with pg_read_all_stats).
+ */
+export async function onStandby(query: Query, key: bigint, pid: number): Promise<MigrationLockError> {
+  const [primary] = await query<{ host: string | null; port: number | null }>(
+    'SELECT sender_host AS host, sender_port AS port FROM pg_stat_wal_receiver',
+  ).catch(() => []);
+  const where = primary?.host ? ` (the primary it replicates from: ${primary.host}:${primary.port ?? 5432})` : '';
+  return new MigrationLockError(
+    `The server is a read-only standby (pg_is_in_recovery() is true on backend ${pid}): a migration lock taken here excludes nobody on the primary, and migrations cannot run here. Take the lock and migrate on the primary${where}: connect to the primary's host, not a replica or read-only endpoint.`,
     key,
   );
 }

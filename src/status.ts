@@ -2,7 +2,8 @@
 // (releaseLock), which terminates the holder and its holding's tagged work.
 import { type ClientSource, type Query, withSession } from './driver/index.js';
 import { KNOWN_KEYS, keyParts, type LockKeyInput, parseKey } from './key.js';
-import { isTagOf, keyOfTag, lockRowsOf, stillThereSql, waitingSince } from './protocol.js';
+import { checkOptionNames } from './option-names.js';
+import { canMigrateSql, isTagOf, keyOfTag, lockRowsOf, standbySql, stillThereSql, waitingSince } from './protocol.js';
 import { nap } from './time.js';
 
 /** A session seen in `pg_locks` + `pg_stat_activity`. */
@@ -18,6 +19,12 @@ export interface Holder {
   query: string | null;
   /** For waiters: how long this session has been waiting, in milliseconds, when known. */
   waitingMs?: number;
+  /**
+   * For `work`: whether its role could change this database (see the README's Guarantees), so that it can be a
+   * holding's work. `false`: it only wears a holding's tag (any role that can connect can set an
+   * application_name); fencing neither waits for it nor terminates it.
+   */
+  canMigrate?: boolean;
 }
 
 export interface LockStatus {
@@ -28,9 +35,12 @@ export interface LockStatus {
   waiters: Holder[];
   /**
    * Other sessions carrying a holding's fencing tag of the key: the holder's work (a `run` command's
-   * connections, fn's extra ones), or work an earlier holding left running, which the next holder terminates.
+   * connections, fn's extra ones), or work an earlier holding left running, which the next holder terminates;
+   * an entry with `canMigrate: false` only wears the tag.
    */
   work: Holder[];
+  /** The server is a read-only standby: a lock there excludes nobody on the primary (the library refuses to lock there). */
+  standby: boolean;
 }
 
 // One round trip. The lock row (objsubid 1) gives the holder and plain blocked waiters; the two-key
@@ -39,15 +49,16 @@ export interface LockStatus {
 // reading it through to_jsonb keeps older servers working.
 const statusSql = (key: bigint) => `
 WITH rows AS (
-  SELECT l.pid, l.granted, l.objsubid, (to_jsonb(l) ->> 'waitstart')::timestamptz AS waitstart FROM pg_locks l
+  SELECT l.pid, l.granted, l.objsubid, (to_jsonb(l) ->> 'waitstart')::timestamptz AS waitstart, NULL::bool AS can_migrate
+  FROM pg_locks l
   WHERE l.locktype = 'advisory'
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid IN (1, 2)
   UNION ALL
-  SELECT a.pid, true, 0, NULL FROM pg_stat_activity a
-  WHERE a.datname = current_database() AND ${isTagOf(key, 'a.application_name')} AND a.pid <> pg_backend_pid())
-SELECT r.pid, r.granted, r.objsubid, a.application_name, host(a.client_addr) AS client_addr,
-       a.backend_start, a.state, a.query,
+  SELECT t.pid, true, 0, NULL, ${canMigrateSql('t.usesysid')} FROM (SELECT a.pid, a.usesysid FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND ${isTagOf(key, 'a.application_name')} AND a.pid <> pg_backend_pid() OFFSET 0) t)
+SELECT r.pid, r.granted, r.objsubid, r.can_migrate, a.application_name, host(a.client_addr) AS client_addr,
+       a.backend_start, a.state, a.query, pg_is_in_recovery() AS standby,
        (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms,
        (extract(epoch FROM clock_timestamp() - r.waitstart) * 1000)::float8 AS blocked_ms
 FROM rows r LEFT JOIN pg_stat_activity a ON a.pid = r.pid
@@ -57,6 +68,8 @@ interface StatusRow {
   pid: number;
   granted: boolean;
   objsubid: number;
+  can_migrate: boolean | null;
+  standby: boolean;
   application_name: string | null;
   client_addr: string | null;
   backend_start: Date | null;
@@ -83,7 +96,7 @@ export async function queryLockStatus(query: Query, key: bigint, prefix = ''): P
   const work: Holder[] = [];
   for (const row of rows) {
     if (row === holderRow || row.pid === holderRow?.pid || waiters.has(row.pid)) continue;
-    if (row.objsubid === 0) work.push(toHolder(row));
+    if (row.objsubid === 0) work.push({ ...toHolder(row), canMigrate: row.can_migrate === true });
     else if (row.objsubid === 1 && !row.granted) {
       waiters.set(row.pid, { ...toHolder(row), waitingMs: Math.max(0, Math.round(row.blocked_ms ?? 0)) });
     } else if (row.objsubid === 2 && row.granted) {
@@ -94,7 +107,9 @@ export async function queryLockStatus(query: Query, key: bigint, prefix = ''): P
     }
   }
   const holder = holderRow ? toHolder(holderRow) : null;
-  return { key, locked: holder !== null, holder, waiters: [...waiters.values()], work };
+  // No row at all says nothing of the server: ask it then (a free lock on a primary, the common case, pays a round trip).
+  const standby = rows[0]?.standby ?? (await query<{ standby: boolean }>(standbySql))[0]!.standby;
+  return { key, locked: holder !== null, holder, waiters: [...waiters.values()], work, standby };
 }
 
 /**
@@ -185,6 +200,8 @@ export async function releaseLock(
   options: ReleaseLockOptions = {},
 ): Promise<ReleaseResult> {
   const k = parseKey(key);
+  if (options === null || typeof options !== 'object') throw new TypeError('Expected `options` to be an object');
+  checkOptionNames(options, ['pid']);
   const { pid: onlyPid } = options;
   if (onlyPid !== undefined && !(Number.isSafeInteger(onlyPid) && onlyPid > 0)) {
     throw new TypeError(`Expected \`pid\` to be a backend pid (a positive integer), got ${String(onlyPid)}`);
@@ -199,7 +216,7 @@ export async function releaseLock(
        FROM pg_stat_activity a LEFT JOIN h ON true
        WHERE a.pid <> pg_backend_pid()
          AND (a.pid = h.pid OR (a.datname = current_database() AND ${isTagOf(k, 'a.application_name')}
-              AND ($1::int IS NULL OR a.application_name = h.tag)))`,
+              AND ($1::int IS NULL OR a.application_name = h.tag) AND ${canMigrateSql('a.usesysid')}))`,
       [onlyPid ?? null],
     );
     const terminated = rows.map((row) => row.pid);

@@ -166,7 +166,7 @@ describe('fencing: an earlier holding’s work never runs beside the next holder
     expect(b.code).toBe(0);
     // The next holder said what it terminated: the step's backend, with the first holding's tag.
     expect(b.stderr).toMatch(
-      new RegExp(`earlier holder's work is still running on 1 backend: pid ${backend} .*\\(pg-migration-lock:`),
+      new RegExp(`earlier holder's work is still running on 1 backend: pid ${backend} .*; pg-migration-lock:`),
     );
     expect(await outcome()).toEqual(ONCE);
     // The orphaned step process is gone too.
@@ -219,7 +219,7 @@ describe('fencing: an earlier holding’s work never runs beside the next holder
     expect(seen).toHaveLength(2);
     expect(lines.join('\n')).toMatch(
       new RegExp(
-        `still running on 1 backend: pid ${stalePid} of role "\\w+" \\(pg-migration-lock:73:abc123\\.4242@gone\\)`,
+        `still running on 1 backend: pid ${stalePid} of role "\\w+" \\([a-z ]+ for [\\d.]+m?s; pg-migration-lock:73:abc123\\.4242@gone\\)`,
       ),
     );
     for (const c of untouched) await c.end();

@@ -395,7 +395,7 @@ describe('unlock failures', () => {
         { logger },
       );
       expect(lines).toContain(
-        'warn fn left a transaction open on the lock session: rolling it back before giving the session back',
+        'warn fn left a transaction open on the lock session: rolling it back, since its work was not committed under the lock (a COMMIT after the unlock would be outside it); commit inside fn',
       );
       expect(await lockRows(url, 43n)).toEqual([]);
       const client = await pool.connect();

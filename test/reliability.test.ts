@@ -230,8 +230,8 @@ describe('bad input: a clear error before any query, and no lock left behind', (
     ],
     [
       'not a URL at all',
-      () => withMigrationLock('host=db user=app password=s3cret-PASS', 1n, () => {}),
-      /got a string that is not a URL/,
+      () => withMigrationLock('db.example.com:5432/app?password=s3cret-PASS', 1n, () => {}),
+      /got a db.example.com: URL|got a string that is not a URL/,
     ],
     [
       'another database',

@@ -7,7 +7,14 @@ const url = await createTestDatabase();
 
 describe('getLockStatus', () => {
   test('unlocked key', async () => {
-    expect(await getLockStatus(url, 61n)).toEqual({ key: 61n, locked: false, holder: null, waiters: [], work: [] });
+    expect(await getLockStatus(url, 61n)).toEqual({
+      key: 61n,
+      locked: false,
+      holder: null,
+      waiters: [],
+      work: [],
+      standby: false,
+    });
   });
 
   test('holder and waiters, ours and plain pg_advisory_lock ones, with how long they wait', async () => {

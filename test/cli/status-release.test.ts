@@ -29,6 +29,7 @@ describe('status', () => {
       holder: null,
       waiters: [],
       work: [],
+      standby: false,
       others: [],
     });
   });
@@ -38,16 +39,24 @@ describe('status', () => {
     try {
       const { stdout } = await cli(['status'], { env });
       expect(stdout).toMatch(/^UNLOCKED {2}migration lock -?\d+ \(default key\)$/m);
+      // What is held comes first: the stuck deploy's lock is the first thing read.
       expect(stdout).toMatch(
-        /^LOCKED {2}migration lock 7241865325823964 \(node-pg-migrate's own key\) {2}\(pg-migration-lock status --key 7241865325823964\)\n {2}holder {7}pid \d+/m,
+        /^LOCKED {2}migration lock 7241865325823964 \(node-pg-migrate's own key\) {2}\(pg-migration-lock status --key 7241865325823964\)\n {2}holder {7}pid \d+/,
       );
+      expect(stdout.indexOf('UNLOCKED')).toBeGreaterThan(stdout.indexOf('LOCKED'));
       const json = JSON.parse((await cli(['status', '--json'], { env })).stdout);
       expect(json.others).toHaveLength(1);
       expect(json.others[0]).toMatchObject({ key: '7241865325823964', locked: true, holder: { pid: holder.pid } });
-      // release --force on the default key finds nothing, and says how to reach the one that is held.
+      // release --force on the default key releases nothing, names the one that is held and the exact command,
+      // and fails: a stuck deploy is not "nothing to release".
       const release = await cli(['release', '--force', '--yes'], { env });
-      expect(release.stderr).toContain('No lock to release');
-      expect(release.stderr).toContain('pg-migration-lock release --force --key 7241865325823964');
+      expect(release.code).toBe(1);
+      expect(release.stderr).not.toContain('✔');
+      expect(release.stderr).toMatch(
+        /error: Migration lock -?\d+ \(default key\) is not held, so nothing was released; but migration lock 7241865325823964 \(node-pg-migrate's own key\) is held by backend pid \d+/,
+      );
+      expect(release.stderr).toContain('To release it: pg-migration-lock release --force --key 7241865325823964');
+      expect(await isAlive(holder.pid)).toBe(true);
     } finally {
       await holder.release();
     }
@@ -179,10 +188,11 @@ describe('status', () => {
 });
 
 describe('release', () => {
-  test('no lock to release: exit 0', async () => {
+  test('nothing held anywhere: nothing to release, exit 0, and no ✔', async () => {
     const { code, stderr } = await cli(['release', '--force', '--yes'], { env });
     expect(code).toBe(0);
-    expect(stderr).toContain('No lock to release: migration lock');
+    expect(stderr).toContain('Nothing to release: migration lock');
+    expect(stderr).not.toContain('✔');
   });
 
   test('without --force: refuses (exit 2), the holder keeps the lock', async () => {
@@ -226,7 +236,7 @@ describe('release', () => {
     try {
       const { code, stderr } = await cli(['release', '--force', '--yes', '--name', 'billing'], { env });
       expect(code).toBe(0);
-      expect(stderr).toContain('No lock to release');
+      expect(stderr).toContain('Nothing to release');
       expect(await isAlive(other.pid)).toBe(true);
     } finally {
       await other.release();

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { describeKey } from '../../key.js';
 import { findMigrationLocks, getLockStatus, type Holder, releaseLock } from '../../status.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
-import { CliError, UsageError } from '../errors.js';
+import { CliError, EXIT, UsageError } from '../errors.js';
 import { describeSession } from '../locking.js';
 import type { Output } from '../output.js';
 import { releaseRefused } from '../privileges.js';
@@ -39,19 +39,25 @@ Examples:
       const connection = clientConfig(databaseUrl(command, out, true));
       announceTarget(out);
       const status = await getLockStatus(connection, ctx.key);
-      if (!status.holder && status.work.length === 0) {
-        out.success(`No lock to release: migration lock ${ctx.keyLabel} is not held`);
-        // Another migration lock may be the one meant: say how to reach it.
-        if (!ctx.keyFlag) {
-          for (const other of (await findMigrationLocks(connection)).filter((found) => found.holder)) {
-            out.info(
-              `Migration lock ${describeKey(other.key)} is held by ${describeSession(other.holder)}: pg-migration-lock release --force${keyFlagOf(other.key)}`,
-            );
-          }
+      // A backend that only wears a tag (its role cannot change the database) is no holding's work: left alone.
+      const work = status.work.filter((session) => session.canMigrate !== false);
+      const { holder } = status;
+      if (!holder && work.length === 0) {
+        // No key asked for, and another migration lock is held (a migrator's own key, a --name): that is the one a
+        // stuck deploy waits for. Name it and the exact command; release nothing, and do not say all is well.
+        const held = ctx.keyFlag ? [] : (await findMigrationLocks(connection)).filter((found) => found.holder);
+        if (held.length > 0) {
+          throw new CliError(
+            `Migration lock ${ctx.keyLabel} is not held, so nothing was released; but ${held
+              .map((other) => `migration lock ${describeKey(other.key)} is held by ${describeSession(other.holder)}`)
+              .join('; and ')}`,
+            EXIT.failure,
+            held.map((other) => `To release it: pg-migration-lock release --force${keyFlagOf(other.key)}`).join('\n'),
+          );
         }
+        out.info(`Nothing to release: migration lock ${ctx.keyLabel} is not held`);
         return;
       }
-      const { holder, work } = status;
       if (!out.quiet) {
         // The holder's query may hold a password (ALTER ROLE … PASSWORD): scrubbed like every other line.
         const lines = holder

@@ -4,7 +4,9 @@ import type { Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
-import { withSearchParam } from '../../driver/pg.js';
+import pg from 'pg';
+import { asUrl } from '../../driver/conninfo.js';
+import { connectionConfig, withSearchParam } from '../../driver/pg.js';
 import { MigrationLockLostError } from '../../errors.js';
 import { withMigrationLock } from '../../lock.js';
 import { errorMessage } from '../../logger.js';
@@ -35,12 +37,15 @@ interface Cmd {
 }
 
 /**
- * Starts CMD with the holding's tag as `PGAPPNAME` (and as `application_name` in a `DATABASE_URL` it reads),
- * so the next holder can stop its statements, under a reaper that kills CMD's group if this process dies.
+ * Starts CMD, under a reaper that kills CMD's group if this process dies. With `tag`, CMD gets the holding's tag as
+ * `PGAPPNAME` (and as `application_name` in a `DATABASE_URL` it reads), so the next holder can stop its statements.
  */
-function startCmd(file: string, args: string[], tag: string, shown: string): Cmd {
-  const env: NodeJS.ProcessEnv = { ...process.env, PGAPPNAME: tag };
-  if (env.DATABASE_URL) env.DATABASE_URL = withSearchParam(env.DATABASE_URL, 'application_name', tag);
+function startCmd(file: string, args: string[], tag: string | undefined, shown: string): Cmd {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  if (tag !== undefined) {
+    env.PGAPPNAME = tag;
+    if (env.DATABASE_URL) env.DATABASE_URL = withSearchParam(asUrl(env.DATABASE_URL), 'application_name', tag);
+  }
   const reaper = spawn(process.execPath, [REAPER, file, ...args], {
     stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
     detached: true,
@@ -168,6 +173,11 @@ Examples:
       if (notRunnable) throw notRunnable;
       announceTarget(out);
 
+      // Whether CMD's connections may carry the tag: checked while the lock is being taken.
+      const fenceable = reachesServerDirectly(cmdDatabase(url)).catch((err: unknown) => ({
+        direct: false,
+        why: `could not check it: ${errorMessage(err)}`,
+      }));
       const lock = lockOptions(ctx, flags, (signal, why) => {
         if (!cmd) {
           interrupted ??= signal;
@@ -185,7 +195,14 @@ Examples:
           async ({ signal: lockLost, tag }) => {
             if (interrupted) throw new InterruptedError(interrupted);
             lockLost.throwIfAborted();
-            const running = startCmd(file, args, tag, shown);
+            const { direct, why } = await fenceable;
+            if (!direct) {
+              out.warn(
+                `CMD's connections are not tagged for fencing: its database (${cmdDatabaseName()}) ${why}. A pooler's server connections go on to serve other clients, which a later holder must never terminate, so if this lock is lost CMD is stopped, but statements it left running on the server cannot be. To fence them, give CMD a direct URL (the server's own host and port).`,
+              );
+            }
+            lockLost.throwIfAborted();
+            const running = startCmd(file, args, direct ? tag : undefined, shown);
             cmd = running;
             // The core reports the loss as it happens, and terminates CMD's tagged statements; the final error
             // says what became of CMD.
@@ -210,4 +227,54 @@ Examples:
         lock.dispose();
       }
     });
+}
+
+/** Where CMD connects, as far as this process can tell: its DATABASE_URL, else the PG* variables, else the lock's URL. */
+function cmdDatabase(lockUrl: string): pg.ClientConfig {
+  const { DATABASE_URL, PGHOST, PGPORT } = process.env;
+  if (DATABASE_URL) return { connectionString: asUrl(DATABASE_URL) };
+  return PGHOST || PGPORT ? {} : { connectionString: lockUrl };
+}
+const cmdDatabaseName = () =>
+  process.env.DATABASE_URL
+    ? 'DATABASE_URL'
+    : process.env.PGHOST || process.env.PGPORT
+      ? 'PGHOST/PGPORT'
+      : '--database-url';
+
+/**
+ * Whether connections to `database` reach the PostgreSQL server itself, not a pooler or proxy in front of it
+ * (PgBouncer, Supavisor, PgDog, RDS Proxy, a port forward): the server must see this very connection, that is, the
+ * client port it reports must be this socket's own (over a Unix socket, the port in the socket's name must be the
+ * server's). Through a pooler it sees the pooler's connection instead.
+ */
+async function reachesServerDirectly(database: pg.ClientConfig): Promise<{ direct: boolean; why: string }> {
+  const client = new pg.Client(connectionConfig(database));
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ client_port: number | null; port: string }>(
+      "SELECT inet_client_port() AS client_port, current_setting('port') AS port",
+    );
+    const seen = rows[0]!;
+    const socket = (client as unknown as { connection?: { stream?: Socket } }).connection?.stream;
+    const own = socket?.localPort;
+    if (own !== undefined) {
+      return seen.client_port === own
+        ? { direct: true, why: '' }
+        : {
+            direct: false,
+            why: `is reached through a pooler or proxy: the server sees client port ${seen.client_port}, not this connection's ${own}`,
+          };
+    }
+    const port = (client as unknown as { port?: number }).port;
+    return String(port) === seen.port
+      ? { direct: true, why: '' }
+      : {
+          direct: false,
+          why: `is reached through a pooler: its socket is for port ${port}, the server's is ${seen.port}`,
+        };
+  } finally {
+    await client.end().catch(() => {});
+  }
 }

@@ -36,10 +36,19 @@ Examples:
       const others = ctx.keyFlag ? undefined : await otherLocks(connection, ctx.key);
       if (flags.json) out.json(others ? { ...status, others } : status);
       else {
-        const shown = [formatStatus(out, status, ctx.keyLabel)];
-        for (const other of others ?? [])
-          shown.push(formatStatus(out, other, describeKey(other.key), keyFlagOf(other.key)));
+        const shown = (others ?? []).map((other) =>
+          formatStatus(out, other, describeKey(other.key), keyFlagOf(other.key)),
+        );
+        // What is held comes first: a free default key below a held one, not above it, when nothing asked for it.
+        const mine = formatStatus(out, status, ctx.keyLabel);
+        if (status.locked || status.work.length > 0) shown.unshift(mine);
+        else shown.push(mine);
         out.data(shown.join('\n\n'));
+      }
+      if (status.standby) {
+        out.warn(
+          "This server is a read-only standby: its locks are its own sessions', not the primary's, and pg-migration-lock refuses to lock here. Look at the primary to see a deploy.",
+        );
       }
       const note = await visibilityNote(connection, status);
       if (note) out.warn(note);
@@ -65,8 +74,13 @@ export function formatStatus(out: Output, status: LockStatus, keyLabel: string, 
   if (status.work.length > 0) {
     const whose = status.holder ? "the holding's work" : "an earlier holding's work, still running";
     lines.push(`  ${'work'.padEnd(LABEL)}${whose}:`);
-    for (const session of status.work)
-      lines.push(`    ${describeSession(session)}${session.state ? `, ${session.state}` : ''}`);
+    for (const session of status.work) {
+      const forged =
+        session.canMigrate === false
+          ? c.dim(" (not a holding's work: its role cannot change this database, so fencing leaves it alone)")
+          : '';
+      lines.push(`    ${describeSession(session)}${session.state ? `, ${session.state}` : ''}${forged}`);
+    }
   }
   lines.push(`  ${'waiters'.padEnd(LABEL)}${status.waiters.length === 0 ? c.dim('none') : status.waiters.length}`);
   for (const waiter of status.waiters) {
