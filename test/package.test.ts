@@ -1,8 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
 import { expect, test } from 'vitest';
+import tsupConfig from '../tsup.config.js';
 
 // The built package, loaded by Node the way users load it (through the exports map).
 const dist = fileURLToPath(new URL('../dist', import.meta.url));
@@ -76,5 +79,80 @@ test('postgres.js: importing the core loads no `postgres`, and no declaration fi
   expect(declarations.length).toBeGreaterThan(0);
   for (const file of declarations) {
     expect(readFileSync(join(dist, file), 'utf8')).not.toMatch(/from ['"]postgres['"]|import\(['"]postgres['"]\)/);
+  }
+});
+
+// --- Types in every module resolution -----------------------------------------------------------------------
+// `typesVersions` is what TypeScript's node10 resolution (`"module": "commonjs"` with no moduleResolution, e.g.
+// NestJS's tsconfig) reads for a subpath: it never reads `exports`. Each subpath is therefore named three
+// times: in `exports`, in `typesVersions` and as a tsup entry. A new adapter needs all three.
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+type Conditions = { import: { types: string; default: string }; require: { types: string; default: string } };
+const subpaths = Object.entries(pkg.exports as Record<string, Conditions | string>).filter(
+  (entry): entry is [string, Conditions] => typeof entry[1] === 'object',
+);
+
+test('every subpath is in exports, typesVersions and the tsup build, with the same name', () => {
+  // tsup.config.ts exports its list of builds; the library is the one with declarations.
+  const configs = (Array.isArray(tsupConfig) ? tsupConfig : [tsupConfig]) as { dts?: unknown; entry?: unknown }[];
+  const library = configs.find((config) => config.dts);
+  const entries = Object.keys((library?.entry ?? {}) as Record<string, string>);
+  const named = subpaths.map(([subpath]) => (subpath === '.' ? 'index' : subpath.slice(2)));
+  expect(entries.sort()).toEqual([...named].sort());
+  const typesVersions = pkg.typesVersions['*'] as Record<string, string[]>;
+  expect(Object.keys(typesVersions).sort()).toEqual(named.filter((name) => name !== 'index').sort());
+  for (const [subpath, conditions] of subpaths) {
+    const name = subpath === '.' ? 'index' : subpath.slice(2);
+    expect(conditions).toEqual({
+      import: { types: `./dist/${name}.d.ts`, default: `./dist/${name}.js` },
+      require: { types: `./dist/${name}.d.cts`, default: `./dist/${name}.cjs` },
+    });
+    // node10 gets the CommonJS declarations, as `require` does (the root through `types`).
+    if (name === 'index') expect(pkg.types).toBe(conditions.require.types);
+    else expect(typesVersions[name]).toEqual([conditions.require.types]);
+    for (const file of [conditions.import.types, conditions.require.types])
+      expect(existsSync(join(root, file))).toBe(true);
+  }
+});
+
+test.each([
+  ['node10', { module: ts.ModuleKind.CommonJS, moduleResolution: ts.ModuleResolutionKind.Node10 }, undefined, '.d.cts'],
+  [
+    'node16 (from CJS)',
+    { module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16 },
+    ts.ModuleKind.CommonJS,
+    '.d.cts',
+  ],
+  [
+    'node16 (from ESM)',
+    { module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16 },
+    ts.ModuleKind.ESNext,
+    '.d.ts',
+  ],
+  ['bundler', { module: ts.ModuleKind.ESNext, moduleResolution: ts.ModuleResolutionKind.Bundler }, undefined, '.d.ts'],
+] as const)('TypeScript resolves the types of every subpath under %s', (_, options, mode, extension) => {
+  // A project with the package in its node_modules (a link to this repository).
+  const project = mkdtempSync(join(tmpdir(), 'pgml-types-'));
+  try {
+    mkdirSync(join(project, 'node_modules'));
+    symlinkSync(root, join(project, 'node_modules', 'pg-migration-lock'), 'dir');
+    const from = join(project, mode === ts.ModuleKind.ESNext ? 'main.mts' : 'main.ts');
+    const resolved = subpaths.map(([subpath]) => {
+      const specifier = `pg-migration-lock${subpath.slice(1)}`;
+      const { resolvedModule } = ts.resolveModuleName(specifier, from, options, ts.sys, undefined, undefined, mode);
+      return [specifier, resolvedModule && relative(root, resolvedModule.resolvedFileName)];
+    });
+    expect(Object.fromEntries(resolved)).toEqual(
+      Object.fromEntries(
+        subpaths.map(([subpath]) => [
+          `pg-migration-lock${subpath.slice(1)}`,
+          `dist/${subpath === '.' ? 'index' : subpath.slice(2)}${extension}`,
+        ]),
+      ),
+    );
+  } finally {
+    rmSync(project, { recursive: true, force: true });
   }
 });
