@@ -14,8 +14,8 @@ import {
 } from '../src/driver/index.js';
 import { connectionConfig } from '../src/driver/pg.js';
 import { missingMigrator } from '../src/errors.js';
-import type { FleetTarget } from '../src/fleet-target.js';
-import type { FleetLockOptions, FleetMigrator } from '../src/fleet-types.js';
+import type { FleetTarget } from '../src/fleet/target.js';
+import type { FleetLockOptions, FleetMigrator } from '../src/fleet/types.js';
 import { defaultKeyOf, describeKey, type LockKeyInput, parseKey } from '../src/key.js';
 import { withMigrationLockUnless } from '../src/lock.js';
 import { type Logger, resolveLogger } from '../src/logger.js';

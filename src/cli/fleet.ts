@@ -2,9 +2,9 @@
 import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import pg from 'pg';
-import { migrateEach } from '../fleet.js';
-import type { FleetTargetSpec } from '../fleet-target.js';
-import type { FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from '../fleet-types.js';
+import { migrateEach } from '../fleet/index.js';
+import type { FleetTargetSpec } from '../fleet/target.js';
+import type { FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from '../fleet/types.js';
 import { errorMessage } from '../logger.js';
 import { formatMs } from '../time.js';
 import { clientConfig, databaseUrl, type GlobalOptions, parseConnectionString } from './context.js';

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
 import { createContext } from '../context.js';
 import { signalExitCode } from '../errors.js';
 import { addFleetFlags, type FleetFlags, isFleet, runFleet } from '../fleet.js';

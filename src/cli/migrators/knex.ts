@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import type { Knex } from 'knex';
 import type pg from 'pg';
 import type { KnexFleetConfig } from '../../../adapters/knex.js';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';

@@ -6,7 +6,7 @@ import type { Dialect, Kysely, KyselyPlugin } from 'kysely';
 import type { MigrationProvider, MigratorProps } from 'kysely/migration';
 import type pg from 'pg';
 import { connectionConfig } from '../../driver/pg.js';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';

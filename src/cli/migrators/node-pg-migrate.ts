@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { RunnerOption } from 'node-pg-migrate';
 import pg from 'pg';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import type { Output } from '../output.js';
 import { migrationFailure, migrationFile } from './failure.js';

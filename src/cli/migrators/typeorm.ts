@@ -5,7 +5,7 @@ import type { Command } from 'commander';
 import type pg from 'pg';
 import type { DataSource } from 'typeorm';
 import { connectionConfig } from '../../driver/pg.js';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
