@@ -1,14 +1,13 @@
 // The shapes of a fleet run: the migrator it drives, its options, its progress events and its report.
 import type pg from 'pg';
 import type { LockKeyInput } from '../key.js';
+import type { KeyedLockOptions } from '../keyed.js';
 import type { Logger } from '../logger.js';
 import type { MigrationLockOptions } from '../options.js';
 import type { FleetTarget } from './target.js';
 
-/** The lock options a fleet hands its migrator for one target: the key, plus every option of `withMigrationLock`. */
-export interface FleetLockOptions extends MigrationLockOptions {
-  key: bigint;
-}
+/** The lock options a fleet hands its migrator for one target: the key (settled), plus every option of `withMigrationLock`. */
+export type FleetLockOptions = KeyedLockOptions & { key: bigint };
 
 /**
  * One migrator, as a fleet drives it: each adapter's `fleet(config)` makes one (`pg-migration-lock/knex`, …).
