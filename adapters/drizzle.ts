@@ -238,7 +238,10 @@ export function fleet(config: DrizzleFleetConfig): FleetMigrator {
       const { readMigrationFiles } = await clientTarget(pool, undefined).load();
       return withSession(pool, (session) => toApply(session.query, on(target), readMigrationFiles));
     },
-    run: (pool, target, lock) =>
-      migrateLocked(clientTarget(pool, undefined), on(target), lock, schemaEntry(target, true)),
+    run: (pool, target, lock) => {
+      // Always a `before` (a no-op on a database target): with one, migrateLocked resolves to the tags applied.
+      const before = schemaEntry(target, true) ?? (async () => {});
+      return migrateLocked(clientTarget(pool, undefined), on(target), lock, before);
+    },
   });
 }
