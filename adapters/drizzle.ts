@@ -30,7 +30,7 @@ import {
  * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export type DrizzleLockOptions = KeyedLockOptions;
+export interface DrizzleLockOptions extends KeyedLockOptions {}
 
 /** drizzle's own migrate config (`migrationsFolder`, `migrationsTable`, `migrationsSchema`), plus `lock`. */
 export type DrizzleMigrateConfig = Parameters<typeof drizzleMigrate>[1] & {

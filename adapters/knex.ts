@@ -25,7 +25,7 @@ import { freeStaleLockRow, inspect } from './knex/tables.js';
  * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export type KnexLockOptions = KeyedLockOptions;
+export interface KnexLockOptions extends KeyedLockOptions {}
 
 /** knex's own `migrate.latest` config, plus `lock`. */
 export type KnexLatestConfig = Knex.MigratorConfig & {

@@ -25,7 +25,7 @@ import {
  * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export type TypeormLockOptions = KeyedLockOptions;
+export interface TypeormLockOptions extends KeyedLockOptions {}
 
 /** TypeORM's own `dataSource.runMigrations(options)` options, plus `lock`. */
 export interface TypeormRunMigrationsOptions {

@@ -7,7 +7,9 @@ import type { MigrationLockOptions } from '../options.js';
 import type { FleetTarget } from './target.js';
 
 /** The lock options a fleet hands its migrator for one target: the key (settled), plus every option of `withMigrationLock`. */
-export type FleetLockOptions = KeyedLockOptions & { key: bigint };
+export interface FleetLockOptions extends KeyedLockOptions {
+  key: bigint;
+}
 
 /**
  * One migrator, as a fleet drives it: each adapter's `fleet(config)` makes one (`pg-migration-lock/knex`, …).
