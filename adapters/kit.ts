@@ -1,6 +1,6 @@
-// The one door adapters come through: their `lock` option (a key plus the core's options), the core's
+// The one door adapters come through: their `lock` option (KeyedLockOptions, checked once), the core's
 // check-before-queue lock, sessions borrowed from a migrator's own connection, importing the migrator, and
-// what their fleet factories share (a target's connection, entering a tenant's schema).
+// what their fleets share (a target's connection or pool, entering a tenant's schema, the migrator's frame).
 import { createRequire } from 'node:module';
 import type pg from 'pg';
 import { type SessionView, SKIPPED, type Unless } from '../src/acquire.js';

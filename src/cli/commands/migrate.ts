@@ -10,7 +10,7 @@ import type { Output } from '../output.js';
 export function registerMigrate(program: Command, out: Output): Command {
   const migrate = program
     .command('migrate')
-    .summary('run knex, node-pg-migrate, drizzle, typeorm or kysely under the lock')
+    .summary(`run ${oneOf(MIGRATORS.map((m) => m.name))} under the lock`)
     .description(
       'Run the pending migrations of one migrator under the lock, on the session that holds it, and print what was applied. For any other migrator (prisma, dbmate, atlas, sequelize-cli…) use `run -- CMD`.',
     )
@@ -54,6 +54,9 @@ A fleet (many databases or tenant schemas), each target under a lock of its own,
 
   return migrate;
 }
+
+/** `a, b or c`. */
+const oneOf = (names: string[]) => `${names.slice(0, -1).join(', ')} or ${names.at(-1)}`;
 
 function printApplied(out: Output, { migrator, applied, note }: Applied): void {
   if (applied.length === 0) {
