@@ -3,25 +3,25 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
+import { importDrizzle, onReserved, type ReadMigrationFiles } from './drizzle/drivers.js';
 import {
-  type AdapterLock,
-  type AdapterLockOptions,
-  adapterLock,
+  type CheckedLock,
   type ClientSource,
   checkFleetConfig,
-  enterSchema,
+  checkLock,
   type FleetMigrator,
   type FleetTarget,
-  importPeer,
+  fleetMigrator,
   isPostgresJs,
+  type KeyedLockOptions,
   lockedRun,
   type PostgresJsReservedSql,
   type PostgresJsSql,
   pgQuery,
   type Query,
   quoteIdent,
-  targetConfig,
-  usingTarget,
+  schemaEntry,
+  targetPool,
   withSession,
 } from './kit.js';
 
@@ -30,7 +30,7 @@ import {
  * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface DrizzleLockOptions extends AdapterLockOptions {}
+export interface DrizzleLockOptions extends KeyedLockOptions {}
 
 /** drizzle's own migrate config (`migrationsFolder`, `migrationsTable`, `migrationsSchema`), plus `lock`. */
 export type DrizzleMigrateConfig = Parameters<typeof drizzleMigrate>[1] & {
@@ -71,7 +71,7 @@ export async function migrate(
   if (config === null || typeof config !== 'object')
     throw new TypeError('pg-migration-lock/drizzle: expected a migrate config ({ migrationsFolder })');
   const { lock: lockInConfig, ...migrateConfig } = config;
-  await migrateLocked(target, migrateConfig, adapterLock(lock ?? lockInConfig, 'drizzle'));
+  await migrateLocked(target, migrateConfig, checkLock(lock ?? lockInConfig, 'drizzle'));
 }
 
 /**
@@ -81,7 +81,7 @@ export async function migrate(
 async function migrateLocked(
   target: DrizzleTarget,
   migrateConfig: Parameters<typeof drizzleMigrate>[1],
-  locking: AdapterLock,
+  locking: CheckedLock,
   before?: (query: Query) => Promise<void>,
 ): Promise<string[]> {
   const { migrateOn, readMigrationFiles } = await target.load();
@@ -127,8 +127,6 @@ export async function pending(
   const { readMigrationFiles } = await target.load();
   return withSession(target.source, (session) => toApply(session.query, config, readMigrationFiles));
 }
-
-type ReadMigrationFiles = (config: { migrationsFolder: string }) => { folderMillis: number }[];
 
 /** pg-core's dialect.migrate, read-only: the same last-row query, the same comparison. */
 async function toApply(
@@ -203,66 +201,6 @@ function clientTarget(client: unknown, logger: DrizzleLogger | undefined) {
   );
 }
 
-/**
- * The reserved sql as drizzle's postgres-js session needs it. A postgres.js reserved sql has no
- * `options` (drizzle reads its parsers) and no `begin` (drizzle's migrator runs in a transaction), so
- * both are provided here: the transaction runs on the reserved connection itself.
- */
-function onReserved(reserved: PostgresJsReservedSql, options: object) {
-  const client = {
-    options,
-    unsafe: (query: string, parameters?: unknown[], queryOptions?: object) =>
-      reserved.unsafe(query, parameters, queryOptions),
-    async begin(...args: [fn: (sql: unknown) => unknown] | [mode: string, fn: (sql: unknown) => unknown]) {
-      const fn = args.length === 2 ? args[1] : args[0];
-      const mode = args.length === 2 ? args[0].replace(/[^a-z ]/gi, '') : '';
-      await reserved.unsafe(`BEGIN ${mode}`);
-      try {
-        const result = await fn(client);
-        await reserved.unsafe('COMMIT');
-        return result;
-      } catch (err) {
-        // A dead connection rolls back by itself; the migration's own error is the one to report.
-        await Promise.resolve(reserved.unsafe('ROLLBACK')).catch(() => {});
-        throw err;
-      }
-    },
-  };
-  return client;
-}
-
-/** drizzle's driver and migrator for `driver`, loaded only now: importing this adapter loads neither. */
-async function importDrizzle<D extends 'node-postgres' | 'postgres-js'>(driver: D) {
-  const [[{ drizzle }, { migrate: run }], { readMigrationFiles }] = await Promise.all([
-    driver === 'postgres-js'
-      ? importPeer('drizzle', 'postgres', () =>
-          importPeer('drizzle', 'drizzle-orm', () =>
-            Promise.all([import('drizzle-orm/postgres-js'), import('drizzle-orm/postgres-js/migrator')]),
-          ),
-        )
-      : importPeer('drizzle', 'drizzle-orm', () =>
-          Promise.all([import('drizzle-orm/node-postgres'), import('drizzle-orm/node-postgres/migrator')]),
-        ),
-    importPeer('drizzle', 'drizzle-orm', () => import('drizzle-orm/migrator')),
-  ]);
-  // Each driver's migrator takes its own driver's db: the caller picked the pair.
-  return {
-    drizzle,
-    run,
-    readMigrationFiles: readMigrationFiles as ReadMigrationFiles,
-  } as unknown as (D extends 'postgres-js' ? PostgresJsDrizzle : NodePgDrizzle) & {
-    readMigrationFiles: ReadMigrationFiles;
-  };
-}
-type PostgresJsDrizzle = {
-  drizzle: typeof import('drizzle-orm/postgres-js').drizzle;
-  run: typeof import('drizzle-orm/postgres-js/migrator').migrate;
-};
-type NodePgDrizzle = {
-  drizzle: typeof import('drizzle-orm/node-postgres').drizzle;
-  run: typeof import('drizzle-orm/node-postgres/migrator').migrate;
-};
-
 /** What {@link fleet} takes: drizzle's migrate config (`migrationsFolder`, `migrationsTable`, `migrationsSchema`). */
 export type DrizzleFleetConfig = Parameters<typeof drizzleMigrate>[1];
 
@@ -291,36 +229,19 @@ export function fleet(config: DrizzleFleetConfig): FleetMigrator {
   }
   const on = (target: FleetTarget) =>
     target.schema === undefined ? config : { ...config, migrationsSchema: target.schema };
-  const open = async (target: FleetTarget, applicationName?: string) => {
-    const { default: pg } = await import('pg');
-    const pool = new pg.Pool({ ...targetConfig(target, applicationName), max: 1 });
-    // An idle connection that dies must not crash the process: the lock notices a lost session itself.
-    pool.on('error', () => {});
-    return pool;
-  };
-  const close = (pool: pg.Pool) => pool.end();
-  return {
+  return fleetMigrator<pg.Pool>({
     name: 'drizzle',
-    pending: (target) =>
-      usingTarget(
-        () => open(target),
-        close,
-        async (pool) => {
-          const { readMigrationFiles } = await clientTarget(pool, undefined).load();
-          return withSession(pool, (session) => toApply(session.query, on(target), readMigrationFiles));
-        },
-      ),
-    run: (target, lock, shared) =>
-      usingTarget(
-        () => shared ?? open(target, lock.applicationName),
-        (pool) => (pool === shared ? Promise.resolve() : close(pool)),
-        (pool) => {
-          const { schema } = target;
-          const before = async (query: Query) => {
-            if (schema !== undefined) await enterSchema(query, schema, true);
-          };
-          return migrateLocked(clientTarget(pool, undefined), on(target), adapterLock(lock, 'drizzle'), before);
-        },
-      ),
-  };
+    open: async (target, shared, lock) => shared ?? targetPool(target, lock?.applicationName),
+    // The run's shared pool is the run's to end.
+    close: async (pool, shared) => pool !== shared && (await pool.end()),
+    pending: async (pool, target) => {
+      const { readMigrationFiles } = await clientTarget(pool, undefined).load();
+      return withSession(pool, (session) => toApply(session.query, on(target), readMigrationFiles));
+    },
+    run: (pool, target, lock) => {
+      // Always a `before` (a no-op on a database target): with one, migrateLocked resolves to the tags applied.
+      const before = schemaEntry(target, true) ?? (async () => {});
+      return migrateLocked(clientTarget(pool, undefined), on(target), lock, before);
+    },
+  });
 }

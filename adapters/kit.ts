@@ -1,6 +1,6 @@
-// The one door adapters come through: their `lock` option (a key plus the core's options), the core's
+// The one door adapters come through: their `lock` option (KeyedLockOptions, checked once), the core's
 // check-before-queue lock, sessions borrowed from a migrator's own connection, importing the migrator, and
-// what their fleet factories share (a target's connection, entering a tenant's schema).
+// what their fleets share (a target's connection or pool, entering a tenant's schema, the migrator's frame).
 import { createRequire } from 'node:module';
 import type pg from 'pg';
 import { type SessionView, SKIPPED, type Unless } from '../src/acquire.js';
@@ -14,34 +14,32 @@ import {
 } from '../src/driver/index.js';
 import { connectionConfig } from '../src/driver/pg.js';
 import { missingMigrator } from '../src/errors.js';
-import type { FleetTarget } from '../src/fleet-target.js';
-import type { FleetLockOptions, FleetMigrator } from '../src/fleet-types.js';
+import type { FleetTarget } from '../src/fleet/target.js';
+import type { FleetLockOptions, FleetMigrator } from '../src/fleet/types.js';
 import { defaultKeyOf, describeKey, type LockKeyInput, parseKey } from '../src/key.js';
+import type { KeyedLockOptions } from '../src/keyed.js';
 import { withMigrationLockUnless } from '../src/lock.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
-import type { LockContext, MigrationLockOptions } from '../src/options.js';
+import { type LockContext, type MigrationLockOptions, resolveOptions } from '../src/options.js';
 
 export { isPostgresJs } from '../src/driver/postgres-js.js';
 export type { PostgresJsReservedSql, PostgresJsSql } from '../src/driver/types.js';
 export { unlockIfHeldSql } from '../src/protocol.js';
-export type { ClientSource, FleetLockOptions, FleetMigrator, FleetTarget, Logger, Query, Session, SessionSource };
+export type {
+  ClientSource,
+  FleetLockOptions,
+  FleetMigrator,
+  FleetTarget,
+  KeyedLockOptions,
+  Logger,
+  Query,
+  Session,
+  SessionSource,
+};
 export { defaultKeyOf, type SessionView, SKIPPED, withSession };
 
-/**
- * An adapter's `lock` option: the key, plus every option of `withMigrationLock`.
- * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
- */
-export interface AdapterLockOptions extends MigrationLockOptions {
-  /**
-   * The advisory-lock key (per database). Replicas migrating the same tables must share it; apps with
-   * migration tables of their own in one database may share it too (they take turns), or each use their own
-   * (e.g. `lockKey('billing')`) to migrate side by side. The default depends on the migrator (see each adapter).
-   */
-  key?: LockKeyInput;
-}
-
 /** What an adapter locks with: the key (checked up front), the core's options, and a logger for its own notes. */
-export interface AdapterLock {
+export interface CheckedLock {
   key: bigint;
   options: MigrationLockOptions;
   logger: Logger;
@@ -49,19 +47,23 @@ export interface AdapterLock {
 
 /**
  * The `lock` option of an adapter call, checked before anything is sent: a bad key is a RangeError or TypeError
- * here. `tool` picks the default key from the key table (node-pg-migrate's and kysely's own, else the default).
+ * here, and so is a bad option (the core's own checks). `tool` picks the default key from the key table
+ * (node-pg-migrate's and kysely's own, else the default). A label given with the key (the CLI's, which parsed
+ * and named it) is kept: the key is named once.
  */
-export function adapterLock(
-  lock: AdapterLockOptions | undefined,
-  tool: string,
-  defaultKey?: LockKeyInput,
-): AdapterLock {
+export function checkLock(lock: KeyedLockOptions | undefined, tool: string, defaultKey?: LockKeyInput): CheckedLock {
   if (lock !== undefined && (lock === null || typeof lock !== 'object')) {
     throw new TypeError(`pg-migration-lock/${tool}: expected \`lock\` to be an object of lock options`);
   }
   const { key: given, ...options } = lock ?? {};
+  // Errors in the options come now, before any connection, not when the lock is first tried.
+  resolveOptions(options);
   const key = parseKey(given ?? defaultKey ?? defaultKeyOf(tool).key);
-  return { key, options: { keyLabel: describeKey(key), ...options }, logger: resolveLogger(options.logger) };
+  return {
+    key,
+    options: { ...options, keyLabel: options.keyLabel ?? describeKey(key) },
+    logger: resolveLogger(options.logger),
+  };
 }
 
 /**
@@ -72,7 +74,7 @@ export function adapterLock(
  */
 export function lockedRun<C, T>(
   source: ClientSource | SessionSource,
-  lock: AdapterLock,
+  lock: CheckedLock,
   migrate: (ctx: LockContext<C>) => T | Promise<T>,
   workLeft: (session: SessionView<C>) => Promise<boolean>,
   recheckEveryMs?: number,
@@ -194,4 +196,62 @@ export function checkFleetConfig(tool: string, config: unknown, what: string): v
   if (config === null || typeof config !== 'object') {
     throw new TypeError(`pg-migration-lock/${tool}: expected fleet(${what}) to get an object`);
   }
+}
+
+/**
+ * What runs on a target's locked session before its migrator: for a schema target, entering the schema (see
+ * {@link enterSchema}); nothing for a database target.
+ */
+export function schemaEntry(
+  target: FleetTarget,
+  setSearchPath: boolean,
+): ((query: Query) => Promise<void>) | undefined {
+  const { schema } = target;
+  return schema === undefined ? undefined : (query) => enterSchema(query, schema, setSearchPath);
+}
+
+/** A `pg.Pool` of one connection on a fleet target, for migrators that take a pool (drizzle, kysely). */
+export async function targetPool(target: FleetTarget, applicationName?: string): Promise<pg.Pool> {
+  const { default: pgModule } = await import('pg');
+  const pool = new pgModule.Pool({ ...targetConfig(target, applicationName), max: 1 });
+  // An idle connection that dies must not crash the process: the lock notices a lost session itself.
+  pool.on('error', () => {});
+  return pool;
+}
+
+/** An adapter's part of a fleet migrator: how it opens a target, checks it and migrates it. */
+export interface FleetParts<R> {
+  name: string;
+  /** The key of a database target, when the migrator has one of its own (node-pg-migrate's, kysely's). */
+  key?: bigint;
+  /** Makes the per-target resource (a knex, a pool, a data source); `pool` is the run's shared one, if any. */
+  open(target: FleetTarget, pool: pg.Pool | undefined, lock: FleetLockOptions | undefined): Promise<R>;
+  /** Closes what `open` made (never the run's shared `pool`). */
+  close(resource: R, pool: pg.Pool | undefined): Promise<unknown>;
+  pending(resource: R, target: FleetTarget): Promise<string[]>;
+  /** Migrates under `lock` (checked), resolving to the names applied. */
+  run(resource: R, target: FleetTarget, lock: CheckedLock, pool: pg.Pool | undefined): Promise<string[]>;
+}
+
+/** A fleet migrator from an adapter's parts: each call opens its target, and closes it after whatever happens. */
+export function fleetMigrator<R>(parts: FleetParts<R>): FleetMigrator {
+  const { name, key } = parts;
+  return {
+    name,
+    ...(key !== undefined && { key }),
+    pending: (target) =>
+      usingTarget(
+        () => parts.open(target, undefined, undefined),
+        (resource) => parts.close(resource, undefined),
+        (resource) => parts.pending(resource, target),
+      ),
+    run: (target, lock, pool) => {
+      const checked = checkLock(lock, name, key);
+      return usingTarget(
+        () => parts.open(target, pool, lock),
+        (resource) => parts.close(resource, pool),
+        (resource) => parts.run(resource, target, checked, pool),
+      );
+    },
+  };
 }

@@ -2,31 +2,30 @@ import { promisify } from 'node:util';
 import type { Knex } from 'knex';
 import type pg from 'pg';
 import {
-  type AdapterLock,
-  type AdapterLockOptions,
-  adapterLock,
+  type CheckedLock,
   type ClientSource,
   checkFleetConfig,
-  enterSchema,
+  checkLock,
   type FleetMigrator,
-  type FleetTarget,
+  fleetMigrator,
   importPeer,
-  type Logger,
+  type KeyedLockOptions,
   lockedRun,
   pgQuery,
   type Query,
   SKIPPED,
+  schemaEntry,
   targetConfig,
   tenantSearchPath,
-  usingTarget,
 } from './kit.js';
+import { freeStaleLockRow, inspect } from './knex/tables.js';
 
 /**
  * The `lock` option of {@link latest}: the key, plus every option of `withMigrationLock`.
  * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface KnexLockOptions extends AdapterLockOptions {}
+export interface KnexLockOptions extends KeyedLockOptions {}
 
 /** knex's own `migrate.latest` config, plus `lock`. */
 export type KnexLatestConfig = Knex.MigratorConfig & {
@@ -57,7 +56,7 @@ export async function latest(
 ): Promise<[batchNo: number, log: string[]]> {
   const client = checkKnex(knex);
   const { lock: lockInConfig, ...migratorConfig } = config;
-  return latestLocked(knex, client, migratorConfig, adapterLock(lock ?? lockInConfig, 'knex'));
+  return latestLocked(knex, client, migratorConfig, checkLock(lock ?? lockInConfig, 'knex'));
 }
 
 /**
@@ -68,7 +67,7 @@ async function latestLocked(
   knex: Knex,
   client: Knex.Client,
   migratorConfig: Knex.MigratorConfig,
-  locking: AdapterLock,
+  locking: CheckedLock,
   before?: (query: Query) => Promise<void>,
   source?: ClientSource,
 ): Promise<[batchNo: number, log: string[]]> {
@@ -136,62 +135,6 @@ function checkKnex(knex: Knex): Knex.Client {
   return client;
 }
 
-/** What a database looks like to `migrate.latest`: what it would run, its batch number, and the stale-row case. */
-interface KnexState {
-  pending: string[];
-  /** The batch number `latest` returns when it runs nothing (the highest recorded, else 0). */
-  batchNo: number;
-  /** `<table>_lock` is at `is_locked = 1` or has several rows: bare knex would fail, `latest` repairs it under the lock. */
-  lockRowStuck: boolean;
-}
-
-interface KnexMigrationSource {
-  getMigrations(loadExtensions?: readonly string[]): Promise<unknown[]>;
-  getMigrationName(migration: unknown): string;
-}
-type MergedConfig = Knex.MigratorConfig & { migrationSource: KnexMigrationSource; tableName: string };
-type GetMergedConfig = (config: Knex.MigratorConfig, current: unknown, logger: unknown) => MergedConfig;
-
-/**
- * `migrate.list` without its side effect: knex's list first creates its tables (`ensureTable`), which a
- * check must not do, so the read is ours: knex's own config merging and migration source, the completed
- * rows read like knex reads them (same table, same order), and knex's validation and difference.
- */
-async function inspect(knex: Knex, config: Knex.MigratorConfig): Promise<KnexState> {
-  const { getMergedConfig } = (await import(
-    // @ts-expect-error: knex ships no types for its internals; this module has stayed put since knex 0.95.
-    'knex/lib/migrations/migrate/migrator-configuration-merger.js'
-  )) as { getMergedConfig: GetMergedConfig };
-  const migrator = knex.migrate as unknown as { config: unknown };
-  const merged = getMergedConfig(config, migrator.config, knex.client.logger);
-  const { migrationSource: source, tableName, schemaName } = merged;
-  const schema = () => (schemaName ? knex.schema.withSchema(schemaName) : knex.schema);
-  const table = (name: string) => (schemaName ? knex(name).withSchema(schemaName) : knex(name));
-  const [all, hasTable, lockTable] = await Promise.all([
-    source.getMigrations(merged.loadExtensions),
-    schema().hasTable(tableName),
-    lockTableState(knex, `${tableName}_lock`, schemaName),
-  ]);
-  const completed: { name: string; batch: number | null }[] = hasTable
-    ? await table(tableName).orderBy('id').select('name', 'batch')
-    : [];
-  const lockRowStuck = lockTable !== undefined && (lockTable.rows !== 1 || lockTable.locked > 0);
-  const names = all.map((migration) => source.getMigrationName(migration));
-  if (!merged.disableMigrationsListValidation) {
-    const missing = completed.filter((row) => !names.includes(row.name)).map((row) => row.name);
-    if (missing.length > 0) {
-      // knex's own message (validateMigrationList), so a check fails exactly like the run would.
-      throw new Error(`The migration directory is corrupt, the following files are missing: ${missing.join(', ')}`);
-    }
-  }
-  const done = new Set(completed.map((row) => row.name));
-  return {
-    pending: names.filter((name) => !done.has(name)),
-    batchNo: Math.max(0, ...completed.map((row) => row.batch ?? 0)),
-    lockRowStuck,
-  };
-}
-
 /** Where the lock session comes from: knex's connection settings, or the pg.Pool given as `connectionPool`. */
 async function lockSource(client: Knex.Client): Promise<ClientSource> {
   const { connection, connectionPool } = client.config as Knex.Config & { connectionPool?: unknown };
@@ -231,33 +174,6 @@ async function onSession(knex: Knex, session: pg.ClientBase): Promise<Knex> {
   return locked;
 }
 
-/** Under our lock nobody else is migrating: a row still at `is_locked = 1` is a crashed run's leftover. */
-async function freeStaleLockRow(knex: Knex, config: Knex.MigratorConfig, logger: Logger): Promise<void> {
-  const table = `${config.tableName ?? 'knex_migrations'}_lock`;
-  const schema = config.schemaName;
-  const state = await lockTableState(knex, table, schema);
-  if (!state || (state.rows === 1 && state.locked === 0)) return;
-  // knex's own repair: one row, unlocked.
-  await knex.migrate.forceFreeMigrationsLock(config);
-  const name = `${schema ? `${schema}.` : ''}${table}`;
-  logger.warn(
-    state.rows === 1
-      ? `Freed ${name}: it was left at is_locked = 1 (by a crashed or killed knex run), and no other run holds the migration lock`
-      : `Repaired ${name}: it had ${state.rows} rows (knex runs racing without a lock each added one), where knex needs exactly one; no other run holds the migration lock`,
-  );
-}
-
-/** How many rows knex's lock table has, and how many are locked; undefined when it has none yet. */
-async function lockTableState(knex: Knex, table: string, schema: string | undefined) {
-  const exists = await (schema ? knex.schema.withSchema(schema) : knex.schema).hasTable(table);
-  if (!exists) return undefined;
-  const [row] = await (schema ? knex(table).withSchema(schema) : knex(table)).select(
-    knex.raw('count(*)::int AS rows, count(*) FILTER (WHERE is_locked = 1)::int AS locked'),
-  );
-  const { rows, locked } = row as { rows: number; locked: number };
-  return rows === 0 ? undefined : { rows, locked };
-}
-
 /**
  * What {@link fleet} takes: a knex config as a knexfile environment holds it (`client: 'pg'`, `migrations`,
  * `pool.afterCreate`, …), whose `connection` each target replaces.
@@ -287,39 +203,25 @@ export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
       `pg-migration-lock/knex: a fleet migrates PostgreSQL: expected client 'pg', got ${String(config.client)}`,
     );
   }
-  const open = async (target: FleetTarget): Promise<Knex> => {
-    const { default: knexFactory } = await importPeer('knex', 'knex', () => import('knex'));
-    const { schema } = target;
-    const db = knexFactory({
-      ...config,
-      client: config.client ?? 'pg',
-      connection: targetConfig(target) as Knex.PgConnectionConfig,
-      pool: { ...config.pool, min: 0, max: 1 },
-      ...(schema !== undefined && { searchPath: tenantSearchPath(schema) }),
-      migrations: { ...config.migrations, ...(schema !== undefined && { schemaName: schema }) },
-    });
-    checkKnex(db);
-    return db;
-  };
-  const close = (db: Knex) => db.destroy();
-  return {
+  return fleetMigrator<Knex>({
     name: 'knex',
-    pending: (target) =>
-      usingTarget(
-        () => open(target),
-        close,
-        (db) => pending(db),
-      ),
-    run: (target, lock, pool) =>
-      usingTarget(
-        () => open(target),
-        close,
-        async (db) => {
-          const schema = target.schema;
-          const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, false);
-          const [, log] = await latestLocked(db, db.client, {}, adapterLock(lock, 'knex'), before, pool);
-          return log;
-        },
-      ),
-  };
+    open: async (target) => {
+      const { default: knexFactory } = await importPeer('knex', 'knex', () => import('knex'));
+      const { schema } = target;
+      const db = knexFactory({
+        ...config,
+        client: config.client ?? 'pg',
+        connection: targetConfig(target) as Knex.PgConnectionConfig,
+        pool: { ...config.pool, min: 0, max: 1 },
+        ...(schema !== undefined && { searchPath: tenantSearchPath(schema) }),
+        migrations: { ...config.migrations, ...(schema !== undefined && { schemaName: schema }) },
+      });
+      checkKnex(db);
+      return db;
+    },
+    close: (db) => db.destroy(),
+    pending: (db) => pending(db),
+    run: async (db, target, lock, pool) =>
+      (await latestLocked(db, db.client, {}, lock, schemaEntry(target, false), pool))[1],
+  });
 }

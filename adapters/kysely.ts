@@ -1,23 +1,38 @@
-import type { CompiledQuery, Dialect, Kysely, PostgresDialect } from 'kysely';
-import type pg from 'pg';
+import type { Kysely } from 'kysely';
 import {
-  type AdapterLock,
-  type AdapterLockOptions,
-  adapterLock,
+  type CheckedLock,
   checkFleetConfig,
+  checkLock,
   defaultKeyOf,
-  enterSchema,
   type FleetMigrator,
   type FleetTarget,
-  importPeer,
+  fleetMigrator,
+  type KeyedLockOptions,
   lockedRun,
   type Query,
-  type Session,
-  type SessionSource,
   SKIPPED,
-  targetConfig,
-  usingTarget,
+  schemaEntry,
+  targetPool,
 } from './kit.js';
+import { importKysely, kyselyQuery, kyselySessionSource, withoutOwnLock } from './kysely/session.js';
+import type {
+  KyselyMigrateOptions,
+  KyselyMigrator,
+  MigrationInfo,
+  MigrationResultSet,
+  MigrationRow,
+  MigratorProps,
+} from './kysely/types.js';
+
+export type {
+  KyselyMigrateOptions,
+  Migration,
+  MigrationInfo,
+  MigrationProvider,
+  MigrationResult,
+  MigrationResultSet,
+  MigratorProps,
+} from './kysely/types.js';
 
 /** kysely's own migration lock id (`pg_advisory_lock(3853314791062309107)` in its PostgresAdapter). */
 export const KYSELY_LOCK_KEY: bigint = defaultKeyOf('kysely').key;
@@ -26,90 +41,19 @@ export const KYSELY_LOCK_KEY: bigint = defaultKeyOf('kysely').key;
  * The `lock` option of {@link Migrator}: the key, plus every option of `withMigrationLock`.
  * @example { timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface KyselyLockOptions extends AdapterLockOptions {
+export interface KyselyLockOptions extends KeyedLockOptions {
   /**
    * The advisory-lock key (per database). The default is kysely's own migration lock id, so wrapped
    * runs and plain kysely runs (`kysely migrate latest`, kysely's own `Migrator`) exclude each other.
    * @default KYSELY_LOCK_KEY (3853314791062309107)
    */
-  key?: AdapterLockOptions['key'];
-}
-
-// kysely's migrator types, written out: 0.28 exports them from 'kysely', 0.29 from 'kysely/migration' only,
-// so importing either would leave the other version's users with `any`. The shapes are the same in both.
-
-/** A migration, as kysely's `MigrationProvider` gives it. */
-// biome-ignore-start lint/suspicious/noExplicitAny: kysely's own signatures, so any Kysely<DB> fits
-export interface Migration {
-  up(db: Kysely<any>): Promise<void>;
-  down?(db: Kysely<any>): Promise<void>;
-}
-
-/** Where kysely's migrator gets its migrations (e.g. kysely's `FileMigrationProvider`). */
-export interface MigrationProvider {
-  getMigrations(): Promise<Record<string, Migration>>;
-}
-
-/** kysely's `MigratorProps` (0.28 and 0.29). */
-export interface MigratorProps {
-  readonly db: Kysely<any>;
-  // biome-ignore-end lint/suspicious/noExplicitAny: (see above)
-  readonly provider: MigrationProvider;
-  readonly migrationTableName?: string;
-  readonly migrationLockTableName?: string;
-  readonly migrationTableSchema?: string;
-  readonly allowUnorderedMigrations?: boolean;
-  readonly nameComparator?: (name0: string, name1: string) => number;
-  readonly disableTransactions?: boolean;
-}
-
-/** A migration and when it was executed (kysely's `MigrationInfo`). */
-export interface MigrationInfo {
-  name: string;
-  migration: Migration;
-  executedAt?: Date;
-}
-
-/** One migration's outcome (kysely's `MigrationResult`). */
-export interface MigrationResult {
-  readonly migrationName: string;
-  readonly direction: 'Up' | 'Down';
-  readonly status: 'Success' | 'Error' | 'NotExecuted';
-}
-
-/** What kysely's migrate methods return: `error` instead of throwing. */
-export interface MigrationResultSet {
-  readonly error?: unknown;
-  readonly results?: MigrationResult[];
+  key?: KeyedLockOptions['key'];
 }
 
 /** kysely's own `Migrator` props (`db`, `provider`, `migrationTableName`, …), plus `lock`. */
 export type KyselyMigratorProps = MigratorProps & {
   /** How to take the lock, see {@link KyselyLockOptions}. @default {} */
   lock?: KyselyLockOptions;
-};
-
-/** kysely 0.29's per-call options (`disableTransactions`); 0.28 has none. */
-export interface KyselyMigrateOptions {
-  /** Overrides the `disableTransactions` prop for this call (kysely 0.29). */
-  readonly disableTransactions?: boolean;
-}
-
-/** A row of kysely's migration table. */
-type MigrationRow = { name: string; timestamp: string };
-
-type KyselyMigrator = {
-  getMigrations(): Promise<readonly MigrationInfo[]>;
-  migrateToLatest(options?: KyselyMigrateOptions): Promise<MigrationResultSet>;
-  migrateTo(target: string | { __noMigrations__: true }, options?: KyselyMigrateOptions): Promise<MigrationResultSet>;
-  migrateUp(options?: KyselyMigrateOptions): Promise<MigrationResultSet>;
-  migrateDown(options?: KyselyMigrateOptions): Promise<MigrationResultSet>;
-};
-type KyselyModules = {
-  Migrator: new (props: MigratorProps) => KyselyMigrator;
-  CompiledQuery: typeof CompiledQuery;
-  Kysely: typeof Kysely;
-  PostgresDialect: typeof PostgresDialect;
 };
 
 /** What a fleet runs on a Migrator's locked session before kysely migrates (see {@link fleet}). */
@@ -134,7 +78,7 @@ const fleetBefore = new WeakMap<Migrator, (query: Query) => Promise<void>>();
  */
 export class Migrator {
   readonly #props: MigratorProps;
-  readonly #lock: AdapterLock;
+  readonly #lock: CheckedLock;
 
   constructor(props: KyselyMigratorProps) {
     if (props === null || typeof props !== 'object')
@@ -157,7 +101,7 @@ export class Migrator {
       );
     }
     // A bad key fails here, not as a migrate result later.
-    this.#lock = adapterLock(lock, 'kysely');
+    this.#lock = checkLock(lock, 'kysely');
     this.#props = migratorProps;
   }
 
@@ -281,49 +225,6 @@ export class Migrator {
 /** How often a waiter (which cannot hear releases through kysely) re-checks what is pending, without the lock. */
 const RECHECK_EVERY_MS = 1_000;
 
-/**
- * One connection of a Kysely instance as the core's session: every statement goes through kysely
- * (`CompiledQuery.raw`), so any kysely PostgreSQL dialect works (pg, postgres.js). It is the caller's
- * connection: never ended by us, kysely gives it back to its pool. kysely exposes neither the driver's
- * notifications nor its connection events: waiters poll every `pollIntervalMs` (no LISTEN), and a lost
- * session shows as the failing statement rather than at once.
- */
-function kyselySessionSource(conn: Kysely<unknown>, modules: KyselyModules): SessionSource {
-  const session: Session = {
-    client: conn,
-    kind: 'borrowed',
-    query: kyselyQuery(conn, modules),
-    onLost: () => () => {},
-    release: async () => {},
-    // kysely offers no way to cut its connection: a session that stopped answering is left to kysely.
-    destroy: () => {},
-  };
-  return { reopenable: false, borrowed: conn, open: async () => session };
-}
-
-/** SQL on one connection of a Kysely instance, as the core's `Query`. */
-function kyselyQuery(conn: Kysely<unknown>, { CompiledQuery }: KyselyModules): Query {
-  return async <R>(sql: string, params: unknown[] = []) =>
-    (await conn.executeQuery(CompiledQuery.raw(sql, params))).rows as R[];
-}
-
-function importKysely(): Promise<KyselyModules> {
-  return importPeer('kysely', 'kysely', async () => {
-    const kysely = await import('kysely');
-    // kysely 0.29 moved the migrator to 'kysely/migration'; 0.28 has it in 'kysely'.
-    const migration = await import('kysely/migration' as string).catch((err) => {
-      if ((err as { code?: string }).code === 'ERR_PACKAGE_PATH_NOT_EXPORTED') return kysely;
-      throw err;
-    });
-    return {
-      Migrator: (migration as { Migrator: KyselyModules['Migrator'] }).Migrator,
-      CompiledQuery: kysely.CompiledQuery,
-      Kysely: kysely.Kysely,
-      PostgresDialect: kysely.PostgresDialect,
-    };
-  });
-}
-
 /** What {@link fleet} takes: kysely's `Migrator` props (`provider`, `migrationTableName`, …) without `db`. */
 export type KyselyFleetProps = Omit<MigratorProps, 'db'> & { db?: never };
 
@@ -358,59 +259,26 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
   if (typeof props.provider?.getMigrations !== 'function') {
     throw new TypeError('pg-migration-lock/kysely: expected fleet({ provider }) to get a MigrationProvider');
   }
-  const open = async (target: FleetTarget, shared: pg.Pool | undefined, applicationName?: string) => {
-    const [{ Kysely: KyselyClass, PostgresDialect: Postgres }, { default: pgModule }] = await Promise.all([
-      importKysely(),
-      import('pg'),
-    ]);
-    let pool = shared;
-    if (!pool) {
-      pool = new pgModule.Pool({ ...targetConfig(target, applicationName), max: 1 });
-      // An idle connection that dies must not crash the process: the lock notices a lost session itself.
-      pool.on('error', () => {});
-    }
-    const dialect = new Postgres({ pool });
-    const db = new KyselyClass<unknown>({ dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect) });
-    // Destroying a Kysely ends its pool: not the run's shared one.
-    return { db, close: () => (shared ? Promise.resolve() : db.destroy()) };
-  };
-  const on = (db: Kysely<unknown>, target: FleetTarget, lock?: AdapterLockOptions) =>
+  const on = (db: Kysely<unknown>, target: FleetTarget, lock?: KeyedLockOptions) =>
     new Migrator({ ...props, db, lock, ...(target.schema !== undefined && { migrationTableSchema: target.schema }) });
-  return {
+  return fleetMigrator<Kysely<unknown>>({
     name: 'kysely',
-    pending: (target) =>
-      usingTarget(
-        () => open(target, undefined),
-        (opened) => opened.close(),
-        ({ db }) => on(db, target).pending(),
-      ),
-    run: (target, lock, shared) =>
-      usingTarget(
-        () => open(target, shared, lock.applicationName),
-        (opened) => opened.close(),
-        async ({ db }) => {
-          const migrator = on(db, target, lock);
-          const { schema } = target;
-          if (schema !== undefined) fleetBefore.set(migrator, (query) => enterSchema(query, schema, true));
-          const { error, results = [] } = await migrator.migrateToLatest();
-          if (error) throw error;
-          return results.filter((r) => r.status === 'Success').map((r) => r.migrationName);
-        },
-      ),
-  };
-}
-
-/**
- * `dialect` without kysely's own migration lock: a fleet's schema target is locked by its own key, on the very
- * session kysely migrates on, and kysely's one key per database would queue the schemas behind one another.
- */
-function withoutOwnLock(dialect: Dialect): Dialect {
-  const none = { value: async () => {} };
-  return {
-    createDriver: () => dialect.createDriver(),
-    createQueryCompiler: () => dialect.createQueryCompiler(),
-    createIntrospector: (db) => dialect.createIntrospector(db),
-    createAdapter: () =>
-      Object.create(dialect.createAdapter(), { acquireMigrationLock: none, releaseMigrationLock: none }),
-  };
+    open: async (target, shared, lock) => {
+      const { Kysely: KyselyClass, PostgresDialect: Postgres } = await importKysely();
+      const dialect = new Postgres({ pool: shared ?? (await targetPool(target, lock?.applicationName)) });
+      return new KyselyClass<unknown>({ dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect) });
+    },
+    // Destroying a Kysely ends its pool: not the run's shared one.
+    close: async (db, shared) => shared === undefined && (await db.destroy()),
+    pending: (db, target) => on(db, target).pending(),
+    run: async (db, target, lock) => {
+      // The lock is checked already: the Migrator takes it as it is, label included.
+      const migrator = on(db, target, { ...lock.options, key: lock.key });
+      const before = schemaEntry(target, true);
+      if (before) fleetBefore.set(migrator, before);
+      const { error, results = [] } = await migrator.migrateToLatest();
+      if (error) throw error;
+      return results.filter((r) => r.status === 'Success').map((r) => r.migrationName);
+    },
+  });
 }

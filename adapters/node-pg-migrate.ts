@@ -1,52 +1,40 @@
-import { readdir } from 'node:fs/promises';
-import { resolve } from 'node:path';
-import type { Migration, runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
+import type { runner as nodePgMigrateRunner, RunnerOption } from 'node-pg-migrate';
 import type pg from 'pg';
 import {
-  type AdapterLock,
-  type AdapterLockOptions,
-  adapterLock,
+  type CheckedLock,
   type ClientSource,
   checkFleetConfig,
+  checkLock,
   defaultKeyOf,
-  enterSchema,
   type FleetMigrator,
   type FleetTarget,
-  importPeer,
+  type KeyedLockOptions,
   lockedRun,
   pgQuery,
   type Query,
-  quoteIdent,
   SKIPPED,
+  schemaEntry,
   tenantSearchPath,
   unlockIfHeldSql,
   withSession,
 } from './kit.js';
+import { importNodePgMigrate, toRun } from './node-pg-migrate/runner.js';
 
 /** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x), from the key table. */
 const PG_MIGRATE_LOCK_ID = defaultKeyOf('node-pg-migrate').key;
-
-// node-pg-migrate's `loadMigrations` and helpers live in a module tree of their own beside its bundle,
-// which takes ~90 ms to load cold. Loading starts when this adapter is imported (whoever imports it uses
-// node-pg-migrate), so a replica's first call does not pay for it; a missing module is `undefined` here
-// and reported where it is needed.
-const runnerModules = Promise.all([
-  import('node-pg-migrate/runner').catch(() => undefined),
-  import('node-pg-migrate/utils/index').catch(() => undefined),
-]);
 
 /**
  * The `lock` option of {@link runner}: the key, plus every option of `withMigrationLock`.
  * @example { timeoutMs: 5 * 60_000, hooks: { onWaiting: ({ holder }) => metrics.waiting(holder?.pid) } }
  */
-export interface NodePgMigrateLockOptions extends AdapterLockOptions {
+export interface NodePgMigrateLockOptions extends KeyedLockOptions {
   /**
    * The advisory-lock key. The default is node-pg-migrate's own, so wrapped runs and plain `node-pg-migrate`
    * runs (CLI, other services) exclude each other; a plain run that finds it taken fails, a wrapped one waits.
    * Set `lockValue` (node-pg-migrate's option) rather than this, so both locks stay one.
    * @default options.lockValue ?? 7241865325823964
    */
-  key?: AdapterLockOptions['key'];
+  key?: KeyedLockOptions['key'];
 }
 
 /** node-pg-migrate's options with a `dbClient` that may also be a `pg.Pool` (one connection is checked out for the run). */
@@ -88,13 +76,13 @@ export async function runner(
     throw new TypeError('pg-migration-lock/node-pg-migrate: expected runner options');
   const { lock: lockInOptions, ...runnerOptions } = options;
   const ownLock = BigInt(options.lockValue ?? PG_MIGRATE_LOCK_ID);
-  return runLocked(runnerOptions as RunnerOption, adapterLock(lock ?? lockInOptions, 'node-pg-migrate', ownLock));
+  return runLocked(runnerOptions as RunnerOption, checkLock(lock ?? lockInOptions, 'node-pg-migrate', ownLock));
 }
 
 /** `runner` once its lock is checked; a fleet's `before` runs on the locked session before node-pg-migrate does. */
 async function runLocked(
   runnerOptions: RunnerOption,
-  locking: AdapterLock,
+  locking: CheckedLock,
   before?: (query: Query) => Promise<void>,
 ): Promise<RunMigrationResult> {
   const ownLock = BigInt(runnerOptions.lockValue ?? PG_MIGRATE_LOCK_ID);
@@ -162,113 +150,6 @@ function checkOptions(options: NodePgMigrateRunnerOption) {
   return { runnerOptions: runnerOptions as RunnerOption, source };
 }
 
-interface MigrationLike {
-  name: string;
-  timestamp: number;
-}
-
-/**
- * node-pg-migrate's own steps before it runs anything (runner.ts: loadMigrations, getRunMigrations, checkOrder,
- * getMigrationsToRun), minus ensureMigrationsTable: a missing table means nothing has run. Loading and
- * naming migrations is node-pg-migrate's code; the three small steps it does not export are repeated here.
- */
-async function toRun(client: pg.ClientBase, options: RunnerOption): Promise<string[]> {
-  const { migrations, schema, table } = await loadMigrationList(options);
-  const { migrationsTable } = options;
-  const tables = await client.query(
-    'SELECT table_name FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2',
-    [schema, migrationsTable],
-  );
-  let runNames: string[] = [];
-  if (tables.rowCount === 1) {
-    runNames = (await client.query(`SELECT name FROM ${table} ORDER BY run_on, id`)).rows.map((row) => row.name);
-  }
-  if (options.checkOrder !== false) {
-    for (let i = 0; i < Math.min(runNames.length, migrations.length); i += 1) {
-      if (runNames[i] !== migrations[i]!.name) {
-        throw new Error(`Not run migration ${migrations[i]!.name} is preceding already run migration ${runNames[i]}`);
-      }
-    }
-  }
-  if (options.direction === 'down') {
-    const down = runNames
-      .filter((name) => !options.file || options.file === name)
-      .map((name) => migrations.find((migration) => migration.name === name) ?? name);
-    const count = options.count ?? 1;
-    const picked = (
-      options.timestamp
-        ? down.filter((migration) => typeof migration === 'object' && migration.timestamp >= count)
-        : down.slice(-Math.abs(count))
-    ).reverse();
-    const deleted = picked.filter((migration) => typeof migration === 'string');
-    if (deleted.length > 0) throw new Error(`Definitions of migrations ${deleted.join(', ')} have been deleted.`);
-    return picked.map((migration) => (migration as MigrationLike).name);
-  }
-  const up = migrations.filter(({ name }) => !runNames.includes(name) && (!options.file || options.file === name));
-  const count = options.count ?? Number.POSITIVE_INFINITY;
-  return (options.timestamp ? up.filter(({ timestamp }) => timestamp <= count) : up.slice(0, Math.abs(count))).map(
-    ({ name }) => name,
-  );
-}
-
-/**
- * The migrations as node-pg-migrate's runner sees them, and its table name. 9.x exports `loadMigrations`
- * (which loads the files through its configurable loaders) and its helpers as modules of their own. 8.x's
- * such modules do not load (they import a ./utils.js it does not ship), so for 8.x its directory listing
- * (getMigrationFilePaths, not exported) is repeated, naming and dating each file with its own `Migration`.
- */
-async function loadMigrationList(options: RunnerOption) {
-  const { Migration } = await importNodePgMigrate();
-  const logger =
-    options.logger ??
-    (options.log ? { debug: options.log, info: options.log, warn: options.log, error: options.log } : console);
-  const [runnerModule, utils] = await runnerModules;
-  const migrations: MigrationLike[] = runnerModule?.loadMigrations
-    ? await runnerModule.loadMigrations(null as never, options as never, logger as never)
-    : await listFiles(options, (path) => new Migration(null as never, path, {} as never, options, {}, logger));
-  const schemas = (Array.isArray(options.schema) ? options.schema : [options.schema]).filter(
-    (schema): schema is string => typeof schema === 'string' && schema.length > 0,
-  );
-  const schema = options.migrationsSchema === undefined ? (schemas[0] ?? 'public') : options.migrationsSchema;
-  let table = `${quoteIdent(schema)}.${quoteIdent(options.migrationsTable)}`;
-  if (options.decamelize) {
-    if (!utils)
-      throw new TypeError('pg-migration-lock/node-pg-migrate: pending() with `decamelize` needs node-pg-migrate 9');
-    table = utils.createSchemalize({ shouldDecamelize: true, shouldQuote: true })({
-      schema,
-      name: options.migrationsTable,
-    });
-  }
-  return { migrations, schema, table };
-}
-
-/** node-pg-migrate 8.x's getMigrationFilePaths (without `useGlob`), its Migration giving names and timestamps. */
-async function listFiles(options: RunnerOption, migration: (path: string) => MigrationLike): Promise<MigrationLike[]> {
-  const { dir, ignorePattern } = options;
-  if (options.useGlob) {
-    throw new TypeError('pg-migration-lock/node-pg-migrate: pending() with `useGlob` needs node-pg-migrate 9');
-  }
-  if (Array.isArray(dir) || Array.isArray(ignorePattern)) {
-    throw new TypeError('Options "dir" and "ignorePattern" can only be arrays when "useGlob" is true');
-  }
-  const ignore = new RegExp(ignorePattern?.length ? `^${ignorePattern}$` : '^\\..*');
-  const files = (await readdir(`${dir}/`, { withFileTypes: true }))
-    .filter((entry) => (entry.isFile() || entry.isSymbolicLink()) && !ignore.test(entry.name))
-    .map((entry) => entry.name);
-  // 8.x dates the file name, extension included: a Migration named exactly that computes the same number.
-  const stamps = new Map(files.map((file) => [file, migration(`${file}.x`).timestamp]));
-  files.sort(
-    (a, b) =>
-      stamps.get(a)! - stamps.get(b)! ||
-      a.localeCompare(b, undefined, { usage: 'sort', numeric: true, sensitivity: 'variant', ignorePunctuation: true }),
-  );
-  return files.map((file) => migration(resolve(dir, file)));
-}
-
-function importNodePgMigrate(): Promise<{ runner: typeof nodePgMigrateRunner; Migration: typeof Migration }> {
-  return importPeer('node-pg-migrate', 'node-pg-migrate', () => import('node-pg-migrate'));
-}
-
 /** What {@link fleet} takes: node-pg-migrate's `runner` options, without the connection (each target gives it). */
 export type NodePgMigrateFleetOptions = Omit<Extract<RunnerOption, { databaseUrl: unknown }>, 'databaseUrl'> & {
   databaseUrl?: never;
@@ -312,9 +193,8 @@ export function fleet(options: NodePgMigrateFleetOptions): FleetMigrator {
     key: ownLock,
     pending: (target) => pending(on(target)),
     run: async (target, lock, pool) => {
-      const { schema } = target;
-      const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, false);
-      const ran = await runLocked(on(target, pool), adapterLock(lock, 'node-pg-migrate', ownLock), before);
+      const locking = checkLock(lock, 'node-pg-migrate', ownLock);
+      const ran = await runLocked(on(target, pool), locking, schemaEntry(target, false));
       return ran.map((migration) => migration.name);
     },
   };

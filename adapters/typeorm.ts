@@ -1,21 +1,21 @@
 import type pg from 'pg';
 import type { DataSource, DataSourceOptions, Migration, MigrationExecutor, QueryRunner } from 'typeorm';
 import {
-  type AdapterLock,
-  type AdapterLockOptions,
-  adapterLock,
   borrowedPgSession,
+  type CheckedLock,
   checkFleetConfig,
-  enterSchema,
+  checkLock,
   type FleetMigrator,
   type FleetTarget,
   importPeer,
+  type KeyedLockOptions,
   lockedRun,
   pgQuery,
   type Query,
   quoteIdent,
   requirePeer,
   SKIPPED,
+  schemaEntry,
   targetConfig,
   usingTarget,
 } from './kit.js';
@@ -25,7 +25,7 @@ import {
  * `key` defaults to DEFAULT_LOCK_KEY (`lockKey('pg-migration-lock')`, also the CLI's default).
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface TypeormLockOptions extends AdapterLockOptions {}
+export interface TypeormLockOptions extends KeyedLockOptions {}
 
 /** TypeORM's own `dataSource.runMigrations(options)` options, plus `lock`. */
 export interface TypeormRunMigrationsOptions {
@@ -68,7 +68,7 @@ export async function runMigrations(
     throw new TypeError('pg-migration-lock/typeorm: expected `options` to be an object ({ transaction, fake, lock })');
   const { lock, transaction, fake } = options;
   // Checked before the pending check's queries: bad input fails before anything is sent.
-  return runLocked(dataSource, { transaction, fake }, adapterLock(lock, 'typeorm'));
+  return runLocked(dataSource, { transaction, fake }, checkLock(lock, 'typeorm'));
 }
 
 /**
@@ -78,7 +78,7 @@ export async function runMigrations(
 async function runLocked(
   dataSource: DataSource,
   { transaction, fake }: Omit<TypeormRunMigrationsOptions, 'lock'>,
-  locking: AdapterLock,
+  locking: CheckedLock,
   before?: (query: Query) => Promise<void>,
 ): Promise<Migration[]> {
   const Executor = await importExecutor();
@@ -247,9 +247,8 @@ export function fleet(
         () => open(target),
         close,
         async (dataSource) => {
-          const { schema } = target;
-          const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, true);
-          const applied = await runLocked(dataSource, runOptions, adapterLock(lock, 'typeorm'), before);
+          const locking = checkLock(lock, 'typeorm');
+          const applied = await runLocked(dataSource, runOptions, locking, schemaEntry(target, true));
           return applied.map((migration) => migration.name);
         },
       );

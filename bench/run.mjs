@@ -1,4 +1,4 @@
-// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,chaos]
+// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,bare,chaos]
 // The performance suite: against a throwaway embedded PostgreSQL (or BENCH_DATABASE_URL), prints one
 // Markdown table per section, then every target with its measured value, and writes all figures as JSON
 // (bench/results.json, or BENCH_RESULTS / --out). BENCH_SMOKE=1 is --smoke: tiny N, few iterations.
@@ -70,6 +70,7 @@ const config = values.smoke
       fleetConcurrency: 2,
       fleetSleepSeconds: 0.05,
       fleetSerialSample: 2,
+      bareReplicas: 3,
     }
   : {
       migrations: 60,
@@ -93,6 +94,7 @@ const config = values.smoke
       fleetConcurrency: 8,
       fleetSleepSeconds: 0.2,
       fleetSerialSample: 10,
+      bareReplicas: 8,
     };
 if (values.repeats !== undefined) {
   config.repeats = Number(values.repeats);

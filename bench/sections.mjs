@@ -3,6 +3,7 @@
 // for run.mjs to print (Markdown) and to write to the JSON file.
 import pg from 'pg';
 import { withMigrationLock } from 'pg-migration-lock';
+import { bare } from './bare.mjs';
 import { chaos } from './chaos.mjs';
 import { fleet } from './fleet.mjs';
 import { BENCH_KEY, fmtMs, fmtS, median, msBetween, now, percentile, sleep, startReplica, within } from './lib.mjs';
@@ -715,5 +716,9 @@ export const SECTIONS = {
   uncontended: { title: 'Uncontended withMigrationLock on a connected client', run: uncontended },
   overhead: { title: 'Adapter overhead on an up-to-date database, in one process', run: adapterOverhead },
   fleet: { title: 'Fleets: two runs started together on a fleet of tenant schemas', run: fleet },
+  bare: {
+    title: 'Bare: replicas racing without pg-migration-lock (a demonstration, reported, not asserted)',
+    run: bare,
+  },
   chaos: { title: 'Chaos: faults to the holder of `run` replicas, and whether their work ever overlapped', run: chaos },
 };

@@ -5,14 +5,14 @@ export {
   MigrationLockLostError,
   MigrationLockTimeoutError,
 } from './errors.js';
-export { migrateEach } from './fleet.js';
+export { migrateEach } from './fleet/index.js';
 export {
   type FleetTarget,
   type FleetTargetInput,
   type FleetTargetSpec,
   fleetKey,
   fleetTarget,
-} from './fleet-target.js';
+} from './fleet/target.js';
 export type {
   FleetCounts,
   FleetLockOptions,
@@ -23,7 +23,7 @@ export type {
   FleetStatus,
   FleetTargetLockOptions,
   MigrateEachOptions,
-} from './fleet-types.js';
+} from './fleet/types.js';
 export { DEFAULT_LOCK_KEY, KNOWN_KEYS, type KnownKey, type LockKeyInput, lockKey } from './key.js';
 export { withMigrationLock } from './lock.js';
 export type { Logger } from './logger.js';

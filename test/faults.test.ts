@@ -172,7 +172,10 @@ describe.skipIf(skipVanished)('a holder whose host vanishes (packets dropped: no
     // fn ends just after the cut: its unlock gets no answer.
     for (const holder of holders) holder.process.child.stdin?.write('end\n');
 
-    for (const deadline = cutAt + 75_000; performance.now() < deadline; ) {
+    // The SPEC's 60 s is the deadline of the watch: asserted is which events came before it (each lock freed,
+    // each idle holder's call settled), not how long they took (that is logged).
+    const deadline = cutAt + 60_000;
+    while (performance.now() < deadline) {
       for (const holder of holders) {
         if (Number.isNaN(holder.freedMs) && (await lockRows(local, holder.key)).length === 0) {
           holder.freedMs = performance.now() - cutAt;
@@ -182,13 +185,25 @@ describe.skipIf(skipVanished)('a holder whose host vanishes (packets dropped: no
       await sleep(500);
     }
     const idle = holders.filter((holder) => holder.fn === 'idle');
+    const settled = (holder: (typeof holders)[number]) => /settled \d+/.test(holder.process.output());
+    await waitFor(
+      () => idle.every(settled),
+      Math.max(1, deadline - performance.now()),
+      'the idle holders to settle',
+    ).catch(() => {});
+    const settledBefore = idle.filter(settled).map((holder) => `${holder.form}/${holder.fn}`);
     await Promise.all(idle.map((holder) => holder.process.exited));
     const settledMs = idle.map((holder) => Number(/settled (\d+)/.exec(holder.process.output())?.[1]));
     console.info(
       `vanished holders: lock freed after ${holders.map((h) => `${h.form}/${h.fn} ${(h.freedMs / 1000).toFixed(1)} s`).join(', ')}; idle holders' calls settled ${settledMs.map((ms) => `${(ms / 1000).toFixed(1)} s`).join(', ')} after fn ended`,
     );
-    for (const holder of holders) expect(holder.freedMs).toBeLessThan(60_000);
-    for (const ms of settledMs) expect(ms).toBeLessThan(60_000);
+    expect(
+      holders.filter((holder) => Number.isNaN(holder.freedMs)).map((holder) => `${holder.form}/${holder.fn}`),
+      'locks still held 60 s after the cut',
+    ).toEqual([]);
+    expect(settledBefore, 'idle holders whose call settled within 60 s').toEqual(
+      idle.map((holder) => `${holder.form}/${holder.fn}`),
+    );
     for (const holder of idle) {
       expect(holder.process.output()).toMatch(/warn Could not release migration lock .* did not answer/);
       expect(holder.process.output()).toMatch(/settled \d+ value/);

@@ -22,11 +22,11 @@ import {
   schemaTargets,
   startFleet,
 } from './fixtures/fleet/tenants.js';
-import { createTestDatabase, fixture, lockRows, waitFor, withClient } from './helpers.js';
+import { createTestDatabase, fixture, lockRows, sleep, waitFor, withClient } from './helpers.js';
 
-const [pairUrl, failUrl, stopUrl, killUrl, iterUrl, keyUrl, abortUrl, db1, db2, db3] = (await Promise.all(
-  Array.from({ length: 10 }, () => createTestDatabase()),
-)) as [string, string, string, string, string, string, string, string, string, string];
+const [pairUrl, failUrl, stopUrl, killUrl, iterUrl, keyUrl, abortUrl, db1, db2, db3, meetUrl] = (await Promise.all(
+  Array.from({ length: 11 }, () => createTestDatabase()),
+)) as [string, string, string, string, string, string, string, string, string, string, string];
 const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
 const knexFleet = () => fleet({ migrations: { directory: fixture('fleet/knex') }, log: silentKnexLog });
 const names = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}_${i + 1}`);
@@ -64,6 +64,38 @@ test('two fleet runs started together as OS processes migrate every tenant once,
       expect(rows.map((r) => r.name)).toEqual(KNEX);
     }
   });
+});
+
+test('the schemas of a fleet migrate in parallel, each under its own lock: their holdings overlap in pg_locks', async () => {
+  const schemas = names('meet', 4);
+  const keys = new Map(schemas.map((schema) => [fleetKey('knex', schema), schema]));
+  const migrator = fleet({ migrations: { directory: fixture('fleet/knex-meet') }, log: silentKnexLog });
+  // pg_locks, sampled from a session of the test's own while the fleet runs: which targets' keys are held at once.
+  const heldTogether: string[][] = [];
+  let running = true;
+  const sampling = withClient(meetUrl, async (client) => {
+    while (running) {
+      const { rows } = await client.query<{ key: string }>(
+        `SELECT ((classid::bigint << 32) | objid::bigint)::text AS key FROM pg_catalog.pg_locks
+         WHERE locktype = 'advisory' AND objsubid = 1 AND granted
+           AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())`,
+      );
+      heldTogether.push(rows.map((row) => keys.get(BigInt.asIntN(64, BigInt(row.key))) ?? `other ${row.key}`));
+      await sleep(10);
+    }
+  });
+  const report = await migrateEach(schemaTargets(meetUrl, schemas), migrator, { concurrency: 4, logger: null });
+  running = false;
+  await sampling;
+  expect(report.counts).toMatchObject({ applied: 4, failed: 0 });
+  // Every target under a key of its own, as fleetKey computes it.
+  expect(new Set(report.results.map((r) => r.key)).size).toBe(4);
+  expect(report.results.map((r) => keys.get(r.key))).toEqual(schemas);
+  // Compared: which holdings were seen at the same moment, not how long anything took. One key for every
+  // target, or one target at a time, never shows two.
+  const most = heldTogether.reduce((best, seen) => (seen.length > best.length ? seen : best), [] as string[]);
+  expect(most.length, `the most holdings seen at once: ${most.join(', ')}`).toBeGreaterThanOrEqual(2);
+  expect(most.every((name) => schemas.includes(name))).toBe(true);
 });
 
 test('a tenant whose migration fails is reported with its error, and the rest finish', async () => {

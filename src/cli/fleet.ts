@@ -2,13 +2,13 @@
 import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import pg from 'pg';
-import { migrateEach } from '../fleet.js';
-import type { FleetTargetSpec } from '../fleet-target.js';
-import type { FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from '../fleet-types.js';
+import { migrateEach } from '../fleet/index.js';
+import type { FleetTargetSpec } from '../fleet/target.js';
+import type { FleetMigrator, FleetReport } from '../fleet/types.js';
 import { errorMessage } from '../logger.js';
-import { formatMs } from '../time.js';
 import { clientConfig, databaseUrl, type GlobalOptions, parseConnectionString } from './context.js';
 import { CliError, EXIT, InterruptedError, signalExitCode, UsageError } from './errors.js';
+import { Progress, plural, summarize } from './fleet-report.js';
 import { type LockFlags, trapSignals, watchParent } from './locking.js';
 import type { Output } from './output.js';
 
@@ -209,110 +209,4 @@ async function schemasFromQuery(url: string, query: string): Promise<string[]> {
 
 function unique<T>(items: T[]): T[] {
   return [...new Set(items)];
-}
-
-/**
- * A target's failure in one line: the database's reason, where a migrator wraps it (drizzle's "Failed query: …
- * params:" has it as its cause), and the first line of a longer message.
- */
-function failure(error: unknown): string {
-  const cause = (error as { cause?: unknown } | null)?.cause;
-  const message = errorMessage(/^Failed query:/.test(errorMessage(error)) && cause !== undefined ? cause : error);
-  return message.trim().split('\n')[0]!;
-}
-
-const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`;
-
-/** How a finished target's line says its outcome. */
-const SAID: Record<'applied' | 'up-to-date' | 'skipped', (result: FleetResult) => string> = {
-  applied: (r) =>
-    `applied ${plural((r as { applied: string[] }).applied.length, 'migration')} (${formatMs(r.durationMs)})`,
-  'up-to-date': () => 'up to date',
-  skipped: () => 'migrated by another run',
-};
-
-/** Progress: a live line (done, failed, running, ETA) on a terminal, else a line per finished target. */
-class Progress {
-  readonly #startedAt = performance.now();
-  #ticker: NodeJS.Timeout | undefined;
-  #last: FleetProgressEvent['counts'] | undefined;
-
-  constructor(readonly out: Output) {
-    if (out.live) this.#ticker = setInterval(() => this.#render(), 1000);
-  }
-
-  on(event: FleetProgressEvent): void {
-    this.#last = event.counts;
-    if (event.type === 'finished' && (event.result.status === 'failed' || !this.out.live)) {
-      this.#line(event.result);
-    }
-    this.#render();
-  }
-
-  done(): void {
-    clearInterval(this.#ticker);
-    this.out.clearStatus();
-  }
-
-  #line(result: FleetResult): void {
-    const { out } = this;
-    const name = result.target.name;
-    if (result.status === 'failed') {
-      out.warn(`${name}: failed after ${formatMs(result.durationMs)}: ${failure(result.error)}`);
-    } else if (result.status !== 'not-run') {
-      out.info(`${name}: ${SAID[result.status](result)}`);
-    }
-  }
-
-  #render(): void {
-    const counts = this.#last;
-    if (!this.out.live || !counts) return;
-    const elapsed = performance.now() - this.#startedAt;
-    const total = counts.total === undefined ? '' : `/${counts.total}`;
-    const failed = counts.failed > 0 ? this.out.err.red(`, ${counts.failed} failed`) : '';
-    let eta = '';
-    if (counts.total !== undefined && counts.done > 0 && counts.done < counts.total) {
-      eta = `, ETA ${formatMs(((counts.total - counts.done) * elapsed) / counts.done)}`;
-    }
-    this.out.status(
-      `⏳ ${counts.done}${total} done${failed}, ${counts.running} running${counts.deferred > 0 ? `, ${counts.deferred} held by another run` : ''}${eta}`,
-    );
-  }
-}
-
-/** The report: a summary (and each failure) on stdout, or the whole report as JSON. */
-function summarize(out: Output, migrator: string, report: FleetReport, json: boolean): void {
-  const { counts, results } = report;
-  if (json) {
-    out.json({
-      ok: report.ok,
-      migrator,
-      durationMs: Math.round(report.durationMs),
-      counts,
-      results: results.map((r) => ({
-        target: r.target.name,
-        database: r.target.database ?? null,
-        schema: r.target.schema ?? null,
-        status: r.status,
-        applied: r.status === 'failed' ? [] : r.applied,
-        ...(r.status === 'failed' && { error: failure(r.error) }),
-        key: r.key,
-        durationMs: Math.round(r.durationMs),
-      })),
-    });
-    return;
-  }
-  const parts = [
-    `${counts.applied} applied`,
-    `${counts.upToDate} up to date`,
-    `${counts.skipped} migrated by another run`,
-  ];
-  if (counts.failed > 0) parts.push(`${counts.failed} failed`);
-  if (counts.notRun > 0) parts.push(`${counts.notRun} not run`);
-  const mark = report.ok ? out.out.green('✔') : out.out.red('✖');
-  const lines = [
-    `${mark} ${migrator}: ${plural(results.length, 'target')} in ${formatMs(report.durationMs)}: ${parts.join(', ')}`,
-  ];
-  for (const r of results) if (r.status === 'failed') lines.push(`  ${r.target.name}: ${failure(r.error)}`);
-  out.result(lines.join('\n'));
 }

@@ -9,17 +9,10 @@ import { migrate } from '../../adapters/drizzle.js';
 import { DEFAULT_LOCK_KEY, lockKey, MigrationLockLostError } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor } from '../helpers.js';
-import {
-  expectAllSucceeded,
-  expectBareOutcome,
-  expectExclusiveHoldings,
-  expectMigratedOnLockSession,
-  report,
-} from './race-report.js';
+import { expectAllSucceeded, expectExclusiveHoldings, expectMigratedOnLockSession, report } from './race-report.js';
 
 const REPLICAS = 6;
-const [lockedUrl, bareUrl, oneUrl, failUrl, lostUrl] = await Promise.all([
-  createTestDatabase(),
+const [lockedUrl, oneUrl, failUrl, lostUrl] = await Promise.all([
   createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
@@ -48,17 +41,6 @@ test(`${REPLICAS} replicas through pg-migration-lock/drizzle over drizzle-orm/po
   expectAllSucceeded(outcome);
   expect(await appliedMigrations(lockedUrl, 'drizzle-postgres-js')).toEqual({ total: 3, distinct: 3 });
   await expectMigratedOnLockSession(lockedUrl, DEFAULT_LOCK_KEY);
-});
-
-test("the same race with drizzle's bare postgres-js migrator (a demonstration: its failures are logged, not asserted)", async () => {
-  const outcome = await race({
-    migrator: 'drizzle-postgres-js',
-    mode: 'bare',
-    replicas: REPLICAS,
-    databaseUrl: bareUrl,
-  });
-  report('drizzle-postgres-js', 'bare', outcome);
-  expectBareOutcome(outcome, /already exists|duplicate key value/);
 });
 
 test('over postgres({ max: 1 }): the migration runs on the one connection that holds the lock, which goes back after', async () => {

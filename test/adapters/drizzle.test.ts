@@ -5,17 +5,10 @@ import { migrate } from '../../adapters/drizzle.js';
 import { DEFAULT_LOCK_KEY, lockKey } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture } from '../helpers.js';
-import {
-  expectAllSucceeded,
-  expectBareOutcome,
-  expectExclusiveHoldings,
-  expectMigratedOnLockSession,
-  report,
-} from './race-report.js';
+import { expectAllSucceeded, expectExclusiveHoldings, expectMigratedOnLockSession, report } from './race-report.js';
 
 const REPLICAS = 6;
-const [lockedUrl, bareUrl, poolUrl, clientUrl] = await Promise.all([
-  createTestDatabase(),
+const [lockedUrl, poolUrl, clientUrl] = await Promise.all([
   createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
@@ -35,12 +28,6 @@ test(`${REPLICAS} replicas through pg-migration-lock/drizzle (half over a Pool, 
   expectAllSucceeded(outcome);
   expect(await appliedMigrations(lockedUrl, 'drizzle')).toEqual({ total: 3, distinct: 3 });
   await expectMigratedOnLockSession(lockedUrl, DEFAULT_LOCK_KEY);
-});
-
-test('the same race with bare drizzle (a demonstration: its failures are logged, not asserted)', async () => {
-  const outcome = await race({ migrator: 'drizzle', mode: 'bare', replicas: REPLICAS, databaseUrl: bareUrl });
-  report('drizzle', 'bare', outcome);
-  expectBareOutcome(outcome, /already exists|duplicate key value/);
 });
 
 test('over a Pool of max 1: the migration runs on the one connection that holds the lock', async () => {

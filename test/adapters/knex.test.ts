@@ -7,7 +7,6 @@ import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
 import {
   expectAllSucceeded,
-  expectBareOutcome,
   expectCicRace,
   expectExclusiveHoldings,
   expectMigratedOnLockSession,
@@ -15,8 +14,7 @@ import {
 } from './race-report.js';
 
 const REPLICAS = 6;
-const [lockedUrl, bareUrl, cicUrl, staleUrl, settingsUrl, lostUrl, externalPoolUrl] = await Promise.all([
-  createTestDatabase(),
+const [lockedUrl, cicUrl, staleUrl, settingsUrl, lostUrl, externalPoolUrl] = await Promise.all([
   createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
@@ -37,12 +35,6 @@ test(`${REPLICAS} replicas through pg-migration-lock/knex all succeed and apply 
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
   expect(await appliedMigrations(lockedUrl, 'knex')).toEqual({ total: 3, distinct: 3 });
   await expectMigratedOnLockSession(lockedUrl, DEFAULT_LOCK_KEY);
-});
-
-test(`the same race with bare knex (a demonstration: its failures are logged, not asserted)`, async () => {
-  const outcome = await race({ migrator: 'knex', mode: 'bare', replicas: REPLICAS, databaseUrl: bareUrl });
-  report('knex', 'bare', outcome);
-  expectBareOutcome(outcome, /already exists|duplicate key value|already locked/);
 });
 
 test('CREATE INDEX CONCURRENTLY in a `transaction: false` migration, while the other replicas wait', async () => {

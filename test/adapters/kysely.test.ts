@@ -10,7 +10,6 @@ import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../helpers.js';
 import {
   expectAllSucceeded,
-  expectBareOutcome,
   expectExclusiveHoldings,
   expectMigratedOnLockSession,
   expectUpToDateRace,
@@ -18,19 +17,16 @@ import {
 } from './race-report.js';
 
 const REPLICAS = 6;
-const [lockedUrl, bareUrl, cicUrl, bareCicUrl, v028Url, plainFirstUrl, wrappedFirstUrl, pendingUrl, downUrl, lostUrl] =
-  await Promise.all([
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-  ]);
+const [lockedUrl, cicUrl, v028Url, plainFirstUrl, wrappedFirstUrl, pendingUrl, downUrl, lostUrl] = await Promise.all([
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+]);
 const MIGRATIONS = ['001_create_widgets', '002_slow_add_size', '003_index_name'];
 
 const dbs: Kysely<unknown>[] = [];
@@ -69,12 +65,6 @@ test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for t
   await expectUpToDateRace('kysely', lockedUrl, REPLICAS);
 });
 
-test('the same race with bare kysely (a demonstration: its failures are logged, not asserted)', async () => {
-  const outcome = await race({ migrator: 'kysely', mode: 'bare', replicas: REPLICAS, databaseUrl: bareUrl });
-  report('kysely', 'bare', outcome);
-  expectBareOutcome(outcome, /already exists|duplicate key value|deadlock/);
-});
-
 test('CREATE INDEX CONCURRENTLY (disableTransactions) while 4 replicas wait: no deadlock, 0 failures', async () => {
   const outcome = await race({
     migrator: 'kysely',
@@ -92,18 +82,6 @@ test('CREATE INDEX CONCURRENTLY (disableTransactions) while 4 replicas wait: no 
     const index = await client.query(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'gadgets_name_idx'::regclass`);
     expect(index.rows).toEqual([{ indisvalid: true }]);
   });
-});
-
-test('the same CREATE INDEX CONCURRENTLY race with bare kysely (logged, not asserted)', async () => {
-  const outcome = await race({
-    migrator: 'kysely',
-    mode: 'bare',
-    replicas: 5,
-    databaseUrl: bareCicUrl,
-    args: () => ['migrations-cic'],
-  });
-  report('kysely', 'bare', outcome, ' (CREATE INDEX CONCURRENTLY)');
-  expectBareOutcome(outcome, /deadlock detected|already exists|duplicate key value/);
 });
 
 test('kysely 0.28: the same adapter, with `kysely` resolving to 0.28.x', async () => {

@@ -6,7 +6,6 @@ import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../helpers.js';
 import {
   expectAllSucceeded,
-  expectBareOutcome,
   expectCicRace,
   expectExclusiveHoldings,
   expectMigratedOnLockSession,
@@ -15,8 +14,7 @@ import {
 
 const REPLICAS = 6;
 const PG_MIGRATE_LOCK_ID = 7241865325823964n;
-const [lockedUrl, bareUrl, cicUrl, v8Url, interopUrl, exclusionUrl, clientUrl] = await Promise.all([
-  createTestDatabase(),
+const [lockedUrl, cicUrl, v8Url, interopUrl, exclusionUrl, clientUrl] = await Promise.all([
   createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
@@ -47,12 +45,6 @@ test(`${REPLICAS} replicas through pg-migration-lock/node-pg-migrate all succeed
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
   expect(await appliedMigrations(lockedUrl, 'node-pg-migrate')).toEqual({ total: 3, distinct: 3 });
   await expectMigratedOnLockSession(lockedUrl, PG_MIGRATE_LOCK_ID);
-});
-
-test('the same race with bare node-pg-migrate (a demonstration: its failures are logged, not asserted)', async () => {
-  const outcome = await race({ migrator: 'node-pg-migrate', mode: 'bare', replicas: REPLICAS, databaseUrl: bareUrl });
-  report('node-pg-migrate', 'bare', outcome);
-  expectBareOutcome(outcome, /Another migration is already running/);
 });
 
 test('CREATE INDEX CONCURRENTLY in a noTransaction() migration, while the other replicas wait', async () => {

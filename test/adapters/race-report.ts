@@ -5,7 +5,7 @@ import { withClient } from '../helpers.js';
 type Outcome = Awaited<ReturnType<typeof race>>;
 
 /** Logs a race's figures (they go to the README), with the distinct reasons replicas failed. */
-export function report(migrator: Migrator, mode: 'bare' | 'locked', outcome: Outcome, note = ''): void {
+export function report(migrator: Migrator, mode: 'locked', outcome: Outcome, note = ''): void {
   const reasons = [...new Set(outcome.results.flatMap((r) => (r.code === 0 ? [] : [r.error])))];
   const holdings = outcome.results.flatMap((r) => (r.holding ? [r.holding] : []));
   const seen = holdings.length
@@ -68,17 +68,6 @@ export function expectExclusiveHoldings(outcome: Outcome): void {
     problems.push(`${holdings.length} replica(s) took the lock, none was ever seen holding it`);
   }
   expect(problems, 'the lock excluded every other session while a replica held it').toEqual([]);
-}
-
-/**
- * A bare race: how many replicas fail varies from run to run, so that is logged, not asserted. What is
- * asserted: each replica either finished its run or failed for the migrator's own race (`reason`).
- */
-export function expectBareOutcome(outcome: Outcome, reason: RegExp): void {
-  for (const replica of outcome.results) {
-    if (replica.code === 0) expect(replica.result).not.toBeNull();
-    else if (!reason.test(replica.stderr)) expect.fail(`a bare replica failed for another reason:\n${replica.stderr}`);
-  }
 }
 
 /**

@@ -6,7 +6,6 @@ import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, lockRows, waitFor, withClient } from '../helpers.js';
 import {
   expectAllSucceeded,
-  expectBareOutcome,
   expectExclusiveHoldings,
   expectMigratedOnLockSession,
   expectUpToDateRace,
@@ -14,20 +13,17 @@ import {
 } from './race-report.js';
 
 const REPLICAS = 6;
-const [lockedUrl, bareUrl, eachUrl, noneUrl, v03Url, cicUrl, pendingUrl, waitUrl, lostUrl, fakeUrl] = await Promise.all(
-  [
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-    createTestDatabase(),
-  ],
-);
+const [lockedUrl, eachUrl, noneUrl, v03Url, cicUrl, pendingUrl, waitUrl, lostUrl, fakeUrl] = await Promise.all([
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+  createTestDatabase(),
+]);
 const MIGRATIONS = ['CreateWidgets1700000000001', 'SlowAddSize1700000000002', 'IndexName1700000000003'];
 
 /** `in_transaction` of the session that ran the slow migration (recorded by the migration itself). */
@@ -56,12 +52,6 @@ test(`${REPLICAS} replicas through pg-migration-lock/typeorm (transaction 'all')
 
 test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for the lock`, async () => {
   await expectUpToDateRace('typeorm', lockedUrl, REPLICAS);
-});
-
-test('the same race with bare dataSource.runMigrations() (a demonstration: its failures are logged, not asserted)', async () => {
-  const outcome = await race({ migrator: 'typeorm', mode: 'bare', replicas: REPLICAS, databaseUrl: bareUrl });
-  report('typeorm', 'bare', outcome);
-  expectBareOutcome(outcome, /already exists|duplicate key value/);
 });
 
 test.each([

@@ -123,18 +123,21 @@ describe('the CLI never outlives the process that started it', () => {
     const killed = performance.now();
     parent.kill('SIGKILL');
     await waitFor(() => output().includes('got SIGTERM'), 15_000, 'CMD to get SIGTERM');
+    // The SPEC's 15 s is the deadline of this wait, not a duration asserted after it.
     await waitFor(async () => (await lockRows(url, key)).length === 0, 15_000, 'the lock to be free');
     const freedMs = performance.now() - killed;
     await waitFor(() => !alive(cliPid), 5_000, 'the CLI to exit');
     console.log(`parent killed → CMD stopped, lock free after ${Math.round(freedMs)} ms`);
-    expect(freedMs).toBeLessThan(15_000);
     expect(output()).toContain('The process that started pg-migration-lock is gone');
   });
 
   test('parent SIGKILLed while CMD ignores SIGTERM: SIGKILL after the grace, lock free within 15 s', async () => {
     const key = 4243n;
     const stubborn = join(tmpdir(), `pgml-stubborn-${process.pid}.mjs`);
-    writeFileSync(stubborn, "process.on('SIGTERM', () => {}); console.log('ready'); setInterval(() => {}, 1000);\n");
+    writeFileSync(
+      stubborn,
+      "process.on('SIGTERM', () => console.log('got SIGTERM, ignored')); console.log('ready', process.pid); setInterval(() => {}, 1000);\n",
+    );
     try {
       const { parent, cliPid, output } = await underParent([
         'run',
@@ -144,15 +147,18 @@ describe('the CLI never outlives the process that started it', () => {
         process.execPath,
         stubborn,
       ]);
-      await waitFor(() => output().includes('ready'), 10_000, 'CMD to start');
+      const cmdPid = Number((await waitFor(() => /ready (\d+)/.exec(output()), 10_000, 'CMD to start'))?.[1]);
       const killed = performance.now();
       parent.kill('SIGKILL');
+      await waitFor(() => output().includes('got SIGTERM, ignored'), 15_000, 'CMD to get SIGTERM');
+      // The grace, as an order of events: CMD got SIGTERM and lives on, and the lock stays held while it does.
+      expect(alive(cmdPid)).toBe(true);
+      expect((await lockRows(url, key)).filter((row) => row.granted)).toHaveLength(1);
+      // The SPEC's 15 s is the deadline of this wait: then CMD is gone (SIGKILLed) and the lock is free.
       await waitFor(async () => (await lockRows(url, key)).length === 0, 15_000, 'the lock to be free');
-      const freedMs = performance.now() - killed;
+      console.log(`parent killed, CMD ignoring SIGTERM → lock free after ${Math.round(performance.now() - killed)} ms`);
+      await waitFor(() => !alive(cmdPid), 5_000, 'CMD to be gone');
       await waitFor(() => !alive(cliPid), 5_000, 'the CLI to exit');
-      console.log(`parent killed, CMD ignoring SIGTERM → lock free after ${Math.round(freedMs)} ms`);
-      expect(freedMs).toBeGreaterThan(9_000); // the grace was given
-      expect(freedMs).toBeLessThan(15_000);
     } finally {
       rmSync(stubborn, { force: true });
     }

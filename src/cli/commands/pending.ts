@@ -5,12 +5,8 @@ import { watchReleases } from '../../wait.js';
 import { announceTarget, type Context, createContext, parseDurationArg } from '../context.js';
 import { CliError, EXIT, InterruptedError, ParentGoneError, UsageError } from '../errors.js';
 import { trapSignals, watchParent } from '../locking.js';
-import { drizzleFlags, pendingDrizzle } from '../migrators/drizzle.js';
-import { knexFlags, pendingKnex } from '../migrators/knex.js';
-import { kyselyFlags, pendingKysely } from '../migrators/kysely.js';
-import { nodePgMigrateFlags, pendingNodePgMigrate } from '../migrators/node-pg-migrate.js';
-import { pendingTypeorm, typeormFlags } from '../migrators/typeorm.js';
-import type { PendingCheck } from '../migrators/types.js';
+import { MIGRATORS } from '../migrators/index.js';
+import type { CliMigrator, PendingCheck } from '../migrators/types.js';
 import type { Output } from '../output.js';
 
 /** The SPEC's exit code of `pending` when migrations are pending. */
@@ -29,8 +25,6 @@ interface PendingFlags {
   json?: boolean;
 }
 
-type OpenCheck<F> = (command: Command, out: Output, flags: F) => Promise<PendingCheck>;
-
 export function registerPending(program: Command, out: Output): Command {
   const pending = program
     .command('pending')
@@ -47,29 +41,27 @@ Examples:
   $ pg-migration-lock pending drizzle --migrations-folder ./drizzle --wait --timeout 10m`,
     );
 
-  const action =
-    <F>(open: OpenCheck<F>, tool: string) =>
-    async (flags: F & PendingFlags, command: Command) => {
-      const ctx = createContext(command, out, tool);
-      if (flags.timeout !== undefined && !flags.wait) {
-        throw new UsageError('--timeout needs --wait', 'Add --wait to wait until no migration is pending.');
-      }
-      const check = await open(command, out, flags);
-      // Each migrator names its database before it first connects; this covers any that has not yet.
-      announceTarget(out);
-      let names: string[];
-      try {
-        names = await check.check();
-        if (flags.wait && names.length > 0) names = await waitUntilNone(ctx, check, names, flags.timeout);
-      } finally {
-        await check.close();
-      }
-      if (flags.json) out.json(names);
-      else if (names.length > 0) out.data(names.join('\n'));
-      if (names.length === 0) out.success(`${check.migrator}: no pending migrations`);
-      else out.info(`${check.migrator}: ${count(names)} pending`);
-      process.exitCode = names.length === 0 ? EXIT.ok : EXIT_PENDING;
-    };
+  const action = (migrator: CliMigrator) => async (flags: PendingFlags, command: Command) => {
+    const ctx = createContext(command, out, migrator.name);
+    if (flags.timeout !== undefined && !flags.wait) {
+      throw new UsageError('--timeout needs --wait', 'Add --wait to wait until no migration is pending.');
+    }
+    const check = await migrator.pending(command, out, flags);
+    // Each migrator names its database before it first connects; this covers any that has not yet.
+    announceTarget(out);
+    let names: string[];
+    try {
+      names = await check.check();
+      if (flags.wait && names.length > 0) names = await waitUntilNone(ctx, check, names, flags.timeout);
+    } finally {
+      await check.close();
+    }
+    if (flags.json) out.json(names);
+    else if (names.length > 0) out.data(names.join('\n'));
+    if (names.length === 0) out.success(`${check.migrator}: no pending migrations`);
+    else out.info(`${check.migrator}: ${count(names)} pending`);
+    process.exitCode = names.length === 0 ? EXIT.ok : EXIT_PENDING;
+  };
 
   const withPendingFlags = (command: Command) =>
     command
@@ -81,59 +73,12 @@ Examples:
       )
       .option('--json', 'print the names as a JSON array');
 
-  withPendingFlags(knexFlags(pending.command('knex').description('what knex migrate:latest would run (your knexfile)')))
-    .addHelpText(
-      'after',
-      `
-Examples:
-  $ pg-migration-lock pending knex
-  $ pg-migration-lock pending knex --knexfile db/knexfile.mjs --env production --wait --timeout 5m`,
-    )
-    .action(action(pendingKnex, 'knex'));
-
-  withPendingFlags(
-    nodePgMigrateFlags(pending.command('node-pg-migrate').description('what node-pg-migrate up would run')),
-  )
-    .addHelpText(
-      'after',
-      `
-Examples:
-  $ pg-migration-lock pending node-pg-migrate
-  $ pg-migration-lock pending node-pg-migrate -m db/migrations -t schema_migrations --json`,
-    )
-    .action(action(pendingNodePgMigrate, 'node-pg-migrate'));
-
-  withPendingFlags(drizzleFlags(pending.command('drizzle').description("what drizzle's migrate() would apply")))
-    .addHelpText(
-      'after',
-      `
-Examples:
-  $ pg-migration-lock pending drizzle
-  $ pg-migration-lock pending drizzle --migrations-folder db/migrations --wait`,
-    )
-    .action(action(pendingDrizzle, 'drizzle'));
-
-  withPendingFlags(typeormFlags(pending.command('typeorm').description('what TypeORM migration:run would run')))
-    .addHelpText(
-      'after',
-      `
-Examples:
-  $ pg-migration-lock pending typeorm -d dist/data-source.js
-  $ pg-migration-lock pending typeorm --data-source dist/data-source.js --wait --timeout 10m`,
-    )
-    .action(action(pendingTypeorm, 'typeorm'));
-
-  withPendingFlags(
-    kyselyFlags(pending.command('kysely').description('what kysely migrate latest would run (your kysely-ctl config)')),
-  )
-    .addHelpText(
-      'after',
-      `
-Examples:
-  $ pg-migration-lock pending kysely
-  $ pg-migration-lock pending kysely --config db/kysely.config.mjs -e production --wait`,
-    )
-    .action(action(pendingKysely, 'kysely'));
+  for (const migrator of MIGRATORS) {
+    const { description, after } = migrator.help.pending;
+    withPendingFlags(migrator.flags(pending.command(migrator.name).description(description), 'pending'))
+      .addHelpText('after', after)
+      .action(action(migrator));
+  }
 
   return pending;
 }

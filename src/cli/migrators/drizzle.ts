@@ -5,13 +5,14 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { drizzle as drizzleFn } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { connectionConfig } from '../../driver/pg.js';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
+import type { KeyedLockOptions } from '../../keyed.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { migrationFailure } from './failure.js';
 import { existingDir, importFromProject } from './project.js';
-import type { AdapterLock, Applied, PendingCheck } from './types.js';
+import type { Applied, CliMigrator, PendingCheck } from './types.js';
 
 export interface DrizzleFlags {
   migrationsFolder: string;
@@ -19,20 +20,41 @@ export interface DrizzleFlags {
   migrationsSchema: string;
 }
 
-/** The flags of `migrate drizzle` and `pending drizzle`: drizzle's config names and defaults. */
-export function drizzleFlags(command: Command): Command {
-  return command
-    .option('--migrations-folder <dir>', 'drizzle-kit\'s "out" folder', './drizzle')
-    .option('--migrations-table <name>', 'table recording the applied migrations', '__drizzle_migrations')
-    .option('--migrations-schema <name>', 'schema of that table', 'drizzle');
-}
+/** `migrate drizzle` and `pending drizzle`, with drizzle's config names and defaults. */
+export const drizzleMigrator: CliMigrator<DrizzleFlags> = {
+  name: 'drizzle',
+  flags: (command) =>
+    command
+      .option('--migrations-folder <dir>', 'drizzle-kit\'s "out" folder', './drizzle')
+      .option('--migrations-table <name>', 'table recording the applied migrations', '__drizzle_migrations')
+      .option('--migrations-schema <name>', 'schema of that table', 'drizzle'),
+  help: {
+    migrate: {
+      description: "drizzle's migrate() for node-postgres (what drizzle-kit migrate does)",
+      after: `
+Examples:
+  $ pg-migration-lock migrate drizzle
+  $ pg-migration-lock migrate drizzle --migrations-folder db/migrations --timeout 10m`,
+    },
+    pending: {
+      description: "what drizzle's migrate() would apply",
+      after: `
+Examples:
+  $ pg-migration-lock pending drizzle
+  $ pg-migration-lock pending drizzle --migrations-folder db/migrations --wait`,
+    },
+  },
+  migrate: migrateDrizzle,
+  pending: pendingDrizzle,
+  fleet: (_command, _out, flags) => fleetDrizzle(flags),
+};
 
 /** drizzle's `migrate()` (what `drizzle-kit migrate` does) under the lock, with drizzle's config names. */
-export async function migrateDrizzle(
+async function migrateDrizzle(
   command: Command,
   out: Output,
   flags: DrizzleFlags,
-  lock: AdapterLock,
+  lock: KeyedLockOptions,
 ): Promise<Applied> {
   const url = databaseUrl(command, out, true);
   announceTarget(out);
@@ -81,7 +103,7 @@ export async function migrateDrizzle(
 }
 
 /** What `migrate drizzle` would apply, with the same flags: the adapter's `pending` (journal tags). */
-export async function pendingDrizzle(command: Command, out: Output, flags: DrizzleFlags): Promise<PendingCheck> {
+async function pendingDrizzle(command: Command, out: Output, flags: DrizzleFlags): Promise<PendingCheck> {
   const database = connectionConfig(clientConfig(databaseUrl(command, out, true)));
   const { folder } = migrationsFolder(flags);
   const { drizzle } = await importFromProject<{ drizzle: typeof drizzleFn }>(
@@ -106,7 +128,7 @@ export async function pendingDrizzle(command: Command, out: Output, flags: Drizz
 }
 
 /** The fleet migrator of `migrate drizzle --each-…`: the same folder and table, each target's connection. */
-export async function fleetDrizzle(flags: DrizzleFlags): Promise<FleetMigrator> {
+async function fleetDrizzle(flags: DrizzleFlags): Promise<FleetMigrator> {
   const { folder } = migrationsFolder(flags);
   const { fleet } = await import('../../../adapters/drizzle.js');
   // A schema target keeps drizzle's table in its schema (the adapter sets migrationsSchema there).

@@ -5,13 +5,14 @@ import type { Command } from 'commander';
 import type { Knex } from 'knex';
 import type pg from 'pg';
 import type { KnexFleetConfig } from '../../../adapters/knex.js';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
+import type { KeyedLockOptions } from '../../keyed.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { migrationFailure } from './failure.js';
 import { existingDir, importFromProject } from './project.js';
-import type { AdapterLock, Applied, PendingCheck } from './types.js';
+import type { Applied, CliMigrator, PendingCheck } from './types.js';
 
 export interface KnexFlags {
   knexfile?: string;
@@ -20,20 +21,38 @@ export interface KnexFlags {
 
 const KNEXFILES = ['knexfile.js', 'knexfile.cjs', 'knexfile.mjs'];
 
-/** The flags of `migrate knex` and `pending knex`. */
-export function knexFlags(command: Command): Command {
-  return command
-    .option('--knexfile <path>', 'knexfile (.js, .cjs or .mjs) (default: the nearest knexfile.js/.cjs/.mjs)')
-    .option('--env <name>', 'knexfile environment (default: $NODE_ENV, else development)');
-}
+/** `migrate knex` and `pending knex`: knex's CLI's knexfile and environment. */
+export const knexMigrator: CliMigrator<KnexFlags> = {
+  name: 'knex',
+  flags: (command) =>
+    command
+      .option('--knexfile <path>', 'knexfile (.js, .cjs or .mjs) (default: the nearest knexfile.js/.cjs/.mjs)')
+      .option('--env <name>', 'knexfile environment (default: $NODE_ENV, else development)'),
+  help: {
+    migrate: {
+      description: "knex migrate:latest, configured by your knexfile (like knex's own CLI)",
+      after: `
+--database-url (or DATABASE_URL when the knexfile has no connection) replaces the knexfile's connection.
+
+Examples:
+  $ pg-migration-lock migrate knex
+  $ pg-migration-lock migrate knex --knexfile db/knexfile.mjs --env production --timeout 5m`,
+    },
+    pending: {
+      description: 'what knex migrate:latest would run (your knexfile)',
+      after: `
+Examples:
+  $ pg-migration-lock pending knex
+  $ pg-migration-lock pending knex --knexfile db/knexfile.mjs --env production --wait --timeout 5m`,
+    },
+  },
+  migrate: migrateKnex,
+  pending: pendingKnex,
+  fleet: (_command, out, flags) => fleetKnex(out, flags),
+};
 
 /** `knex migrate:latest` under the lock, configured by the project's knexfile like knex's own CLI. */
-export async function migrateKnex(
-  command: Command,
-  out: Output,
-  flags: KnexFlags,
-  lock: AdapterLock,
-): Promise<Applied> {
+async function migrateKnex(command: Command, out: Output, flags: KnexFlags, lock: KeyedLockOptions): Promise<Applied> {
   const { knex, failedFile, dirs } = await openKnex(command, out, flags);
   try {
     const { latest } = await import('../../../adapters/knex.js');
@@ -51,7 +70,7 @@ export async function migrateKnex(
 }
 
 /** What `migrate knex` would apply, by the same knexfile: the adapter's `pending`. */
-export async function pendingKnex(command: Command, out: Output, flags: KnexFlags): Promise<PendingCheck> {
+async function pendingKnex(command: Command, out: Output, flags: KnexFlags): Promise<PendingCheck> {
   const { knex, config } = await openKnex(command, out, flags);
   const { pending } = await import('../../../adapters/knex.js');
   const connection = typeof config.connection === 'function' ? await config.connection() : config.connection;
@@ -64,7 +83,7 @@ export async function pendingKnex(command: Command, out: Output, flags: KnexFlag
 }
 
 /** The fleet migrator of `migrate knex --each-…`: the knexfile's environment, each target's connection instead of its own. */
-export async function fleetKnex(out: Output, flags: KnexFlags): Promise<FleetMigrator> {
+async function fleetKnex(out: Output, flags: KnexFlags): Promise<FleetMigrator> {
   const { knexfile, config } = await readKnexfile(flags);
   prepareConfig(out, config, knexfile);
   const { connection: _ignored, ...rest } = config;

@@ -1,12 +1,13 @@
 import type { Command } from 'commander';
 import type { RunnerOption } from 'node-pg-migrate';
 import pg from 'pg';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
+import type { KeyedLockOptions } from '../../keyed.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
 import type { Output } from '../output.js';
 import { migrationFailure, migrationFile } from './failure.js';
 import { existingDir } from './project.js';
-import type { AdapterLock, Applied, PendingCheck } from './types.js';
+import type { Applied, CliMigrator, PendingCheck } from './types.js';
 
 export interface NodePgMigrateFlags {
   migrationsDir: string;
@@ -18,24 +19,47 @@ export interface NodePgMigrateFlags {
   checkOrder: boolean;
 }
 
-/** The flags of `migrate node-pg-migrate` and `pending node-pg-migrate`: node-pg-migrate's own names and defaults. */
-export function nodePgMigrateFlags(command: Command): Command {
-  return command
-    .option('-m, --migrations-dir <dir>', 'migrations directory', 'migrations')
-    .option('-t, --migrations-table <table>', 'table recording the applied migrations', 'pgmigrations')
-    .option('-s, --schema <schema>', 'schema to migrate (search_path)')
-    .option('--migrations-schema <schema>', 'schema of the migrations table (default: --schema)')
-    .option('--create-schema', 'create --schema if missing')
-    .option('--create-migrations-schema', 'create --migrations-schema if missing')
-    .option('--no-check-order', 'do not check that applied migrations come before new ones');
-}
+/** `migrate node-pg-migrate` and `pending node-pg-migrate`, with node-pg-migrate's own flag names and defaults. */
+export const nodePgMigrateMigrator: CliMigrator<NodePgMigrateFlags> = {
+  name: 'node-pg-migrate',
+  flags: (command) =>
+    command
+      .option('-m, --migrations-dir <dir>', 'migrations directory', 'migrations')
+      .option('-t, --migrations-table <table>', 'table recording the applied migrations', 'pgmigrations')
+      .option('-s, --schema <schema>', 'schema to migrate (search_path)')
+      .option('--migrations-schema <schema>', 'schema of the migrations table (default: --schema)')
+      .option('--create-schema', 'create --schema if missing')
+      .option('--create-migrations-schema', 'create --migrations-schema if missing')
+      .option('--no-check-order', 'do not check that applied migrations come before new ones'),
+  help: {
+    migrate: {
+      description:
+        "node-pg-migrate up (all pending migrations), under node-pg-migrate's own lock key 7241865325823964 unless --key or --name is given: this CLI, the pg-migration-lock/node-pg-migrate adapter and plain node-pg-migrate all wait for one another",
+      after: `
+Examples:
+  $ pg-migration-lock migrate node-pg-migrate
+  $ pg-migration-lock migrate node-pg-migrate -m db/migrations -t schema_migrations --no-wait
+  $ pg-migration-lock migrate node-pg-migrate --name billing   # a lock of your own instead`,
+    },
+    pending: {
+      description: 'what node-pg-migrate up would run',
+      after: `
+Examples:
+  $ pg-migration-lock pending node-pg-migrate
+  $ pg-migration-lock pending node-pg-migrate -m db/migrations -t schema_migrations --json`,
+    },
+  },
+  migrate: migrateNodePgMigrate,
+  pending: pendingNodePgMigrate,
+  fleet: (_command, out, flags) => fleetNodePgMigrate(out, flags),
+};
 
 /** `node-pg-migrate up` under the lock, with node-pg-migrate's own flag names and defaults. */
-export async function migrateNodePgMigrate(
+async function migrateNodePgMigrate(
   command: Command,
   out: Output,
   flags: NodePgMigrateFlags,
-  lock: AdapterLock,
+  lock: KeyedLockOptions,
 ): Promise<Applied> {
   const options = upOptions(command, out, flags);
   announceTarget(out);
@@ -75,11 +99,7 @@ export async function migrateNodePgMigrate(
 }
 
 /** What `migrate node-pg-migrate` would apply, with the same flags: the adapter's `pending`. */
-export async function pendingNodePgMigrate(
-  command: Command,
-  out: Output,
-  flags: NodePgMigrateFlags,
-): Promise<PendingCheck> {
+async function pendingNodePgMigrate(command: Command, out: Output, flags: NodePgMigrateFlags): Promise<PendingCheck> {
   const options = upOptions(command, out, flags);
   const database = (options as { databaseUrl: pg.ClientConfig }).databaseUrl;
   const { pending } = await import('../../../adapters/node-pg-migrate.js');
@@ -96,7 +116,7 @@ export async function pendingNodePgMigrate(
 }
 
 /** The fleet migrator of `migrate node-pg-migrate --each-…`: the same flags, each target's connection. */
-export async function fleetNodePgMigrate(out: Output, flags: NodePgMigrateFlags): Promise<FleetMigrator> {
+async function fleetNodePgMigrate(out: Output, flags: NodePgMigrateFlags): Promise<FleetMigrator> {
   const { fleet } = await import('../../../adapters/node-pg-migrate.js');
   // Per target, node-pg-migrate's progress would be one line per migration per tenant: the fleet's line says it.
   const logger = {

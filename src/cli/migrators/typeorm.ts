@@ -5,12 +5,13 @@ import type { Command } from 'commander';
 import type pg from 'pg';
 import type { DataSource } from 'typeorm';
 import { connectionConfig } from '../../driver/pg.js';
-import type { FleetMigrator } from '../../fleet-types.js';
+import type { FleetMigrator } from '../../fleet/types.js';
+import type { KeyedLockOptions } from '../../keyed.js';
 import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { migrationFailure } from './failure.js';
-import type { AdapterLock, Applied, PendingCheck } from './types.js';
+import type { Applied, CliMigrator, PendingCheck } from './types.js';
 
 export interface TypeormFlags {
   dataSource: string;
@@ -18,19 +19,50 @@ export interface TypeormFlags {
   fake?: boolean;
 }
 
-/** The flags of `migrate typeorm` and `pending typeorm`: TypeORM's CLI's `-d`. */
-export function typeormFlags(command: Command): Command {
-  return command.requiredOption('-d, --data-source <path>', 'file exporting the DataSource (.js, .cjs or .mjs)');
-}
+/** `migrate typeorm` and `pending typeorm`, with TypeORM's CLI's flags (`-d`; `-t` and `-f` to migrate). */
+export const typeormMigrator: CliMigrator<TypeormFlags> = {
+  name: 'typeorm',
+  flags: (command, verb) => {
+    command.requiredOption('-d, --data-source <path>', 'file exporting the DataSource (.js, .cjs or .mjs)');
+    if (verb === 'pending') return command;
+    return command
+      .option(
+        '-t, --transaction <mode>',
+        "all, each or none (default: the data source's migrationsTransactionMode, else all)",
+      )
+      .option('-f, --fake', 'record the pending migrations as run without running them');
+  },
+  help: {
+    migrate: {
+      description: "TypeORM migration:run, for the DataSource a file exports (like TypeORM's own CLI)",
+      after: `
+--database-url (or DATABASE_URL when the data source names no server) replaces the data source's connection.
+
+Examples:
+  $ pg-migration-lock migrate typeorm -d dist/data-source.js
+  $ pg-migration-lock migrate typeorm --data-source dist/data-source.js --transaction each --timeout 5m`,
+    },
+    pending: {
+      description: 'what TypeORM migration:run would run',
+      after: `
+Examples:
+  $ pg-migration-lock pending typeorm -d dist/data-source.js
+  $ pg-migration-lock pending typeorm --data-source dist/data-source.js --wait --timeout 10m`,
+    },
+  },
+  migrate: migrateTypeorm,
+  pending: pendingTypeorm,
+  fleet: (_command, _out, flags) => fleetTypeorm(flags),
+};
 
 const MODES: Record<string, 'all' | 'each' | 'none'> = { all: 'all', each: 'each', none: 'none', false: 'none' };
 
 /** `typeorm migration:run -d PATH` under the lock, with TypeORM's CLI flags. */
-export async function migrateTypeorm(
+async function migrateTypeorm(
   command: Command,
   out: Output,
   flags: TypeormFlags,
-  lock: AdapterLock,
+  lock: KeyedLockOptions,
 ): Promise<Applied> {
   const transaction = transactionMode(flags);
   const { dataSource, dirs } = await openDataSource(command, out, flags);
@@ -56,7 +88,7 @@ export async function migrateTypeorm(
 }
 
 /** The fleet migrator of `migrate typeorm --each-…`: the data source's options, each target's connection. */
-export async function fleetTypeorm(flags: TypeormFlags): Promise<FleetMigrator> {
+async function fleetTypeorm(flags: TypeormFlags): Promise<FleetMigrator> {
   const transaction = transactionMode(flags);
   const dataSource = await loadDataSource(flags.dataSource);
   checkPostgres(dataSource.options);
@@ -101,7 +133,7 @@ function checkPostgres(options: { type: string }): void {
 }
 
 /** What `migrate typeorm` would apply, with the same flags: the adapter's `pending` (TypeORM's executor). */
-export async function pendingTypeorm(command: Command, out: Output, flags: TypeormFlags): Promise<PendingCheck> {
+async function pendingTypeorm(command: Command, out: Output, flags: TypeormFlags): Promise<PendingCheck> {
   const { dataSource, database } = await openDataSource(command, out, flags);
   announceTarget(out);
   await dataSource.initialize();

@@ -1,8 +1,8 @@
 // The connections a fleet run shares among the schema targets of one database: a pool per database, reset at each checkout, ended with the run.
 import pg from 'pg';
-import { connectionConfig } from './driver/pg.js';
-import type { FleetTarget } from './fleet-target.js';
-import { lockRowsOf } from './protocol.js';
+import { connectionConfig } from '../driver/pg.js';
+import { lockRowsOf } from '../protocol.js';
+import type { FleetTarget } from './target.js';
 
 /**
  * Run at each checkout: what a tenant's migration may have left on the session (`SET ROLE`, a `SET` of any

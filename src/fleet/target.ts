@@ -1,8 +1,8 @@
 // The targets of a fleet: what callers may give, how each is checked and named (never with its password), and its key.
 import type pg from 'pg';
 import { parse } from 'pg-connection-string';
-import { checkSource } from './driver/index.js';
-import { defaultKeyOf, type LockKeyInput, lockKey, parseKey } from './key.js';
+import { checkSource } from '../driver/index.js';
+import { defaultKeyOf, type LockKeyInput, lockKey, parseKey } from '../key.js';
 
 /**
  * One target as callers give it: a connection string, a `pg` client config, or `{ url, schema, name }` for a

@@ -1,10 +1,11 @@
 // migrateEach: many databases or schemas, each under its own lock, a few at a time; runs started together share the work.
-import { checkFleetArguments, type FleetTargets } from './fleet-options.js';
-import { type Entry, TargetQueue } from './fleet-queue.js';
-import { FleetRun } from './fleet-run.js';
-import { type FleetTargetInput, fleetKey, toFleetTarget } from './fleet-target.js';
-import type { FleetMigrator, FleetReport, MigrateEachOptions } from './fleet-types.js';
-import { parseKey } from './key.js';
+
+import { parseKey } from '../key.js';
+import { checkFleetArguments, type FleetTargets } from './options.js';
+import { type Entry, TargetQueue } from './queue.js';
+import { FleetRun } from './run.js';
+import { type FleetTargetInput, fleetKey, toFleetTarget } from './target.js';
+import type { FleetMigrator, FleetReport, MigrateEachOptions } from './types.js';
 
 /**
  * Migrates every target (a database, or a schema of one) under a lock of its own, `concurrency` at a time,

@@ -1,9 +1,10 @@
 // The up-front checks of `migrateEach`: its targets' form, its migrator and its options, each a TypeError before any connection.
-import type { FleetTargetInput } from './fleet-target.js';
-import type { FleetMigrator, FleetTargetLockOptions, MigrateEachOptions } from './fleet-types.js';
-import { parseKey } from './key.js';
-import { type Logger, resolveLogger } from './logger.js';
-import { resolveOptions } from './options.js';
+
+import { parseKey } from '../key.js';
+import { type Logger, resolveLogger } from '../logger.js';
+import { resolveOptions } from '../options.js';
+import type { FleetTargetInput } from './target.js';
+import type { FleetMigrator, FleetTargetLockOptions, MigrateEachOptions } from './types.js';
 
 export type FleetTargets = Iterable<FleetTargetInput> | AsyncIterable<FleetTargetInput>;
 

@@ -1,6 +1,6 @@
 // Which target a fleet run tries next: an array in order (going on from a random untried one after a busy one), or an iterable read one ahead.
-import type { FleetTarget } from './fleet-target.js';
-import type { FleetResult } from './fleet-types.js';
+import type { FleetTarget } from './target.js';
+import type { FleetResult } from './types.js';
 
 /** A target of the run: checked, keyed, and once it ends, its result. */
 export interface Entry {

@@ -1,12 +1,13 @@
 // The shapes of a fleet run: the migrator it drives, its options, its progress events and its report.
 import type pg from 'pg';
-import type { FleetTarget } from './fleet-target.js';
-import type { LockKeyInput } from './key.js';
-import type { Logger } from './logger.js';
-import type { MigrationLockOptions } from './options.js';
+import type { LockKeyInput } from '../key.js';
+import type { KeyedLockOptions } from '../keyed.js';
+import type { Logger } from '../logger.js';
+import type { MigrationLockOptions } from '../options.js';
+import type { FleetTarget } from './target.js';
 
-/** The lock options a fleet hands its migrator for one target: the key, plus every option of `withMigrationLock`. */
-export interface FleetLockOptions extends MigrationLockOptions {
+/** The lock options a fleet hands its migrator for one target: the key (settled), plus every option of `withMigrationLock`. */
+export interface FleetLockOptions extends KeyedLockOptions {
   key: bigint;
 }
 

@@ -1,12 +1,12 @@
 // One fleet run's scheduling: workers taking untried targets first and deferred ones after, each try's outcome, the counts.
-import { MigrationLockBusyError } from './errors.js';
-import type { FleetSetup } from './fleet-options.js';
-import { FleetPools } from './fleet-pools.js';
-import type { Entry, TargetQueue } from './fleet-queue.js';
-import type { FleetCounts, FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from './fleet-types.js';
-import { describeKey } from './key.js';
-import { callSafely, errorMessage } from './logger.js';
-import { formatMs } from './time.js';
+import { MigrationLockBusyError } from '../errors.js';
+import { describeKey } from '../key.js';
+import { callSafely, errorMessage } from '../logger.js';
+import { formatMs } from '../time.js';
+import type { FleetSetup } from './options.js';
+import { FleetPools } from './pools.js';
+import type { Entry, TargetQueue } from './queue.js';
+import type { FleetCounts, FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from './types.js';
 
 /** The field of FleetCounts a status is counted in: `up-to-date` → `upToDate`. */
 const counted = (status: string) => status.replace(/-(\w)/g, (_, c: string) => c.toUpperCase()) as 'applied';
