@@ -3,7 +3,6 @@
 // what their fleets share (a target's connection or pool, entering a tenant's schema, the migrator's frame).
 import { createRequire } from 'node:module';
 import type pg from 'pg';
-import { type SessionView, SKIPPED, type Unless } from '../src/acquire.js';
 import {
   type ClientSource,
   type Query,
@@ -18,13 +17,18 @@ import type { FleetTarget } from '../src/fleet/target.js';
 import type { FleetLockOptions, FleetMigrator } from '../src/fleet/types.js';
 import { defaultKeyOf, describeKey, type LockKeyInput, parseKey } from '../src/key.js';
 import type { KeyedLockOptions } from '../src/keyed.js';
-import { withMigrationLockUnless } from '../src/lock.js';
+import { type SessionView, SKIPPED, type Unless } from '../src/lock/holding.js';
+import { withMigrationLockUnless } from '../src/lock/lock.js';
+import { LOCK_OPTION_NAMES, type LockContext, type MigrationLockOptions, resolveOptions } from '../src/lock/options.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
-import { type LockContext, type MigrationLockOptions, resolveOptions } from '../src/options.js';
+import { checkOptionNames } from '../src/option-names.js';
 
 export { isPostgresJs } from '../src/driver/postgres-js.js';
 export type { PostgresJsReservedSql, PostgresJsSql } from '../src/driver/types.js';
-export { unlockIfHeldSql } from '../src/protocol.js';
+export { unlockIfHeldSql } from '../src/sql/lock.js';
+
+import { enterSchema as enterSchemaSql } from '../src/sql/schema.js';
+
 export type {
   ClientSource,
   FleetLockOptions,
@@ -55,8 +59,9 @@ export function checkLock(lock: KeyedLockOptions | undefined, tool: string, defa
   if (lock !== undefined && (lock === null || typeof lock !== 'object')) {
     throw new TypeError(`pg-migration-lock/${tool}: expected \`lock\` to be an object of lock options`);
   }
-  const { key: given, ...options } = lock ?? {};
   // Errors in the options come now, before any connection, not when the lock is first tried.
+  if (lock) checkOptionNames(lock, [...LOCK_OPTION_NAMES, 'key'], 'lock option');
+  const { key: given, ...options } = lock ?? {};
   resolveOptions(options);
   const key = parseKey(given ?? defaultKey ?? defaultKeyOf(tool).key);
   return {
@@ -108,8 +113,7 @@ export function borrowedPgSession(client: pg.ClientBase): { source: SessionSourc
   };
 }
 
-/** An SQL identifier, quoted. */
-export const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
+export { quoteIdent } from '../src/sql/schema.js';
 
 /**
  * Imports a migrator package for an adapter, only when the adapter is used: importing the adapter loads
@@ -154,25 +158,10 @@ export const tenantSearchPath = (schema: string): string[] => [schema, 'public']
  * exist (under the target's lock, so two runs never race to create it), and with `setSearchPath` puts it first
  * in the session's search_path (for migrators that do not set it themselves).
  */
-export async function enterSchema(query: Query, schema: string, setSearchPath: boolean): Promise<void> {
-  // Checked first: CREATE SCHEMA IF NOT EXISTS needs the CREATE right on the database even when the schema exists.
-  const [row] = await query<{ present: boolean }>(
-    'SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1) AS present',
-    [schema],
-  );
-  if (!row?.present) await query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`);
-  if (setSearchPath) {
-    await query("SELECT pg_catalog.set_config('search_path', $1, false)", [
-      tenantSearchPath(schema).map(quoteIdent).join(', '),
-    ]);
-  }
-}
+export const enterSchema = (query: Query, schema: string, setSearchPath: boolean): Promise<void> =>
+  enterSchemaSql(query, schema, setSearchPath ? tenantSearchPath(schema) : undefined);
 
-/** SQL on a node-postgres client, as the core's `Query`. */
-export const pgQuery =
-  (client: pg.ClientBase): Query =>
-  async <R>(sql: string, params?: unknown[]) =>
-    (await client.query(sql, params)).rows as R[];
+export { pgQuery } from '../src/driver/pg.js';
 
 /**
  * Runs `use` on a per-target resource made by `open` (a knex, a pool, a data source), and closes it after,

@@ -25,8 +25,7 @@ export type {
   MigrateEachOptions,
 } from './fleet/types.js';
 export { DEFAULT_LOCK_KEY, KNOWN_KEYS, type KnownKey, type LockKeyInput, lockKey } from './key.js';
-export { withMigrationLock } from './lock.js';
-export type { Logger } from './logger.js';
+export { withMigrationLock } from './lock/lock.js';
 export type {
   AcquiredInfo,
   LockContext,
@@ -34,7 +33,8 @@ export type {
   MigrationLockOptions,
   ReleasedInfo,
   WaitingInfo,
-} from './options.js';
+} from './lock/options.js';
+export type { Logger } from './logger.js';
 export {
   getLockStatus,
   type Holder,

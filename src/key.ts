@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
 
+export { keyParts } from './sql/keys.js';
+
 /** A lock key as callers may give it: a bigint, a safe-integer number or a decimal string. */
 export type LockKeyInput = bigint | number | string;
 
@@ -77,17 +79,6 @@ export function parseKey(key: unknown): bigint {
     throw new RangeError(`Invalid lock key ${describe(key)}: outside the signed 64-bit range; expected ${ACCEPTED}`);
   }
   return value;
-}
-
-/**
- * How the key appears in `pg_locks`: `classid` = high 32 bits, `objid` = low 32 bits (both unsigned).
- * The signed variants are the int4 arguments of the two-key advisory functions that hit the same row.
- */
-export function keyParts(key: bigint): { classid: number; objid: number; hi: number; lo: number } {
-  const unsigned = BigInt.asUintN(64, key);
-  const classid = Number(unsigned >> 32n);
-  const objid = Number(unsigned & 0xffffffffn);
-  return { classid, objid, hi: classid | 0, lo: objid | 0 };
 }
 
 function describe(value: unknown): string {

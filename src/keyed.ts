@@ -1,7 +1,7 @@
 // The one shape of "lock options plus a key": what adapters take as `lock`, what the CLI hands its migrators,
 // and (with the key settled) what a fleet hands its migrator for one target.
 import type { LockKeyInput } from './key.js';
-import type { MigrationLockOptions } from './options.js';
+import type { MigrationLockOptions } from './lock/options.js';
 
 /**
  * Every option of `withMigrationLock`, plus the advisory-lock key (per database). Replicas migrating the same

@@ -1,10 +1,11 @@
 // The reconnect budget of a waiter, in virtual time: a fake session source whose server goes away twice, 90 s
 // apart. (The real restarts are in faults.test.ts; 90 s of real waiting would say nothing more.)
 import { describe, expect, test } from 'vitest';
-import { acquire, SKIPPED } from '../src/acquire.js';
 import type { Session, SessionSource } from '../src/driver/types.js';
 import { MigrationLockError } from '../src/errors.js';
-import { resolveOptions } from '../src/options.js';
+import { acquire } from '../src/lock/acquire.js';
+import { SKIPPED } from '../src/lock/holding.js';
+import { resolveOptions } from '../src/lock/options.js';
 import type { Clock, Nap } from '../src/time.js';
 
 function virtualClock(): Clock {

@@ -5,7 +5,15 @@
 import pg from 'pg';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import { getLockStatus, type Logger, MigrationLockError, releaseLock, withMigrationLock } from '../src/index.js';
+import { runner } from '../adapters/node-pg-migrate.js';
+import {
+  getLockStatus,
+  type Logger,
+  MigrationLockError,
+  migrateEach,
+  releaseLock,
+  withMigrationLock,
+} from '../src/index.js';
 import { cli, fixture as cliFixture } from './cli/cli.js';
 import { findPgbouncer, type Pgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.js';
 import { findPostgresBinaries, type Replicated, startPrimaryAndStandby } from './fixtures/standby.js';
@@ -424,6 +432,25 @@ describe('every options object names an unknown key, before any connection', () 
       'no near name',
       () => withMigrationLock(nowhere, 1n, () => {}, { retries: 3 } as never),
       /Unknown option retries \(known: wait, timeoutMs/,
+    ],
+    [
+      "an adapter's lock",
+      async () => runner({ databaseUrl: nowhere, dir: 'migrations', direction: 'up', lock: { kye: 1 } } as never),
+      /Unknown lock option kye; did you mean key\?/,
+    ],
+    [
+      'migrateEach',
+      async () =>
+        migrateEach([nowhere], { name: 'x', pending: async () => [], run: async () => [] }, { concurency: 2 } as never),
+      /Unknown option of migrateEach concurency; did you mean concurrency\?/,
+    ],
+    [
+      "migrateEach's lock",
+      async () =>
+        migrateEach([nowhere], { name: 'x', pending: async () => [], run: async () => [] }, {
+          lock: { timeoutMS: 1 },
+        } as never),
+      /Unknown lock option of migrateEach timeoutMS; did you mean timeoutMs\?/,
     ],
   ])('%s', async (_, call, message) => {
     const error = await call().catch((err: unknown) => err);

@@ -13,7 +13,7 @@ import {
   releaseLock,
   withMigrationLock,
 } from '../src/index.js';
-import { poolerAdvice } from '../src/server-checks.js';
+import { poolerAdvice } from '../src/lock/server-checks.js';
 import { findPgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.js';
 import {
   createTestDatabase,

@@ -4,8 +4,8 @@ import pg from 'pg';
 import { DataSource } from 'typeorm';
 import { describe, expect, test } from 'vitest';
 import { getLockStatus, MigrationLockBusyError, MigrationLockError, withMigrationLock } from '../src/index.js';
-import { SKIPPED, withMigrationLockUnless } from '../src/lock.js';
-import { poolerAdvice, unsupportedServer } from '../src/server-checks.js';
+import { SKIPPED, withMigrationLockUnless } from '../src/lock/lock.js';
+import { poolerAdvice, unsupportedServer } from '../src/lock/server-checks.js';
 import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js';
 
 const url = await createTestDatabase();

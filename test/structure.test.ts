@@ -8,8 +8,8 @@
 //   adapters   adapters/           one entry per migrator (adapters/<name>.ts, its own parts in adapters/<name>/),
 //                                  each through kit (adapters/kit.ts, adapters/kit/), their one door to the core
 //   fleet      src/fleet/          migrateEach
-//   lock       src/lock/           the lock's lifecycle; until it moves there, the flat core files src/*.ts
-//   sql        src/sql/            the statements and the decoding of their rows (coming: today in src/protocol.ts)
+//   lock       src/lock/           the lock's lifecycle, and beside it the flat files of src/ (status, key, errors…)
+//   sql        src/sql/            every statement, with the decoding of its rows
 //   driver     src/driver/         sessions over pg and postgres.js; src/driver/types.ts, the seam, imports nothing
 //
 // src/index.ts is the package's entry: nothing of ours imports it. Nothing there imports test/ or bench/.
@@ -175,7 +175,7 @@ function layerOf(file: string): Layer | undefined {
   if (file.startsWith('src/lock/')) return 'lock';
   if (file.startsWith('src/sql/')) return 'sql';
   if (file.startsWith('src/driver/')) return 'driver';
-  // The flat core files are the lock's until they move to src/lock/ and src/sql/.
+  // The flat files of src/ (status, key, errors, logger, time) sit beside the lock's lifecycle, in its layer.
   if (/^src\/[^/]+\.ts$/.test(file) && file !== 'src/index.ts') return 'lock';
   return undefined;
 }
@@ -264,7 +264,7 @@ describe('the import graph of src/ and adapters/', () => {
   test('is read: every file, every relative import resolved', () => {
     expect(unresolved, 'relative imports that name no file').toEqual([]);
     // The reader sees the files and edges it is meant to judge.
-    expect(graph.get('src/lock.ts')).toContain('src/acquire.ts');
+    expect(graph.get('src/lock/lock.ts')).toContain('src/lock/acquire.ts');
     expect(graph.get('adapters/knex.ts')).toContain('adapters/kit.ts');
     expect(graph.get('src/fleet/index.ts')).toContain('src/fleet/run.ts');
     expect([...graph.keys()].map(layerOf)).toEqual(
@@ -333,6 +333,25 @@ describe('the import graph of src/ and adapters/', () => {
       ),
       'imports reaching outside src/ and adapters/',
     ).toEqual([]);
+  });
+});
+
+describe('where SQL lives', () => {
+  // Statements in string or template literals (comments apart): SELECT, WITH … SELECT, DDL and the transaction verbs.
+  const SQL =
+    /(['"`])\s*(?:\/\*[^*]*\*\/\s*)?(SELECT|WITH|CREATE|ALTER|DROP|SET|RESET|DISCARD|BEGIN|COMMIT|ROLLBACK|LISTEN|UNLISTEN)\b/;
+  // The lock's side of src/ (its lifecycle, the fleet, status) speaks SQL only through src/sql/. Below it, the
+  // driver speaks LISTEN itself; above it, the CLI's help shows example queries and adapters read their migrator's
+  // own tables beside the migrator.
+  const lockSide = (file: string) => ['lock', 'fleet'].includes(layerOf(file) ?? '');
+  test('no statement in src/lock/, src/fleet/ or the flat files of src/: they are all in src/sql/', () => {
+    const outside = [...graph.keys()].filter(lockSide).filter((file) => {
+      const code = readFileSync(path.join(ROOT, file), 'utf8')
+        .replace(/\/\*[\s\S]*?\*\//g, '')
+        .replace(/^\s*\/\/.*$/gm, '');
+      return SQL.test(code);
+    });
+    expect(outside).toEqual([]);
   });
 });
 

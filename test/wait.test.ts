@@ -2,10 +2,10 @@
 // each rule is checked exactly and at once. The real protocol is covered against PostgreSQL elsewhere.
 import { describe, expect, test } from 'vitest';
 import { MigrationLockError, MigrationLockTimeoutError } from '../src/errors.js';
+import { DONE, Waiter, type WaitOptions, type WaitWire } from '../src/lock/wait.js';
 import type { Logger } from '../src/logger.js';
 import type { Holder } from '../src/status.js';
 import type { Clock, Nap } from '../src/time.js';
-import { DONE, Waiter, type WaitOptions, type WaitWire } from '../src/wait.js';
 
 const HOLDER: Holder = {
   pid: 7,

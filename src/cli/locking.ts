@@ -1,7 +1,7 @@
 import { type Command, Option } from 'commander';
 import { describeHolder } from '../errors.js';
+import type { MigrationLockOptions } from '../lock/options.js';
 import type { Logger } from '../logger.js';
-import type { MigrationLockOptions } from '../options.js';
 import type { Holder } from '../status.js';
 import { formatMs } from '../time.js';
 import { type Context, parseDurationArg } from './context.js';

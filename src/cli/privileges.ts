@@ -1,4 +1,6 @@
 import pg from 'pg';
+import { pgQuery } from '../driver/pg.js';
+import { rolesOf } from '../sql/status.js';
 import type { LockStatus } from '../status.js';
 import { CliError } from './errors.js';
 
@@ -19,15 +21,7 @@ async function roles(connection: pg.ClientConfig, pid: number | null): Promise<R
   client.on('error', () => {});
   await client.connect();
   try {
-    const { rows } = await client.query<{ me: string; holder: string | null; holder_is_super: boolean | null }>(
-      `SELECT current_user AS me, a.usename AS holder, r.rolsuper AS holder_is_super
-       FROM (SELECT 1) one
-       LEFT JOIN pg_stat_activity a ON a.pid = $1
-       LEFT JOIN pg_roles r ON r.oid = a.usesysid`,
-      [pid],
-    );
-    const row = rows[0]!;
-    return { me: row.me, holder: row.holder, holderIsSuper: row.holder_is_super };
+    return await rolesOf(pgQuery(client), pid);
   } finally {
     await client.end().catch(() => {});
   }

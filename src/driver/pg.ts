@@ -2,7 +2,7 @@
 import { hostname } from 'node:os';
 import pg from 'pg';
 import { asUrl } from './conninfo.js';
-import type { Session, SessionOptions, SessionSource } from './types.js';
+import type { Query, Session, SessionOptions, SessionSource } from './types.js';
 
 export function isPgPool(source: object): source is pg.Pool {
   return typeof (source as pg.Pool).connect === 'function' && typeof (source as pg.Pool).totalCount === 'number';
@@ -181,3 +181,9 @@ export function withSearchParam(connectionString: string, param: string, value: 
   url.searchParams.set(param, value);
   return url.toString();
 }
+
+/** SQL on a node-postgres client or pool, as the core's `Query`. */
+export const pgQuery =
+  (client: Pick<pg.ClientBase, 'query'>): Query =>
+  async <R>(sql: string, params?: unknown[]) =>
+    (await client.query(sql, params)).rows as R[];

@@ -1,8 +1,9 @@
 // The up-front checks of `migrateEach`: its targets' form, its migrator and its options, each a TypeError before any connection.
 
 import { parseKey } from '../key.js';
+import { LOCK_OPTION_NAMES, resolveOptions } from '../lock/options.js';
 import { type Logger, resolveLogger } from '../logger.js';
-import { resolveOptions } from '../options.js';
+import { checkOptionNames } from '../option-names.js';
 import type { FleetTargetInput } from './target.js';
 import type { FleetMigrator, FleetTargetLockOptions, MigrateEachOptions } from './types.js';
 
@@ -42,10 +43,7 @@ export function checkFleetArguments<M extends FleetMigrator>(
   if (options === null || typeof options !== 'object') {
     throw new TypeError(`Expected \`options\` to be an object, got ${options === null ? 'null' : typeof options}`);
   }
-  const unknown = Object.keys(options).filter((name) => !OPTIONS.has(name));
-  if (unknown.length > 0) {
-    throw new TypeError(`Unknown option ${unknown.map((name) => `\`${name}\``).join(', ')} of migrateEach`);
-  }
+  checkOptionNames(options, [...OPTIONS], 'option of migrateEach');
   const { concurrency = 4, keyOf, onProgress, stopOnError = false, signal, lock = {} } = options;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new TypeError(`Expected \`concurrency\` to be a whole number >= 1, got ${String(concurrency)}`);
@@ -66,6 +64,10 @@ export function checkFleetArguments<M extends FleetMigrator>(
   }
   if (lock === null || typeof lock !== 'object') throw new TypeError('Expected `lock` to be an object of lock options');
   const foreign = Object.keys(lock).filter((name) => !LOCK_OPTIONS.has(name));
+  // A typo is named with the option meant; a lock option the fleet sets itself is explained.
+  if (!foreign.some((name) => LOCK_OPTION_NAMES.includes(name) || name === 'key')) {
+    checkOptionNames(lock, [...LOCK_OPTIONS], 'lock option of migrateEach');
+  }
   if (foreign.length > 0) {
     throw new TypeError(
       `\`lock\` of migrateEach takes ${[...LOCK_OPTIONS].join(', ')}; ${foreign.map((n) => `\`${n}\``).join(', ')} ${foreign.length > 1 ? 'are' : 'is'} the fleet's own (keyOf, signal, logger) or not a lock option`,

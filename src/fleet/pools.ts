@@ -1,14 +1,9 @@
 // The connections a fleet run shares among the schema targets of one database: a pool per database, reset at each checkout, ended with the run.
 import pg from 'pg';
-import { connectionConfig } from '../driver/pg.js';
-import { lockRowsOf } from '../protocol.js';
+import { connectionConfig, pgQuery } from '../driver/pg.js';
+import { resetSessionSql } from '../sql/settings.js';
+import { isHeld } from '../sql/status.js';
 import type { FleetTarget } from './target.js';
-
-/**
- * Run at each checkout: what a tenant's migration may have left on the session (`SET ROLE`, a `SET` of any
- * setting, search_path, temporary tables) must not reach the next tenant.
- */
-const RESET = 'SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DISCARD TEMP';
 
 type Checkout = (err: Error | undefined, client: pg.PoolClient | undefined, release: () => void) => void;
 
@@ -18,7 +13,8 @@ class ResettingPool extends pg.Pool {
   override connect(callback?: Checkout): any {
     const checkout = super.connect().then(async (client) => {
       try {
-        await client.query(RESET);
+        // What a tenant's migration may have left on the session must not reach the next tenant.
+        await client.query(resetSessionSql);
       } catch (err) {
         client.release(err as Error);
         throw err;
@@ -68,10 +64,7 @@ export class FleetPools {
    * source). A lock taken just after is found busy by the migrator's own try.
    */
   static async held(pool: pg.Pool, key: bigint): Promise<boolean> {
-    const { rows } = await pool.query(
-      `SELECT EXISTS (SELECT FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted) AS held`,
-    );
-    return rows[0]?.held === true;
+    return isHeld(pgQuery(pool), key);
   }
 
   async end(): Promise<void> {

@@ -2,8 +2,8 @@
 import type pg from 'pg';
 import type { LockKeyInput } from '../key.js';
 import type { KeyedLockOptions } from '../keyed.js';
+import type { MigrationLockOptions } from '../lock/options.js';
 import type { Logger } from '../logger.js';
-import type { MigrationLockOptions } from '../options.js';
 import type { FleetTarget } from './target.js';
 
 /** The lock options a fleet hands its migrator for one target: the key (settled), plus every option of `withMigrationLock`. */

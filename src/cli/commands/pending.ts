@@ -1,7 +1,7 @@
 import { type Command, Option } from 'commander';
 import { connectionConfig } from '../../driver/pg.js';
+import { watchReleases } from '../../lock/wait.js';
 import { formatMs, nap } from '../../time.js';
-import { watchReleases } from '../../wait.js';
 import { announceTarget, type Context, createContext, parseDurationArg } from '../context.js';
 import { CliError, EXIT, InterruptedError, ParentGoneError, UsageError } from '../errors.js';
 import { trapSignals, watchParent } from '../locking.js';

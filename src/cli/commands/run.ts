@@ -6,10 +6,11 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import pg from 'pg';
 import { asUrl } from '../../driver/conninfo.js';
-import { connectionConfig, withSearchParam } from '../../driver/pg.js';
+import { connectionConfig, pgQuery, withSearchParam } from '../../driver/pg.js';
 import { MigrationLockLostError } from '../../errors.js';
-import { withMigrationLock } from '../../lock.js';
+import { withMigrationLock } from '../../lock/lock.js';
 import { errorMessage } from '../../logger.js';
+import { portsSeen } from '../../sql/fencing.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
 import { CliError, InterruptedError, signalExitCode } from '../errors.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
@@ -253,18 +254,15 @@ async function reachesServerDirectly(database: pg.ClientConfig): Promise<{ direc
   client.on('error', () => {});
   await client.connect();
   try {
-    const { rows } = await client.query<{ client_port: number | null; port: string }>(
-      "SELECT inet_client_port() AS client_port, current_setting('port') AS port",
-    );
-    const seen = rows[0]!;
+    const seen = await portsSeen(pgQuery(client));
     const socket = (client as unknown as { connection?: { stream?: Socket } }).connection?.stream;
     const own = socket?.localPort;
     if (own !== undefined) {
-      return seen.client_port === own
+      return seen.clientPort === own
         ? { direct: true, why: '' }
         : {
             direct: false,
-            why: `is reached through a pooler or proxy: the server sees client port ${seen.client_port}, not this connection's ${own}`,
+            why: `is reached through a pooler or proxy: the server sees client port ${seen.clientPort}, not this connection's ${own}`,
           };
     }
     const port = (client as unknown as { port?: number }).port;

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { describeKey } from '../../key.js';
-import { isLockAttempt } from '../../protocol.js';
+import { isLockAttempt } from '../../sql/waiters.js';
 import { findMigrationLocks, getLockStatus, type Holder, type LockStatus } from '../../status.js';
 import { formatMs } from '../../time.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';

@@ -1,63 +1,26 @@
-// One attempt at the lock on one session: the first try (refusing sessions that cannot lock), the wait if
+// Taking the lock on one session: the first try (refusing sessions that cannot lock), the wait if
 // it is held, and, once taken, fencing off an earlier holding's work before handing the session over.
-import { isConnectionLoss } from './driver/errors.js';
-import type { Query, Session, SessionSource } from './driver/index.js';
-import { describeHolder, MigrationLockBusyError } from './errors.js';
-import { fenceStale } from './fence.js';
-import type { ResolvedOptions } from './options.js';
+import { isConnectionLoss } from '../driver/errors.js';
+import type { Query, Session } from '../driver/index.js';
+import { describeHolder, MigrationLockBusyError } from '../errors.js';
+import type { TaggedRow } from '../sql/fencing.js';
+import { type FirstTry, firstTry as firstTryOn, type Poll, poll, unlockSql, versionSql } from '../sql/lock.js';
 import {
   blockProbeSql,
-  channelOf,
-  type FirstTry,
-  firstTrySql,
-  type Poll,
-  passWakeUpSql,
-  pollSql,
-  registerSql,
+  putBackSql,
   restoreAllSql,
   restoreTimeoutsSql,
   type SavedSettings,
-  type TaggedRow,
   timeoutsOffSql,
-  unlockSql,
-  unregisterSql,
-} from './protocol.js';
+} from '../sql/settings.js';
+import { queryLockStatus } from '../sql/status.js';
+import { channelOf, passWakeUpSql, registerSql, unregisterSql } from '../sql/waiters.js';
+import type { Clock } from '../time.js';
+import { fenceStale } from './fence.js';
+import { type AcquireSetup, type Held, label, SKIPPED } from './holding.js';
 import { alreadyHeld, checkSameSession, inTransaction, onStandby, refuseUnsupported } from './server-checks.js';
-import { bounded, type Held, type Watch } from './session.js';
-import { queryLockStatus } from './status.js';
-import type { Clock } from './time.js';
 import { DONE, Waiter } from './wait.js';
-
-/** What a call resolves to when its `isDone` ended the wait: it never took the lock and never ran `fn`. */
-export const SKIPPED: unique symbol = Symbol('pg-migration-lock: skipped');
-
-/** What an adapter's `isDone` is asked on: the session the call opened, as its driver's client and as SQL. */
-export interface SessionView<C> {
-  client: C;
-  query: Query;
-}
-
-/** Lets a call end without the lock when there is nothing left to do (adapters: nothing pending). */
-export interface Unless<C> {
-  /**
-   * Asked on each session before it tries the lock, at each release heard while waiting, and every
-   * `recheckEveryMs`. True ends the call with SKIPPED. Safe as long as what `fn` does re-checks under the lock.
-   */
-  isDone(session: SessionView<C>): Promise<boolean>;
-  /** While waiting, ask `isDone` this often even without hearing a release (a session that cannot LISTEN). */
-  recheckEveryMs?: number;
-}
-
-export interface AcquireSetup {
-  source: SessionSource;
-  key: bigint;
-  options: ResolvedOptions;
-  tag: string;
-  unless?: Unless<unknown>;
-  /** Tags of the holdings this call runs inside (a nested call must not wait for its own caller). */
-  enclosing?: ReadonlySet<string>;
-  clock?: Clock;
-}
+import { bounded, type Watch } from './watch.js';
 
 /** query_canceled: a statement_timeout (the role's, before ours are off) cancelled the statement. */
 const isCancel = (err: unknown) => (err as { code?: string } | null)?.code === '57014';
@@ -67,11 +30,8 @@ export class IsDoneFailure {
   constructor(readonly error: unknown) {}
 }
 
-/** How messages name the key of this call. */
-export const label = (setup: AcquireSetup) => setup.options.keyLabel ?? String(setup.key);
-
 /** One session's go at the lock: check, try, wait, fence. */
-export async function attempt(
+export async function take(
   setup: AcquireSetup,
   session: Session,
   watch: Watch,
@@ -94,7 +54,12 @@ export async function attempt(
   markHealthy();
   const { pid, saved } = first;
   const restoreAll = session.kind === 'own' ? "''" : restoreAllSql(saved);
-  const took = (row: { stale: string | null }, waitedMs: number, registered: boolean, unlisten?: () => Promise<void>) =>
+  const took = (
+    row: { stale: TaggedRow[] | null },
+    waitedMs: number,
+    registered: boolean,
+    unlisten?: () => Promise<void>,
+  ) =>
     handOver(
       setup,
       query,
@@ -109,7 +74,7 @@ export async function attempt(
 
   // Not ours: put the session's settings back before it is given back.
   const putBack = async () => {
-    if (session.kind !== 'own' && watch.error === undefined) await query(`SELECT ${restoreAll}`).catch(() => {});
+    if (session.kind !== 'own' && watch.error === undefined) await query(putBackSql(restoreAll)).catch(() => {});
   };
   if (!opts.wait) {
     const { holder } = await queryLockStatus(query, key);
@@ -140,9 +105,9 @@ export async function attempt(
         return { pid: row!.pid, nowMs: row!.now_ms };
       },
       tryLock: async (prefix) => {
-        const [row] = await query<Poll>(prefix + pollSql(key, tag, saved));
-        checkSameSession(session, key, pid, row!.pid);
-        return row!.locked ? row! : undefined;
+        const row = await poll(query, prefix, key, tag, saved);
+        checkSameSession(session, key, pid, row.pid);
+        return row.locked ? row : undefined;
       },
       holder: async (prefix) => (await queryLockStatus(query, key, prefix)).holder,
       passWakeUp: async () => {
@@ -164,7 +129,7 @@ export async function attempt(
         session,
         (async () => {
           await unlisten?.();
-          await session.query(registered ? unregisterSql(key, restoreAll) : `SELECT ${restoreAll}`);
+          await session.query(registered ? unregisterSql(key, restoreAll) : putBackSql(restoreAll));
         })(),
       ).catch(() => {});
     }
@@ -182,13 +147,13 @@ async function firstTry(
   key: bigint,
   tag: string,
   watch: Watch,
-): Promise<{ first: Omit<FirstTry, 'saved'> & { saved: SavedSettings }; timeoutsOff: boolean }> {
+): Promise<{ first: FirstTry; timeoutsOff: boolean }> {
   let timeoutsOff = false;
   let before: SavedSettings = {};
   let first: FirstTry;
   for (let cancelled = 0; ; ) {
     try {
-      [first] = (await query<FirstTry>(firstTrySql(key, tag))) as [FirstTry];
+      first = await firstTryOn(query, key, tag);
       break;
     } catch (err) {
       // query_canceled by the role's statement_timeout, before we could turn it off: turn it off (that
@@ -204,7 +169,7 @@ async function firstTry(
       }
       // A server that only looks like PostgreSQL may reject the statement itself: name it if we can.
       if (!isConnectionLoss(err) && watch.error === undefined) {
-        const version = await query<{ version: string }>('SELECT version() AS version').catch(() => []);
+        const version = await query<{ version: string }>(versionSql).catch(() => []);
         refuseUnsupported(key, version[0]?.version ?? '', err);
       }
       throw err;
@@ -214,8 +179,7 @@ async function firstTry(
   if (first.standby) throw await onStandby(query, key, first.pid);
   if (first.held) throw alreadyHeld(session, key, first.pid);
   if (first.in_tx) throw inTransaction(key, first.pid);
-  const saved = { ...(JSON.parse(first.saved) as SavedSettings), ...before };
-  return { first: { ...first, saved }, timeoutsOff };
+  return { first: { ...first, saved: { ...first.saved, ...before } }, timeoutsOff };
 }
 
 /**
@@ -226,13 +190,13 @@ async function handOver(
   setup: AcquireSetup,
   query: Query,
   held: Held,
-  { stale, timeoutsOff, restoreAll }: { stale: string | null; timeoutsOff: boolean; restoreAll: string },
+  { stale, timeoutsOff, restoreAll }: { stale: TaggedRow[] | null; timeoutsOff: boolean; restoreAll: string },
 ): Promise<Held> {
   try {
     if (stale !== null) {
-      await fenceStale(query, setup.key, held.tag, JSON.parse(stale) as TaggedRow[], setup.options, label(setup));
+      await fenceStale(query, setup.key, held.tag, stale, setup.options, label(setup));
     }
-    if (timeoutsOff) await query(`SELECT ${restoreTimeoutsSql(held.saved)}`);
+    if (timeoutsOff) await query(putBackSql(restoreTimeoutsSql(held.saved)));
   } catch (err) {
     await held.unlisten?.().catch(() => {});
     await query(unlockSql(setup.key, held.registered, restoreAll)).catch(() => {});

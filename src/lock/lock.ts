@@ -2,7 +2,6 @@
 // it tagged (fencing), notice a lost session, release (release.ts).
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type pg from 'pg';
-import { acquire, SKIPPED, type Unless } from './acquire.js';
 import {
   type ClientSource,
   isSessionSource,
@@ -11,18 +10,19 @@ import {
   type ReservedOf,
   type SessionSource,
   sessionSource,
-} from './driver/index.js';
-import { MigrationLockLostError } from './errors.js';
+} from '../driver/index.js';
+import { MigrationLockLostError } from '../errors.js';
+import { describeKey, type LockKeyInput, parseKey } from '../key.js';
+import { callSafely, errorMessage } from '../logger.js';
+import { newTag } from '../sql/fencing.js';
+import { formatMs } from '../time.js';
+import { acquire } from './acquire.js';
 import { fenceOwn } from './fence.js';
-import { describeKey, type LockKeyInput, parseKey } from './key.js';
-import { callSafely, errorMessage } from './logger.js';
+import { type Held, SKIPPED, type Unless } from './holding.js';
 import { type LockContext, type MigrationLockOptions, type ResolvedOptions, resolveOptions } from './options.js';
-import { newTag } from './protocol.js';
 import { release } from './release.js';
-import type { Held } from './session.js';
-import { formatMs } from './time.js';
 
-export { SKIPPED, type Unless } from './acquire.js';
+export { SKIPPED, type Unless } from './holding.js';
 
 // Sessions inside a call right now. Advisory locks are re-entrant per session, so two calls sharing
 // one session would both "acquire" and exclude nothing.

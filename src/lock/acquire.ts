@@ -1,12 +1,13 @@
-// Taking the lock: open a session and make an attempt on it (attempt.ts); when the connection breaks
+// Acquiring the lock: open a session and take the lock on it (take.ts); when the connection breaks
 // while waiting, reopen where the source can be (restarts, failovers), with back-off, for as long as allowed.
-import { type AcquireSetup, attempt, IsDoneFailure, label, SKIPPED } from './attempt.js';
-import { isConnectionLoss, isServerStartingUp } from './driver/errors.js';
-import type { Session } from './driver/index.js';
-import { MigrationLockBusyError, MigrationLockError, MigrationLockTimeoutError } from './errors.js';
-import { errorMessage } from './logger.js';
-import { type Held, type Watch, watchSession } from './session.js';
-import { Backoff, formatMs, realClock } from './time.js';
+import { isConnectionLoss, isServerStartingUp } from '../driver/errors.js';
+import type { Session } from '../driver/index.js';
+import { MigrationLockBusyError, MigrationLockError, MigrationLockTimeoutError } from '../errors.js';
+import { errorMessage } from '../logger.js';
+import { Backoff, formatMs, realClock } from '../time.js';
+import { type AcquireSetup, type Held, label, SKIPPED } from './holding.js';
+import { IsDoneFailure, take } from './take.js';
+import { type Watch, watchSession } from './watch.js';
 
 // Without timeoutMs, a waiter gives up after this long without a healthy session.
 const RECONNECT_FOR_MS = 60_000;
@@ -33,7 +34,7 @@ export async function acquire(setup: AcquireSetup): Promise<Held | typeof SKIPPE
       session = await source.open();
       connected = true;
       watch = watchSession(session);
-      const held = await attempt(setup, session, watch, clock, startedAt, () => (healthy = true));
+      const held = await take(setup, session, watch, clock, startedAt, () => (healthy = true));
       if (held === SKIPPED) {
         watch.dispose();
         await session.release(watch.error !== undefined);
@@ -106,5 +107,3 @@ export async function acquire(setup: AcquireSetup): Promise<Held | typeof SKIPPE
     }
   }
 }
-
-export { type AcquireSetup, type SessionView, SKIPPED, type Unless } from './attempt.js';

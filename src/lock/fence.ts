@@ -1,11 +1,11 @@
 // Fencing: work done under the lock carries the holding's tag, so the next holder can stop what an earlier
 // holding left running (an orphaned command, a statement still executing after its client died, fn's extra
 // connections) before it starts, and a holding that loses its session can stop its own.
-import { type Query, type SessionSource, withSession } from './driver/index.js';
-import { MigrationLockError } from './errors.js';
-import { errorMessage, type Logger } from './logger.js';
-import { currentUserSql, stillThereSql, type TaggedRow, taggedSql, terminateTagSql } from './protocol.js';
-import { formatMs, nap } from './time.js';
+import { type Query, type SessionSource, withSession } from '../driver/index.js';
+import { MigrationLockError } from '../errors.js';
+import { errorMessage, type Logger } from '../logger.js';
+import { currentUser, stillThere, type TaggedRow, taggedBackends, terminateTagged } from '../sql/fencing.js';
+import { formatMs, nap } from '../time.js';
 
 // pg_terminate_backend only signals: a backend leaves at its next interrupt check, at once unless the
 // kernel holds it (a write to a dead peer ends within tcp_user_timeout). Past this, refuse rather than overlap.
@@ -52,12 +52,12 @@ export async function fenceStale(
     let left: TaggedRow[];
     try {
       // Signals every such backend (again, if it has not left yet), and any that appeared since.
-      left = (await query<TaggedRow>(taggedSql(key, tag, true))).filter((row) => row.can_migrate);
+      left = (await taggedBackends(query, key, tag, true)).filter((row) => row.can_migrate);
     } catch (err) {
       if ((err as { code?: string }).code !== '42501') throw err;
-      const [me] = await query<{ me: string }>(currentUserSql).catch(() => [{ me: '' }]);
+      const me = await currentUser(query).catch(() => '');
       throw new MigrationLockError(
-        `Migration lock ${label} was free, but an earlier holder's work still runs on ${describe([...seen.values()])}, and role "${me?.me}" may not terminate it (${errorMessage(err)}). Running beside it could apply a migration twice, so this holder does not start. Grant the right: GRANT pg_signal_backend TO "${me?.me}" (a superuser's sessions need a superuser), or stop that work.`,
+        `Migration lock ${label} was free, but an earlier holder's work still runs on ${describe([...seen.values()])}, and role "${me}" may not terminate it (${errorMessage(err)}). Running beside it could apply a migration twice, so this holder does not start. Grant the right: GRANT pg_signal_backend TO "${me}" (a superuser's sessions need a superuser), or stop that work.`,
         key,
         null,
         { cause: err },
@@ -85,14 +85,13 @@ export async function fenceStale(
 export async function fenceOwn(source: SessionSource, tag: string, logger: Logger): Promise<void> {
   if (!source.reopenable) return;
   const work = withSession(source, async (session) => {
-    const signalled = await session.query<{ pid: number }>(terminateTagSql(tag));
-    if (signalled.length === 0) return;
+    const pids = await terminateTagged(session.query, tag);
+    if (pids.length === 0) return;
     logger.warn(
-      `Terminated the work still running under this holding's tag ${tag}: ${signalled.map(({ pid }) => `pid ${pid}`).join(', ')}`,
+      `Terminated the work still running under this holding's tag ${tag}: ${pids.map((pid) => `pid ${pid}`).join(', ')}`,
     );
-    const pids = signalled.map(({ pid }) => pid);
     for (const deadline = performance.now() + 5_000; performance.now() < deadline; ) {
-      if ((await session.query(stillThereSql, [pids])).length === 0) return;
+      if ((await stillThere(session.query, pids)).length === 0) return;
       await nap(20).done;
     }
   });

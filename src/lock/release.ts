@@ -1,21 +1,21 @@
 // Releasing after fn: unlock, wake the next waiter, put the session's settings back and give it back, all
 // bounded, so a call never hangs on a dead network; and tell a lost lock from a failed unlock.
 
-import { MigrationLockLostError } from './errors.js';
-import { callSafely, errorMessage, type Logger } from './logger.js';
-import type { ResolvedOptions } from './options.js';
+import { MigrationLockLostError } from '../errors.js';
+import { callSafely, errorMessage, type Logger } from '../logger.js';
+import { strandedLockSql, type UnlockRow, unlockSql } from '../sql/lock.js';
 import {
   blockProbeSql,
   inBlockSql,
   restoreAllSql,
+  rollbackSql,
   type SavedSettings,
-  strandedLockSql,
   timeoutsOffSql,
-  type UnlockRow,
-  unlockSql,
-} from './protocol.js';
+} from '../sql/settings.js';
+import type { Held } from './holding.js';
+import type { ResolvedOptions } from './options.js';
 import { poolerAdvice } from './server-checks.js';
-import { bounded, type Held, UnansweredError } from './session.js';
+import { bounded, UnansweredError } from './watch.js';
 
 const UNLOCK_FAILURE_OUTCOME = {
   own: '; closing the connection releases it',
@@ -162,5 +162,5 @@ async function endLeftTransaction({ session }: Held, logger: Logger): Promise<vo
   logger.warn(
     'fn left a transaction open on the lock session: rolling it back, since its work was not committed under the lock (a COMMIT after the unlock would be outside it); commit inside fn',
   );
-  await session.query('ROLLBACK');
+  await session.query(rollbackSql);
 }

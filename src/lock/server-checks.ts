@@ -1,7 +1,8 @@
 // Servers and poolers a session advisory lock cannot work through: recognised and refused with the fix,
 // instead of "locking" nobody.
-import type { Query, Session } from './driver/index.js';
-import { MigrationLockError } from './errors.js';
+import type { Query, Session } from '../driver/index.js';
+import { MigrationLockError } from '../errors.js';
+import { primaryOf } from '../sql/status.js';
 
 /** The name of a PostgreSQL look-alike whose `version()` this is, when its locks cannot be relied on. */
 export function unsupportedServer(version: string): string | undefined {
@@ -68,10 +69,8 @@ export function inTransaction(key: bigint, pid?: number): MigrationLockError {
  * standby shows it (pg_stat_wal_receiver, to roles with pg_read_all_stats).
  */
 export async function onStandby(query: Query, key: bigint, pid: number): Promise<MigrationLockError> {
-  const [primary] = await query<{ host: string | null; port: number | null }>(
-    'SELECT sender_host AS host, sender_port AS port FROM pg_stat_wal_receiver',
-  ).catch(() => []);
-  const where = primary?.host ? ` (the primary it replicates from: ${primary.host}:${primary.port ?? 5432})` : '';
+  const primary = await primaryOf(query);
+  const where = primary ? ` (the primary it replicates from: ${primary.host}:${primary.port})` : '';
   return new MigrationLockError(
     `The server is a read-only standby (pg_is_in_recovery() is true on backend ${pid}): a migration lock taken here excludes nobody on the primary, and migrations cannot run here. Take the lock and migrate on the primary${where}: connect to the primary's host, not a replica or read-only endpoint.`,
     key,

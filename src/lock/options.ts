@@ -1,10 +1,10 @@
 // The options of a lock call and what its hooks receive: types, defaults, and the up-front checks that
 // turn bad options into a TypeError before anything touches the database.
 import type pg from 'pg';
-import type { MigrationLockLostError } from './errors.js';
-import { type Logger, resolveLogger } from './logger.js';
-import { checkOptionNames } from './option-names.js';
-import type { Holder } from './status.js';
+import type { MigrationLockLostError } from '../errors.js';
+import { type Logger, resolveLogger } from '../logger.js';
+import { checkOptionNames } from '../option-names.js';
+import type { Holder } from '../sql/status.js';
 
 /** What `fn` receives while it holds the lock. */
 export interface LockContext<C = pg.ClientBase> {

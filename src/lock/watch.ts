@@ -1,9 +1,8 @@
-// The lock's hold on a session: it watches the session die, bounds every statement of ours (a dead
-// network must not hang a call), and says what a held session carries until it is released.
-import { UNANSWERED } from './driver/errors.js';
-import type { Session } from './driver/index.js';
-import type { SavedSettings } from './protocol.js';
-import { formatMs } from './time.js';
+// The lock's watch on a session: it notices the session die, and bounds every statement of ours (a dead
+// network must not hang a call).
+import { UNANSWERED } from '../driver/errors.js';
+import type { Session } from '../driver/index.js';
+import { formatMs } from '../time.js';
 
 /** Notices the session dying (backend terminated, socket closed) and remembers why. */
 export function watchSession(session: Session) {
@@ -24,23 +23,6 @@ export function watchSession(session: Session) {
   };
 }
 export type Watch = ReturnType<typeof watchSession>;
-
-/** A session holding the lock, and what releasing it needs. */
-export interface Held {
-  session: Session;
-  watch: Watch;
-  pid: number;
-  waitedMs: number;
-  /** performance.now() when the lock was taken. */
-  at: number;
-  /** This holding's fencing tag: the session's application_name while fn runs. */
-  tag: string;
-  /** The settings to put back before a pooled or borrowed session is given back (none for our own). */
-  saved: SavedSettings;
-  /** The session sits in the waiters' registry (and LISTENs): undone with the unlock. */
-  registered: boolean;
-  unlisten?: () => Promise<void>;
-}
 
 // How long one statement of ours may take before the session counts as gone. Ours never wait inside
 // the server (try-locks only), so only a dead network or a wedged server takes this long.

@@ -1,13 +1,14 @@
 // Waiting for the lock: a Waiter polls with try-locks (never blocking inside the server), wakes at once when
 // a release names it, reports who holds the lock, and gives up on timeout or abort. Also the watch on
 // releases that `pending --wait` uses without ever taking the lock.
-import { type ClientSource, sessionSource } from './driver/index.js';
-import { describeHolder, MigrationLockError, MigrationLockTimeoutError } from './errors.js';
-import { callSafely } from './logger.js';
+import { type ClientSource, sessionSource } from '../driver/index.js';
+import { describeHolder, MigrationLockError, MigrationLockTimeoutError } from '../errors.js';
+import { callSafely } from '../logger.js';
+import { callSettingsSql } from '../sql/settings.js';
+import type { Holder } from '../sql/status.js';
+import { channelOf, registerSql, waitingComment, wakeEveryoneSql, wakesWaiter } from '../sql/waiters.js';
+import { type Clock, formatMs, jitter } from '../time.js';
 import type { LockHooks, ResolvedOptions } from './options.js';
-import { callSettingsSql, channelOf, registerSql, waitingComment, wakeEveryoneSql, wakesWaiter } from './protocol.js';
-import type { Holder } from './status.js';
-import { type Clock, formatMs, jitter } from './time.js';
 
 /*
  * Why poll: a session blocked inside pg_advisory_lock() holds a snapshot, and a holder running CREATE INDEX
