@@ -409,7 +409,11 @@ test('bad input is a TypeError (or RangeError) before any connection', async () 
       /stopOnError/,
     ],
     ['signal', () => migrateEach([nowhere], migrator, { signal: {} as never }), /AbortSignal/],
-    ['an unknown option', () => migrateEach([nowhere], migrator, { concurency: 2 } as never), /`concurency`/],
+    [
+      'an unknown option',
+      () => migrateEach([nowhere], migrator, { concurency: 2 } as never),
+      /concurency; did you mean concurrency\?/,
+    ],
     ['wait in lock', () => migrateEach([nowhere], migrator, { lock: { wait: false } as never }), /`wait`/],
     ['a bad timeoutMs', () => migrateEach([nowhere], migrator, { lock: { timeoutMs: -1 } }), /timeoutMs/],
     ['a logger without methods', () => migrateEach([nowhere], migrator, { logger: {} as never }), /logger/],

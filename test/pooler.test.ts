@@ -250,6 +250,7 @@ describe(`PgBouncer, pool_mode = session${skipped}`, () => {
         holder: null,
         waiters: [],
         work: [],
+        standby: false,
       });
       expect(await keyRows(104n)).toEqual([]);
     },

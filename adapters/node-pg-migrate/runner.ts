@@ -36,7 +36,9 @@ export async function toRun(client: pg.ClientBase, options: RunnerOption): Promi
   if (tables.rowCount === 1) {
     runNames = (await client.query(`SELECT name FROM ${table} ORDER BY run_on, id`)).rows.map((row) => row.name);
   }
-  if (options.checkOrder !== false) {
+  // 8.x and 9.x check the order unless told not to; 7.x only when asked (it exports no PG_MIGRATE_LOCK_ID).
+  const { PG_MIGRATE_LOCK_ID: since8 } = await importNodePgMigrate();
+  if (since8 === undefined ? options.checkOrder === true : options.checkOrder !== false) {
     for (let i = 0; i < Math.min(runNames.length, migrations.length); i += 1) {
       if (runNames[i] !== migrations[i]!.name) {
         throw new Error(`Not run migration ${migrations[i]!.name} is preceding already run migration ${runNames[i]}`);
@@ -118,6 +120,11 @@ async function listFiles(options: RunnerOption, migration: (path: string) => Mig
   return files.map((file) => migration(resolve(dir, file)));
 }
 
-export function importNodePgMigrate(): Promise<{ runner: typeof nodePgMigrateRunner; Migration: typeof Migration }> {
+export function importNodePgMigrate(): Promise<{
+  runner: typeof nodePgMigrateRunner;
+  Migration: typeof Migration;
+  /** Undefined in 7.x, which has neither the export nor the `lockValue` option. */
+  PG_MIGRATE_LOCK_ID?: number;
+}> {
   return importPeer('node-pg-migrate', 'node-pg-migrate', () => import('node-pg-migrate'));
 }

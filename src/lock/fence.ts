@@ -31,10 +31,10 @@ export async function fenceStale(
   query: Query,
   key: bigint,
   tag: string,
-  tagged: TaggedRow[],
   { logger }: { logger: Logger },
   label: string,
 ): Promise<void> {
+  const tagged = await taggedBackends(query, key, tag, false);
   const ignored = tagged.filter((row) => !row.can_migrate);
   if (ignored.length > 0) {
     logger.warn(

@@ -100,7 +100,15 @@ async function lockFrom<T, C>(
 ): Promise<T | typeof SKIPPED> {
   const k = parseKey(key);
   if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
-  const opts = resolveOptions(options);
+  // The options a fleet hands its migrator (KeyedLockOptions) carry the key they were made for: as options of a
+  // call on that same key they are taken as they are; on another key they would mislead, and are refused.
+  const { key: keyed, ...rest } = options as MigrationLockOptions & { key?: LockKeyInput };
+  if (keyed !== undefined && parseKey(keyed) !== k) {
+    throw new TypeError(
+      `The options carry key ${String(keyed)}, but the call locks ${k}: pass the same key, or leave it out`,
+    );
+  }
+  const opts = resolveOptions(rest);
   // Messages name a key of the key table as the CLI does: `-4853655304891776800 (default key)`.
   opts.keyLabel ??= describeKey(k);
   const source = isSessionSource(client) ? client : sessionSource(client, { applicationName: opts.applicationName });

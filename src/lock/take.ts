@@ -3,7 +3,6 @@
 import { isConnectionLoss } from '../driver/errors.js';
 import type { Query, Session } from '../driver/index.js';
 import { describeHolder, MigrationLockBusyError } from '../errors.js';
-import type { TaggedRow } from '../sql/fencing.js';
 import { type FirstTry, firstTry as firstTryOn, type Poll, poll, unlockSql, versionSql } from '../sql/lock.js';
 import {
   blockProbeSql,
@@ -55,7 +54,7 @@ export async function take(
   const { pid, saved } = first;
   const restoreAll = session.kind === 'own' ? "''" : restoreAllSql(saved);
   const took = (
-    row: { stale: TaggedRow[] | null },
+    row: { stale: boolean },
     waitedMs: number,
     registered: boolean,
     unlisten?: () => Promise<void>,
@@ -66,7 +65,7 @@ export async function take(
       { session, watch, pid, waitedMs, at: performance.now(), tag, saved, registered, unlisten },
       {
         stale: row.stale,
-        timeoutsOff: timeoutsOff || row.stale !== null,
+        timeoutsOff: timeoutsOff || row.stale,
         restoreAll,
       },
     );
@@ -190,11 +189,11 @@ async function handOver(
   setup: AcquireSetup,
   query: Query,
   held: Held,
-  { stale, timeoutsOff, restoreAll }: { stale: TaggedRow[] | null; timeoutsOff: boolean; restoreAll: string },
+  { stale, timeoutsOff, restoreAll }: { stale: boolean; timeoutsOff: boolean; restoreAll: string },
 ): Promise<Held> {
   try {
-    if (stale !== null) {
-      await fenceStale(query, setup.key, held.tag, stale, setup.options, label(setup));
+    if (stale) {
+      await fenceStale(query, setup.key, held.tag, setup.options, label(setup));
     }
     if (timeoutsOff) await query(putBackSql(restoreTimeoutsSql(held.saved)));
   } catch (err) {

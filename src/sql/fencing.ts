@@ -81,9 +81,16 @@ function taggedSql(key: bigint, exceptTag: string, terminate: boolean): string {
           AND a.application_name <> ${literal(exceptTag)} OFFSET 0) t OFFSET 0) f`;
 }
 
-/** The same, as one JSON text column (NULL when there are none): for the statement that takes the lock. */
-export const staleSql = (key: bigint, tag: string) =>
-  `(SELECT json_agg(row_to_json(f))::text FROM (${taggedSql(key, tag, false)}) f)`;
+/**
+ * Whether any backend wears another holding's tag of `key`: for the statements that take the lock, which must stay
+ * small (they run at every acquisition and every poll). Only when it says so are the backends read whole, with
+ * whether each can be a holding's work (see {@link taggedBackends}), which costs catalog scans.
+ */
+export const anyTaggedSql = (key: bigint, tag: string) =>
+  `EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
+    WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid <> pg_backend_pid()
+      AND a.application_name LIKE ${literal(`${TAG_PREFIX}${key}:%`)} AND ${isTagOf(key, 'a.application_name')}
+      AND a.application_name <> ${literal(tag)})`
 
 /**
  * Terminates the backends carrying exactly `tag` (a holding's own work, when it lost its session), unless their

@@ -2,7 +2,7 @@
 // try on a session (refusals, settings, the tag, an earlier holding's work), a waiter's try, the unlock.
 
 import type { Query } from '../driver/index.js';
-import { staleSql, type TaggedRow } from './fencing.js';
+import { anyTaggedSql } from './fencing.js';
 import { keyParts, literal, lockRowsOf, sqlKey } from './keys.js';
 import {
   CALL_SETTINGS,
@@ -31,21 +31,17 @@ export interface FirstTry {
   version: string;
   /** The settings the session had before the call. */
   saved: SavedSettings;
-  /** When locked: the backends still tagged by another holding of the key, else null. */
-  stale: TaggedRow[] | null;
+  /** When locked: some backend still wears another holding's tag of the key (see fence.ts). */
+  stale: boolean;
 }
 
 type Json<T, K extends keyof T> = Omit<T, K> & { [P in K]: string | null };
 
 /** Runs the first statement on a session (see {@link firstTrySql}) and decodes its row. */
 export async function firstTry(query: Query, key: bigint, tag: string): Promise<FirstTry> {
-  const [row] = (await query<Json<FirstTry, 'saved' | 'stale'>>(firstTrySql(key, tag))) as [
-    Json<FirstTry, 'saved' | 'stale'>,
-  ];
-  return { ...row, saved: JSON.parse(row.saved ?? '{}') as SavedSettings, stale: decodeStale(row.stale) };
+  const [row] = (await query<Json<FirstTry, 'saved'>>(firstTrySql(key, tag))) as [Json<FirstTry, 'saved'>];
+  return { ...row, saved: JSON.parse(row.saved ?? '{}') as SavedSettings, stale: row.stale === true };
 }
-
-const decodeStale = (json: string | null) => (json === null ? null : (JSON.parse(json) as TaggedRow[]));
 
 /**
  * The first statement on a session, one round trip: read the settings in force (OFFSET 0 keeps that subquery
@@ -56,9 +52,9 @@ const decodeStale = (json: string | null) => (json === null ? null : (JSON.parse
 function firstTrySql(key: bigint, tag: string): string {
   return `/* pg-migration-lock: taking ${key} */ SELECT t.locked, t.held, t.in_tx, t.standby, t.pid, t.version, t.saved, t.stale,
     CASE WHEN NOT (t.held OR t.in_tx OR t.standby) THEN concat(${set(CALL_SETTINGS)},
-      CASE WHEN NOT t.locked OR t.stale IS NOT NULL THEN ${set(OUR_STATEMENTS)} END) END AS settings,
+      CASE WHEN NOT t.locked OR t.stale THEN ${set(OUR_STATEMENTS)} END) END AS settings,
     CASE WHEN t.locked THEN set_config('application_name', ${literal(tag)}, false) END AS tagged
-  FROM (SELECT l.*, CASE WHEN l.locked THEN ${staleSql(key, tag)} END AS stale
+  FROM (SELECT l.*, l.locked AND ${anyTaggedSql(key, tag)} AS stale
     FROM (SELECT s.*, CASE WHEN s.held OR s.in_tx OR s.standby THEN false ELSE pg_try_advisory_lock(${sqlKey(key)}) END AS locked
       FROM (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted AND pid = pg_backend_pid()) AS held,
               ${inBlock} AS in_tx, pg_is_in_recovery() AS standby, pg_backend_pid() AS pid, version() AS version,
@@ -70,7 +66,7 @@ function firstTrySql(key: bigint, tag: string): string {
 export interface Poll {
   locked: boolean;
   pid: number;
-  stale: TaggedRow[] | null;
+  stale: boolean;
 }
 
 /** Runs a waiter's try (see {@link pollSql}), its statement prefixed with `prefix`, and decodes its row. */
@@ -81,16 +77,16 @@ export async function poll(
   tag: string,
   saved: SavedSettings,
 ): Promise<Poll> {
-  const [row] = (await query<Json<Poll, 'stale'>>(prefix + pollSql(key, tag, saved))) as [Json<Poll, 'stale'>];
-  return { ...row, stale: decodeStale(row.stale) };
+  const [row] = (await query<Poll>(prefix + pollSql(key, tag, saved))) as [Poll];
+  return { ...row, stale: row.stale === true };
 }
 
 /** A waiter's try: when it takes the lock, it tags the session, looks for stale work and (if none) puts the timeouts back. */
 function pollSql(key: bigint, tag: string, saved: SavedSettings): string {
   return `SELECT t.locked, t.pid, t.stale,
     CASE WHEN t.locked THEN set_config('application_name', ${literal(tag)}, false) END AS tagged,
-    CASE WHEN t.locked AND t.stale IS NULL THEN ${restoreTimeoutsSql(saved)} END AS ready
-  FROM (SELECT l.*, CASE WHEN l.locked THEN ${staleSql(key, tag)} END AS stale
+    CASE WHEN t.locked AND NOT t.stale THEN ${restoreTimeoutsSql(saved)} END AS ready
+  FROM (SELECT l.*, l.locked AND ${anyTaggedSql(key, tag)} AS stale
     FROM (SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked, pg_backend_pid() AS pid OFFSET 0) l OFFSET 0) t`;
 }
 

@@ -14,7 +14,8 @@ import {
 
 const REPLICAS = 6;
 const PG_MIGRATE_LOCK_ID = 7241865325823964n;
-const [lockedUrl, cicUrl, v8Url, interopUrl, exclusionUrl, clientUrl] = await Promise.all([
+const [lockedUrl, cicUrl, v8Url, interopUrl, exclusionUrl, clientUrl, v7Url] = await Promise.all([
+  createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
   createTestDatabase(),
@@ -65,6 +66,22 @@ test('node-pg-migrate 8.x: the same adapter, with `node-pg-migrate` resolving to
   for (const replica of outcome.results) expect(replica.result?.nodePgMigrate).toMatch(/node-pg-migrate-v8/);
   expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
   expect(await appliedMigrations(v8Url, 'node-pg-migrate')).toEqual({ total: 3, distinct: 3 });
+});
+
+test('node-pg-migrate 7.x: the same adapter, with `node-pg-migrate` resolving to 7.x', async () => {
+  const outcome = await race({
+    migrator: 'node-pg-migrate',
+    mode: 'locked',
+    replicas: 6,
+    databaseUrl: v7Url,
+    nodeArgs: ['--import', fixture('adapters/use-node-pg-migrate-v7.mjs')],
+  });
+  report('node-pg-migrate', 'locked', outcome, ' (7.x)');
+  expectExclusiveHoldings(outcome);
+  expectAllSucceeded(outcome);
+  for (const replica of outcome.results) expect(replica.result?.nodePgMigrate).toMatch(/node-pg-migrate-v7/);
+  expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
+  expect(await appliedMigrations(v7Url, 'node-pg-migrate')).toEqual({ total: 3, distinct: 3 });
 });
 
 test('while a plain node-pg-migrate run holds its lock, a wrapped run waits, then succeeds', async () => {

@@ -12,15 +12,18 @@ import { pending as nodePgMigratePending } from '../../adapters/node-pg-migrate.
 import { race } from '../fixtures/adapters/race.mjs';
 import { createTestDatabase, fixture, withClient } from '../helpers.js';
 
-const [knexUrl, knexSchemaUrl, npmUrl, npmOrderUrl, npmV8Url, drizzleUrl, drizzleRuleUrl] = await Promise.all([
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-  createTestDatabase(),
-]);
+const [knexUrl, knexSchemaUrl, npmUrl, npmOrderUrl, npmV8Url, drizzleUrl, drizzleRuleUrl, npmV7Url, npmV7OrderUrl] =
+  await Promise.all([
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+    createTestDatabase(),
+  ]);
 const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
 const silentLog = () => {};
 
@@ -158,6 +161,32 @@ describe('node-pg-migrate', () => {
     });
     expect(outcome.results[0]?.stderr).toBe('');
     expect(outcome.results[0]?.result).toEqual({ pending: ALL, nodePgMigrate: expect.stringMatching(/-v8\//) });
+  });
+
+  test('node-pg-migrate 7.x: the same names, in a real process resolving node-pg-migrate to 7.x', async () => {
+    const outcome = await race({
+      migrator: 'node-pg-migrate',
+      mode: 'pending',
+      replicas: 1,
+      databaseUrl: npmV7Url,
+      nodeArgs: ['--import', fixture('adapters/use-node-pg-migrate-v7.mjs')],
+    });
+    expect(outcome.results[0]?.stderr).toBe('');
+    expect(outcome.results[0]?.result).toEqual({ pending: ALL, nodePgMigrate: expect.stringMatching(/-v7\//) });
+  });
+
+  test('node-pg-migrate 7.x checks the order only when asked: an earlier migration not run is pending, not an error', async () => {
+    await ran(options(npmV7OrderUrl));
+    await withClient(npmV7OrderUrl, (client) => client.query(`DELETE FROM pgmigrations WHERE name = '${ALL[0]}'`));
+    const outcome = await race({
+      migrator: 'node-pg-migrate',
+      mode: 'pending',
+      replicas: 1,
+      databaseUrl: npmV7OrderUrl,
+      nodeArgs: ['--import', fixture('adapters/use-node-pg-migrate-v7.mjs')],
+    });
+    expect(outcome.results[0]?.stderr).toBe('');
+    expect(outcome.results[0]?.result).toEqual({ pending: [ALL[0]], nodePgMigrate: expect.stringMatching(/-v7\//) });
   });
 
   test('rejects options without a connection, before connecting', async () => {
