@@ -207,8 +207,9 @@ export interface UmzugFleetOptions {
  * `factory` makes for the target. The lock is taken on the target's connection (for a schema target, a
  * connection of the pool the run shares among the schemas of that database); the migrations run wherever your
  * Umzug's context and storage run, so point them at the target: e.g. a Sequelize on `target.connection`, and for a
- * schema target `new SequelizeStorage({ sequelize, schema: target.schema })` with migrations that use
- * `target.schema`. A schema target's schema is created, under its lock, if it does not exist.
+ * schema target a SequelizeStorage in `target.schema` under a model name of its own (SequelizeStorage reuses a model
+ * already defined under its name, with that model's schema) and migrations that use `target.schema`. A schema
+ * target's schema is created, under its lock, if it does not exist.
  *
  * @param factory makes the Umzug for one target.
  * @param options `close(umzug, target)`, called after each target (e.g. to close what the factory opened).
@@ -218,7 +219,9 @@ export interface UmzugFleetOptions {
  * const migrator = fleet((target) => new Umzug({
  *   migrations: { glob: 'migrations/*.js' },
  *   context: { sequelize, schema: target.schema },
- *   storage: new SequelizeStorage({ sequelize, schema: target.schema }),
+ *   storage: new SequelizeStorage({
+ *     sequelize, schema: target.schema, modelName: `SequelizeMeta_${target.schema}`, tableName: 'SequelizeMeta',
+ *   }),
  *   logger: undefined,
  * }));
  * await migrateEach(['tenant_1', 'tenant_2'].map((schema) => ({ url, schema })), migrator);
