@@ -111,6 +111,10 @@ async function upLocked(
     // no lock is taken. MikroORM's own check creates its table when missing, which replicas doing at once can
     // fail on: a missing table is read here as "everything pending" instead. MikroORM checks again under the lock.
     async ({ client }) => {
+      // Migrations named explicitly always queue: MikroORM then applies them or throws for a name it cannot
+      // apply (already executed, unknown), as a bare `orm.migrator.up()` would.
+      const { from, to, migrations } = migrateOptions;
+      if (from !== undefined || to !== undefined || migrations !== undefined) return true;
       const [row] = await pgQuery(client)<{ present: boolean }>('SELECT to_regclass($1) IS NOT NULL AS present', [
         migrationsTable(orm),
       ]);

@@ -133,7 +133,10 @@ async function upLocked(
     // umzug's storage reads through its own connection, not this session, and may create its table on the way
     // (SequelizeStorage syncs its model): replicas doing that at once can fail on each other's CREATE TABLE. A
     // check that fails therefore queues; umzug.up() reads pending again under the lock and reports any real error.
+    // Migrations named explicitly (`to`, or `migrations` unless `rerun: 'SKIP'`) always queue: umzug then reruns
+    // them (`rerun: 'ALLOW'`) or throws for a name it cannot apply, as a bare `umzug.up()` would.
     async () => {
+      if (upOptions.to !== undefined || (upOptions.migrations !== undefined && upOptions.rerun !== 'SKIP')) return true;
       try {
         return (await umzug.pending()).length > 0;
       } catch (err) {

@@ -123,6 +123,12 @@ test('pending() lists exactly what up() then applies; up to date, up() returns [
       { logger: null },
     );
     expect(acquired).toHaveLength(1);
+    // Named explicitly, an applied migration fails as in bare umzug (so it queues); with rerun: 'SKIP' it is a no-op.
+    await expect(up(umzug, pendingUrl, { to: MIGRATIONS[1], lock })).rejects.toThrow(
+      /Couldn't find migration to apply/,
+    );
+    expect(await up(umzug, pendingUrl, { migrations: [MIGRATIONS[1]!], rerun: 'SKIP', lock })).toEqual([]);
+    expect(acquired).toHaveLength(2);
     // umzug's own options pass through: `step`, `to`.
     await withClient(pendingUrl, (client) =>
       client.query(`DELETE FROM "SequelizeMeta" WHERE name <> '001_create_accounts.cjs'; DROP TABLE migration_session`),
