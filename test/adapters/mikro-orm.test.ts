@@ -1,6 +1,8 @@
 // pg-migration-lock/mikro-orm: races of replica processes (MikroORM's default all-or-nothing transaction, which
 // runs on the lock session, and allOrNothing: false, which runs on the ORM's pool), check-first, pending, a failing
 // migration, a lost lock session, a fleet of schemas, and bad input.
+
+import { execFileSync } from 'node:child_process';
 import { Migration } from '@mikro-orm/migrations';
 import { expect, test } from 'vitest';
 import { fleet, pending, up } from '../../adapters/mikro-orm.js';
@@ -253,4 +255,23 @@ test('bad input is a TypeError (or RangeError) before anything is sent', async (
     client.query(`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'`),
   );
   expect(tables.rows).toEqual([]);
+});
+
+test('importing pg-migration-lock/mikro-orm (ESM and CommonJS builds) loads no MikroORM package', () => {
+  // An ESM import of the adapter first, then the CommonJS build: whatever either loaded through require shows here.
+  const out = execFileSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `import { createRequire } from 'node:module';
+       const esm = await import('pg-migration-lock/mikro-orm');
+       const require = createRequire(import.meta.url);
+       const cjs = require('pg-migration-lock/mikro-orm');
+       const loaded = Object.keys(require.cache).filter((f) => /node_modules\\/(@mikro-orm\\/[a-z]+|umzug|knex)\\//.test(f));
+       console.log(JSON.stringify({ esm: Object.keys(esm).sort(), cjs: Object.keys(cjs).sort(), loaded }));`,
+    ],
+    { encoding: 'utf8' },
+  );
+  expect(JSON.parse(out)).toEqual({ esm: ['fleet', 'pending', 'up'], cjs: ['fleet', 'pending', 'up'], loaded: [] });
 });

@@ -1,5 +1,7 @@
 // pg-migration-lock/umzug: races of replica processes (the lock on a Sequelize instance, and on a URL),
 // check-first, pending, a failing migration, a lost lock session, a fleet of schemas, and bad input.
+
+import { execFileSync } from 'node:child_process';
 import pg from 'pg';
 import { Sequelize } from 'sequelize';
 import { SequelizeStorage, Umzug } from 'umzug';
@@ -275,4 +277,23 @@ test('bad input is a TypeError (or RangeError) before any connection', async () 
   } finally {
     await sequelize.close();
   }
+});
+
+test('importing pg-migration-lock/umzug (ESM and CommonJS builds) loads neither umzug nor sequelize', () => {
+  // An ESM import of the adapter first, then the CommonJS build: whatever either loaded through require shows here.
+  const out = execFileSync(
+    process.execPath,
+    [
+      '--input-type=module',
+      '-e',
+      `import { createRequire } from 'node:module';
+       const esm = await import('pg-migration-lock/umzug');
+       const require = createRequire(import.meta.url);
+       const cjs = require('pg-migration-lock/umzug');
+       const loaded = Object.keys(require.cache).filter((f) => /node_modules\\/(umzug|sequelize)\\//.test(f));
+       console.log(JSON.stringify({ esm: Object.keys(esm).sort(), cjs: Object.keys(cjs).sort(), loaded }));`,
+    ],
+    { encoding: 'utf8' },
+  );
+  expect(JSON.parse(out)).toEqual({ esm: ['fleet', 'pending', 'up'], cjs: ['fleet', 'pending', 'up'], loaded: [] });
 });
