@@ -13,6 +13,7 @@ import {
   lockedRun,
   pgQuery,
   type Query,
+  type Session,
   type SessionSource,
   SKIPPED,
 } from './kit.js';
@@ -89,21 +90,49 @@ export async function up(
   const { lock, ...upOptions } = options;
   const locking = adapterLock(lock, 'umzug');
   const sequelize = asSequelize(source);
-  if (!sequelize) return upLocked(umzug, source as ClientSource, upOptions as MigrateUpOptions, locking);
-  // One connection of Sequelize's own pool (write side) holds the lock; it goes back to the pool after, unless the
-  // lock may still sit on it (a failed unlock, a lost session): then the pool destroys it.
+  return upLocked(
+    umzug,
+    sequelize ? sequelizeSource(sequelize) : (source as ClientSource),
+    upOptions as MigrateUpOptions,
+    locking,
+  );
+}
+
+/**
+ * Sessions from Sequelize's own pool (its write side), as the core takes them from a pg.Pool: each is a connection
+ * checked out with `getConnection()` and given back with `releaseConnection()`, or destroyed when the lock may
+ * still sit on it (a failed unlock, a lost session). Reopenable like a pool: a waiter whose connection breaks
+ * (a server restart) takes another one and keeps waiting.
+ */
+function sequelizeSource(sequelize: SequelizeLike): SessionSource {
   const { connectionManager } = sequelize;
-  const connection = (await connectionManager.getConnection({ type: 'write' })) as pg.PoolClient;
-  const borrowed = borrowedPgSession(connection);
-  try {
-    return await upLocked(umzug, borrowed.source, upOptions as MigrateUpOptions, locking);
-  } finally {
-    if (borrowed.discarded() && connectionManager.destroyConnection) {
-      await connectionManager.destroyConnection(connection).catch(() => {});
-    } else {
-      connectionManager.releaseConnection(connection);
-    }
-  }
+  return {
+    reopenable: true,
+    open: async (): Promise<Session> => {
+      const connection = (await connectionManager.getConnection({ type: 'write' })) as pg.ClientBase;
+      let session: Session;
+      try {
+        session = await borrowedPgSession(connection).source.open();
+      } catch (err) {
+        connectionManager.releaseConnection(connection);
+        throw err;
+      }
+      return {
+        ...session,
+        // What the core does with a pool's connection: a transaction left open is rolled back, settings restored.
+        kind: 'pooled',
+        release: async (discard?: boolean) => {
+          if (!discard) return void connectionManager.releaseConnection(connection);
+          // Closing the socket frees the lock on the server; the pool forgets the connection at once (its
+          // destroy's own end() is not awaited: on a dead network it might never finish).
+          session.destroy();
+          (connection as { _invalid?: boolean })._invalid = true;
+          if (connectionManager.destroyConnection) void connectionManager.destroyConnection(connection).catch(() => {});
+          else connectionManager.releaseConnection(connection);
+        },
+      };
+    },
+  };
 }
 
 /** `up` once its arguments are checked; a fleet's `before` runs on the locked session before umzug migrates. */
