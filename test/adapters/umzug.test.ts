@@ -11,6 +11,7 @@ import {
   DEFAULT_LOCK_KEY,
   fleetKey,
   fleetTarget,
+  getLockStatus,
   lockKey,
   MigrationLockLostError,
   migrateEach,
@@ -23,9 +24,9 @@ import { expectAllSucceeded, expectExclusiveHoldings, report } from './race-repo
 
 const REPLICAS = 8;
 const MIGRATIONS = ['001_create_accounts.cjs', '002_slow_step.cjs', '003_double_balance.cjs'];
-const [sequelizeUrl, urlUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl] = (await Promise.all(
-  Array.from({ length: 7 }, () => createTestDatabase()),
-)) as [string, string, string, string, string, string, string];
+const [sequelizeUrl, urlUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl, reopenUrl] = (await Promise.all(
+  Array.from({ length: 8 }, () => createTestDatabase()),
+)) as [string, string, string, string, string, string, string, string];
 
 const makeSequelize = sequelizeFor;
 const makeUmzug = umzugFor;
@@ -193,6 +194,31 @@ test('the lock session terminated mid-migration: MigrationLockLostError, and no 
   } finally {
     await sequelize.close();
   }
+});
+
+test('a Sequelize source is reopened like a pool: a waiter whose connection is terminated takes another and migrates', async () => {
+  const warnings: string[] = [];
+  await withUmzug(reopenUrl, 'migrations', async (umzug, sequelize) => {
+    const release = await holdLock(reopenUrl, DEFAULT_LOCK_KEY);
+    let applied: Promise<unknown>;
+    try {
+      const logger = { info() {}, warn: (m: string) => warnings.push(m), error() {} };
+      applied = up(umzug, sequelize, { lock: { logger, pollIntervalMs: 50 } });
+      const first = await waitFor(async () => (await getLockStatus(reopenUrl, DEFAULT_LOCK_KEY)).waiters[0], 10_000);
+      await withClient(reopenUrl, (client) => client.query('SELECT pg_terminate_backend($1)', [first!.pid]));
+      await waitFor(async () =>
+        (await getLockStatus(reopenUrl, DEFAULT_LOCK_KEY)).waiters.some((w) => w.pid !== first!.pid),
+      );
+    } finally {
+      await release();
+    }
+    expect(((await applied) as { name: string }[]).map((m) => m.name)).toEqual(MIGRATIONS);
+    // Sequelize's pool still works (the dead connection left it), and holds no lock.
+    expect(await pending(umzug)).toEqual([]);
+  });
+  expect(warnings.join('\n')).toMatch(/Lost the connection while waiting for migration lock .*reconnecting/);
+  expect(await lockRows(reopenUrl, DEFAULT_LOCK_KEY)).toEqual([]);
+  expect(await balance(reopenUrl)).toEqual([{ balance: 200 }]);
 });
 
 test('a fleet of 3 schemas with migrateEach: SequelizeMeta and the tables in each schema, once; then up to date', async () => {
