@@ -103,9 +103,15 @@ async function upLocked(
       await afterCreate(knex, client);
       // A transaction of MikroORM's own knex on the lock session (knex leaves a connection it is given open):
       // MikroORM runs each migration in a savepoint of it and logs it there, then it commits, all on this session.
-      return knex.transaction((transaction) => migrator.up({ ...migrateOptions, transaction }), {
-        connection: client,
-      });
+      // MikroORM writes its schema snapshot right after migrating, reading the schema through its pool: with the
+      // transaction still open here, it would read the schema as it was, or wait for the locks the migrations
+      // hold while they wait for it (a deadlock). So the snapshot is written after the commit instead.
+      const snapshot = settings.snapshot !== false;
+      const applied = await withoutSnapshot(settings, () =>
+        knex.transaction((transaction) => migrator.up({ ...migrateOptions, transaction }), { connection: client }),
+      );
+      if (snapshot && applied.length > 0) await storeSnapshot(orm);
+      return applied;
     },
     // Asked on the lock session before queueing, and at each release heard while waiting: with nothing pending,
     // no lock is taken. MikroORM's own check creates its table when missing, which replicas doing at once can
@@ -182,6 +188,49 @@ async function lockSource(knex: KnexLike): Promise<ClientSource> {
     ...rest
   } = settings as pg.ClientConfig & Record<string, unknown>;
   return { ...rest, password: (settings as pg.ClientConfig).password } as pg.ClientConfig;
+}
+
+/** How many calls have MikroORM's snapshot switched off, per migrations settings object, and its own value. */
+const snapshotsOff = new WeakMap<object, { calls: number; snapshot: boolean | undefined }>();
+
+/**
+ * Runs `fn` with MikroORM's `migrations.snapshot` off (the Migrator reads that settings object itself), and puts it
+ * back after; calls that overlap on one ORM put back the value the first one found.
+ */
+async function withoutSnapshot<T>(settings: { snapshot?: boolean }, fn: () => Promise<T>): Promise<T> {
+  const off = snapshotsOff.get(settings) ?? { calls: 0, snapshot: settings.snapshot };
+  off.calls += 1;
+  snapshotsOff.set(settings, off);
+  settings.snapshot = false;
+  try {
+    return await fn();
+  } finally {
+    off.calls -= 1;
+    if (off.calls === 0) {
+      settings.snapshot = off.snapshot;
+      snapshotsOff.delete(settings);
+    }
+  }
+}
+
+/**
+ * What MikroORM's Migrator does after applying migrations when `snapshot` is on: the database's schema, read
+ * through the ORM's connection, stored as the migrations folder's snapshot. Errors are ignored, as MikroORM does
+ * (read-only file systems in production).
+ */
+async function storeSnapshot(orm: AnyOrm): Promise<void> {
+  try {
+    const { DatabaseSchema } = await import('@mikro-orm/postgresql');
+    const schema = await DatabaseSchema.create(
+      orm.em.getConnection() as never,
+      orm.em.getPlatform() as never,
+      orm.config,
+    );
+    const migrator = orm.migrator as unknown as { storeCurrentSchema?: (schema: unknown) => Promise<void> };
+    await migrator.storeCurrentSchema?.(schema);
+  } catch {
+    // As MikroORM: a snapshot that cannot be written does not fail the migration.
+  }
 }
 
 /** The ORM's `pool.afterCreate`, run on the lock session as MikroORM's pool runs it on each of its connections. */

@@ -63,9 +63,9 @@ type AnyUmzug = Umzug<any>;
  * what is left.
  *
  * Where the migrations run: umzug runs them with your `context` (often Sequelize's `queryInterface`), that is on
- * your app's own connections, not on the session that holds the lock. So if the lock session is lost, `lock.signal`
- * hooks and `MigrationLockLostError` tell you, and no further migration starts, but the migration running at that
- * moment is not cut off; and fencing (the next holder terminating this holding's tagged sessions) reaches only the
+ * your app's own connections, not on the session that holds the lock. So if the lock session is lost, the call
+ * rejects with `MigrationLockLostError` (and `lock.hooks.onLockLost` fires) and no further migration starts, but
+ * the migration running at that moment is not cut off; and fencing (the next holder terminating this holding's tagged sessions) reaches only the
  * lock session. Keep migrations idempotent or transactional where that matters.
  *
  * @param umzug your `Umzug` instance (umzug 3), any storage (SequelizeStorage, a custom one).
@@ -241,7 +241,8 @@ export interface UmzugFleetOptions {
  * Umzug's context and storage run, so point them at the target: e.g. a Sequelize on `target.connection`, and for a
  * schema target a SequelizeStorage in `target.schema` under a model name of its own (SequelizeStorage reuses a model
  * already defined under its name, with that model's schema) and migrations that use `target.schema`. A schema
- * target's schema is created, under its lock, if it does not exist.
+ * target's schema is created, under its lock, if it does not exist. Its `pending(target)` is your storage's answer:
+ * a SequelizeStorage in a schema that does not exist yet fails (it cannot create its table there).
  *
  * @param factory makes the Umzug for one target.
  * @param options `close(umzug, target)`, called after each target (e.g. to close what the factory opened).

@@ -3,6 +3,9 @@
 // migration, a lost lock session, a fleet of schemas, and bad input.
 
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Migration } from '@mikro-orm/migrations';
 import { expect, test } from 'vitest';
 import { fleet, pending, up } from '../../adapters/mikro-orm.js';
@@ -26,9 +29,9 @@ const MIGRATIONS = [
   'Migration20240101000002_slow_step',
   'Migration20240101000003_double_balance',
 ];
-const [lockedUrl, eachUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl, cicUrl] = (await Promise.all(
-  Array.from({ length: 8 }, () => createTestDatabase()),
-)) as [string, string, string, string, string, string, string, string];
+const [lockedUrl, eachUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl, cicUrl, snapshotUrl] = (await Promise.all(
+  Array.from({ length: 9 }, () => createTestDatabase()),
+)) as [string, string, string, string, string, string, string, string, string];
 
 /** The one account's balance: 100 once created, doubled once by the data migration. */
 const balance = (url: string, schema = 'public') =>
@@ -144,6 +147,47 @@ test('a failing migration is named in the error; the all-or-nothing transaction 
     await orm.close(true);
   }
   expect(await lockRows(failUrl, DEFAULT_LOCK_KEY)).toEqual([]);
+});
+
+test("snapshot: true (MikroORM's default): written after the commit, with the new schema, and no deadlock", async () => {
+  // MikroORM reads the schema for its snapshot through its pool: done inside the transaction on the lock session,
+  // it would see the old schema, or wait forever for the lock an ALTER TABLE holds there.
+  class Migration20240101000001_accounts extends Migration {
+    async up() {
+      this.addSql('CREATE TABLE accounts (id serial PRIMARY KEY, balance integer NOT NULL)');
+    }
+  }
+  class Migration20240101000002_note extends Migration {
+    async up() {
+      this.addSql('ALTER TABLE accounts ADD COLUMN note text');
+      this.addSql('CREATE INDEX accounts_note_idx ON accounts (note)');
+    }
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'pgml-mikro-orm-'));
+  const orm = await ormFor(snapshotUrl, 'migrations', {
+    path: dir,
+    snapshot: true,
+    migrationsList: [
+      { name: 'Migration20240101000001_accounts', class: Migration20240101000001_accounts },
+      { name: 'Migration20240101000002_note', class: Migration20240101000002_note },
+    ],
+  });
+  const snapshot = () => {
+    const file = join(dir, `.snapshot-${new URL(snapshotUrl).pathname.slice(1)}.json`);
+    const { tables } = JSON.parse(readFileSync(file, 'utf8')) as { tables: { name: string; columns: object }[] };
+    return tables.map((table) => [table.name, Object.keys(table.columns)]);
+  };
+  try {
+    await up(orm, { to: 'Migration20240101000001_accounts', lock: { logger: null } });
+    expect(snapshot()).toEqual([['accounts', ['id', 'balance']]]);
+    expect((await up(orm, { lock: { logger: null } })).map((m) => m.name)).toEqual(['Migration20240101000002_note']);
+    expect(snapshot()).toEqual([['accounts', ['id', 'balance', 'note']]]);
+    // MikroORM's own setting is back as it was.
+    expect(orm.config.get('migrations').snapshot).toBe(true);
+  } finally {
+    await orm.close(true);
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('the lock session terminated mid-migration: MigrationLockLostError, the transaction rolled back', async () => {
