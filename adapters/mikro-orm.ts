@@ -52,8 +52,8 @@ interface KnexLike {
  * `allOrNothing`), the migrations and their rows in `mikro_orm_migrations` run in one transaction on that very
  * session (MikroORM's own `transaction` option), so lock and migration share fate: if the session dies, the lock
  * is gone and the transaction rolls back. With `allOrNothing: false` or `transactional: false`, or a `transaction`
- * of your own, MikroORM runs the migrations on its pool: still one replica at a time, but a lost lock session only
- * aborts (`MigrationLockLostError`), it does not stop the migration that is running.
+ * of your own, MikroORM runs the migrations on its pool: still one replica at a time, but a lost lock session
+ * rejects the call (`MigrationLockLostError`) and starts no further migration without stopping the one running.
  *
  * A replica that finds nothing pending returns `[]` at once, without queueing for the lock; MikroORM reads what is
  * pending again under the lock.
@@ -97,9 +97,19 @@ async function upLocked(
   const result = await lockedRun(
     source ?? (await lockSource(knex)),
     locking,
-    async ({ client }: { client: pg.ClientBase }) => {
+    async ({ client, signal }: { client: pg.ClientBase; signal: AbortSignal }) => {
       await before?.(pgQuery(client));
-      if (!onLockSession || migrateOptions.transaction) return migrator.up(migrateOptions);
+      if (!onLockSession || migrateOptions.transaction) {
+        // On MikroORM's pool, which a lost lock session does not stop: at least start no further migration once
+        // the lock is gone (MikroORM's umzug awaits its `migrating` listeners before each migration).
+        const stopIfLost = () => signal.throwIfAborted();
+        migrator.on('migrating', stopIfLost);
+        try {
+          return await migrator.up(migrateOptions);
+        } finally {
+          migrator.off('migrating', stopIfLost);
+        }
+      }
       await afterCreate(knex, client);
       // A transaction of MikroORM's own knex on the lock session (knex leaves a connection it is given open):
       // MikroORM runs each migration in a savepoint of it and logs it there, then it commits, all on this session.

@@ -29,9 +29,19 @@ const MIGRATIONS = [
   'Migration20240101000002_slow_step',
   'Migration20240101000003_double_balance',
 ];
-const [lockedUrl, eachUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl, cicUrl, snapshotUrl] = (await Promise.all(
-  Array.from({ length: 9 }, () => createTestDatabase()),
-)) as [string, string, string, string, string, string, string, string, string];
+const [lockedUrl, eachUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl, cicUrl, snapshotUrl, lostEachUrl] =
+  (await Promise.all(Array.from({ length: 10 }, () => createTestDatabase()))) as [
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+  ];
 
 /** The one account's balance: 100 once created, doubled once by the data migration. */
 const balance = (url: string, schema = 'public') =>
@@ -224,6 +234,47 @@ test('the lock session terminated mid-migration: MigrationLockLostError, the tra
     const table = await withClient(lostUrl, (client) => client.query(`SELECT to_regclass('half_done') AS t`));
     expect(table.rows).toEqual([{ t: null }]);
     expect(await pending(orm)).toEqual(['Migration20240101000001_half_done']);
+  } finally {
+    await orm.close(true);
+  }
+});
+
+test('allOrNothing: false, the lock session terminated mid-migration: MigrationLockLostError, no further migration starts', async () => {
+  const ran: string[] = [];
+  class Migration20240101000001_slow extends Migration {
+    async up() {
+      ran.push('slow');
+      this.addSql('SELECT pg_sleep(1.5)');
+    }
+  }
+  class Migration20240101000002_next extends Migration {
+    async up() {
+      ran.push('next');
+      this.addSql('CREATE TABLE next_one (id int)');
+    }
+  }
+  const orm = await ormFor(lostEachUrl, 'migrations', {
+    allOrNothing: false,
+    migrationsList: [
+      { name: 'Migration20240101000001_slow', class: Migration20240101000001_slow },
+      { name: 'Migration20240101000002_next', class: Migration20240101000002_next },
+    ],
+  });
+  try {
+    const outcome = up(orm, { lock: { logger: null } }).then(
+      () => 'resolved',
+      (error: unknown) => error,
+    );
+    const holderPid = await waitFor(
+      async () => (ran.length > 0 ? (await lockRows(lostEachUrl, DEFAULT_LOCK_KEY))[0]?.pid : undefined),
+      10_000,
+      'the lock and the first migration',
+    );
+    await withClient(lostEachUrl, (client) => client.query('SELECT pg_terminate_backend($1)', [holderPid]));
+    expect(await outcome).toBeInstanceOf(MigrationLockLostError);
+    // The running migration (on MikroORM's pool) finished; the next one never started.
+    expect(ran).toEqual(['slow']);
+    expect(await pending(orm)).toEqual(['Migration20240101000002_next']);
   } finally {
     await orm.close(true);
   }
