@@ -69,12 +69,18 @@ test.each([
       mode: 'locked',
       replicas,
       databaseUrl: url,
-      args: () => [transactions],
+      // All replicas start migrating together, however long each took to load.
+      args: () => [transactions, `barrier=${replicas}`],
     });
     report('mikro-orm', 'locked', outcome, ` (${transactions})`);
     expectExclusiveHoldings(outcome);
     expectAllSucceeded(outcome);
     expect(outcome.failed).toBe(0);
+    // A real race: replicas queued behind the one migrating (and left at its release, or took the lock and found
+    // nothing left to do).
+    const waited = outcome.results.filter((r) => r.result?.waited).length;
+    console.info(`[race] ${waited} of ${replicas} replicas waited for the lock`);
+    expect(waited).toBeGreaterThan(0);
     expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
     expect(await appliedMigrations(url, 'mikro-orm')).toEqual({ total: 3, distinct: 3 });
     expect(await balance(url)).toEqual([{ balance: 200 }]);
@@ -88,7 +94,14 @@ test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for t
   const release = await withMigrationLock(
     lockedUrl,
     DEFAULT_LOCK_KEY,
-    async () => race({ migrator: 'mikro-orm', mode: 'locked', replicas: REPLICAS, databaseUrl: lockedUrl }),
+    async () =>
+      race({
+        migrator: 'mikro-orm',
+        mode: 'locked',
+        replicas: REPLICAS,
+        databaseUrl: lockedUrl,
+        args: () => [`barrier=${REPLICAS}`],
+      }),
     { logger: null },
   );
   report('mikro-orm', 'locked', release, ' (up to date, lock held by a test session)');

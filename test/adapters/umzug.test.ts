@@ -72,12 +72,18 @@ test.each([
       mode: 'locked',
       replicas,
       databaseUrl: url,
-      args: () => [source],
+      // All replicas start migrating together, however long each took to load.
+      args: () => [source, `barrier=${replicas}`],
     });
     report('umzug', 'locked', outcome, ` (lock on ${source})`);
     expectExclusiveHoldings(outcome);
     expectAllSucceeded(outcome);
     expect(outcome.failed).toBe(0);
+    // A real race: replicas queued behind the one migrating (and left at its release, or took the lock and found
+    // nothing left to do).
+    const waited = outcome.results.filter((r) => r.result?.waited).length;
+    console.info(`[race] ${waited} of ${replicas} replicas waited for the lock`);
+    expect(waited).toBeGreaterThan(0);
     expect(outcome.results.flatMap((r) => r.result?.ran ?? []).sort()).toEqual(MIGRATIONS);
     expect(await appliedMigrations(url, 'umzug')).toEqual({ total: 3, distinct: 3 });
     expect(await balance(url)).toEqual([{ balance: 200 }]);
@@ -93,7 +99,13 @@ test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for t
   const release = await holdLock(sequelizeUrl, DEFAULT_LOCK_KEY);
   let outcome: Awaited<ReturnType<typeof race>>;
   try {
-    outcome = await race({ migrator: 'umzug', mode: 'locked', replicas: REPLICAS, databaseUrl: sequelizeUrl });
+    outcome = await race({
+      migrator: 'umzug',
+      mode: 'locked',
+      replicas: REPLICAS,
+      databaseUrl: sequelizeUrl,
+      args: () => [`barrier=${REPLICAS}`],
+    });
   } finally {
     await release();
   }
