@@ -3,6 +3,7 @@
 
 import { execFileSync } from 'node:child_process';
 import pg from 'pg';
+import postgres from 'postgres';
 import { Sequelize } from 'sequelize';
 import { SequelizeStorage, Umzug } from 'umzug';
 import { expect, test } from 'vitest';
@@ -24,9 +25,19 @@ import { expectAllSucceeded, expectCicRace, expectExclusiveHoldings, report } fr
 
 const REPLICAS = 8;
 const MIGRATIONS = ['001_create_accounts.cjs', '002_slow_step.cjs', '003_double_balance.cjs'];
-const [sequelizeUrl, urlUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl, reopenUrl, cicUrl] = (await Promise.all(
-  Array.from({ length: 9 }, () => createTestDatabase()),
-)) as [string, string, string, string, string, string, string, string, string];
+const [sequelizeUrl, urlUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl, reopenUrl, cicUrl, sourcesUrl] =
+  (await Promise.all(Array.from({ length: 10 }, () => createTestDatabase()))) as [
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+    string,
+  ];
 
 const makeSequelize = sequelizeFor;
 const makeUmzug = umzugFor;
@@ -160,6 +171,39 @@ test('pending() lists exactly what up() then applies; up to date, up() returns [
   // The lock's connection went back to Sequelize's pool without the lock.
   expect(await lockRows(pendingUrl, lockKey('umzug-test'))).toEqual([]);
   expect(await balance(pendingUrl)).toEqual([{ balance: 200 }]);
+});
+
+test('the other lock sources: a pg.Pool, a connected pg.Client, a postgres.js sql (one migration each)', async () => {
+  const pool = new pg.Pool({ connectionString: sourcesUrl, max: 2 });
+  const client = new pg.Client(sourcesUrl);
+  await client.connect();
+  const sql = postgres(sourcesUrl, { max: 2, onnotice: () => {} });
+  const held: string[] = [];
+  const lock = (name: string) => ({ logger: null, hooks: { onAcquired: () => void held.push(name) } });
+  try {
+    await withUmzug(sourcesUrl, 'migrations', async (umzug) => {
+      const one = (source: Parameters<typeof up>[1], name: string) =>
+        up(umzug, source, { step: 1, lock: lock(name) }).then((applied) => applied.map((m) => m.name));
+      expect(await one(pool, 'pool')).toEqual([MIGRATIONS[0]]);
+      expect(await one(client, 'client')).toEqual([MIGRATIONS[1]]);
+      expect(await one(sql, 'postgres.js')).toEqual([MIGRATIONS[2]]);
+      expect(await pending(umzug)).toEqual([]);
+    });
+    expect(held).toEqual(['pool', 'client', 'postgres.js']);
+    // The caller's client is left as it was: connected, holding nothing.
+    expect(
+      (
+        await client.query('SELECT count(*)::int AS n FROM pg_locks WHERE locktype = $1 AND pid = pg_backend_pid()', [
+          'advisory',
+        ])
+      ).rows,
+    ).toEqual([{ n: 0 }]);
+  } finally {
+    await client.end();
+    await pool.end();
+    await sql.end();
+  }
+  expect(await balance(sourcesUrl)).toEqual([{ balance: 200 }]);
 });
 
 test('a failing migration is named in the error, after the one before it was applied; the lock is released', async () => {
