@@ -29,19 +29,33 @@ const MIGRATIONS = [
   'Migration20240101000002_slow_step',
   'Migration20240101000003_double_balance',
 ];
-const [lockedUrl, eachUrl, pendingUrl, failUrl, lostUrl, fleetUrl, inputUrl, cicUrl, snapshotUrl, lostEachUrl] =
-  (await Promise.all(Array.from({ length: 10 }, () => createTestDatabase()))) as [
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-    string,
-  ];
+// One fresh database per test that needs one.
+const fresh = () => createTestDatabase();
+const [
+  lockedUrl,
+  eachUrl,
+  pendingUrl,
+  failUrl,
+  lostUrl,
+  fleetUrl,
+  inputUrl,
+  cicUrl,
+  snapshotUrl,
+  lostEachUrl,
+  fieldsUrl,
+] = await Promise.all([
+  fresh(),
+  fresh(),
+  fresh(),
+  fresh(),
+  fresh(),
+  fresh(),
+  fresh(),
+  fresh(),
+  fresh(),
+  fresh(),
+  fresh(),
+]);
 
 /** The one account's balance: 100 once created, doubled once by the data migration. */
 const balance = (url: string, schema = 'public') =>
@@ -151,6 +165,29 @@ test("pending() lists exactly what up() then applies; MikroORM's options pass th
   expect(await lockRows(pendingUrl, lockKey('mikro-orm-test'))).toEqual([]);
   expect(await balance(pendingUrl)).toEqual([{ balance: 200 }]);
   expect(await migrationSessionKeys(pendingUrl)).toEqual([{ advisory_keys: [lockKey('mikro-orm-test').toString()] }]);
+});
+
+test('an ORM configured by host, port, user, password and dbName: the lock session is made from them', async () => {
+  const url = new URL(fieldsUrl);
+  const orm = await ormFor('', 'migrations', undefined, {
+    clientUrl: undefined,
+    host: url.hostname,
+    port: Number(url.port),
+    user: decodeURIComponent(url.username),
+    password: decodeURIComponent(url.password),
+    dbName: url.pathname.slice(1),
+  });
+  try {
+    const keys: bigint[] = [];
+    const applied = await up(orm, {
+      lock: { logger: null, hooks: { onAcquired: (info) => void keys.push(info.key) } },
+    });
+    expect(applied.map((m) => m.name)).toEqual(MIGRATIONS);
+    expect(keys).toEqual([DEFAULT_LOCK_KEY]);
+  } finally {
+    await orm.close(true);
+  }
+  expect(await migrationSessionKeys(fieldsUrl)).toEqual([{ advisory_keys: [DEFAULT_LOCK_KEY.toString()] }]);
 });
 
 test('a failing migration is named in the error; the all-or-nothing transaction rolled back; the lock is released', async () => {
