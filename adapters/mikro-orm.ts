@@ -13,6 +13,7 @@ import {
   lockedRun,
   pgQuery,
   type Query,
+  quoteIdent,
   SKIPPED,
   usingTarget,
 } from './kit.js';
@@ -178,10 +179,8 @@ function migrationsTable(orm: AnyOrm): string {
   const parts = configured.split('.');
   const table = parts.length > 1 ? parts[1]! : parts[0]!;
   const schema = parts.length > 1 ? parts[0]! : (orm.config.get('schema') ?? 'public');
-  return `${quote(schema)}.${quote(table)}`;
+  return `${quoteIdent(schema)}.${quoteIdent(table)}`;
 }
-
-const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
 /** The lock session's source: a connection of our own, with the settings MikroORM's knex connects with. */
 async function lockSource(knex: KnexLike): Promise<ClientSource> {
