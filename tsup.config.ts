@@ -21,6 +21,8 @@ export default defineConfig([
       drizzle: 'adapters/drizzle.ts',
       kysely: 'adapters/kysely.ts',
       typeorm: 'adapters/typeorm.ts',
+      umzug: 'adapters/umzug.ts',
+      'mikro-orm': 'adapters/mikro-orm.ts',
     },
     format: ['esm', 'cjs'],
     dts: true,

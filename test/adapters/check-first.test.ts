@@ -19,6 +19,8 @@ import { KYSELY_LOCK_KEY } from '../../adapters/kysely.js';
 import { runner } from '../../adapters/node-pg-migrate.js';
 import { DEFAULT_LOCK_KEY } from '../../src/index.js';
 import { appliedMigrations, type Migrator, race } from '../fixtures/adapters/race.mjs';
+import { ormFor } from '../fixtures/mikro-orm/orm.mjs';
+import { sequelizeFor, umzugFor } from '../fixtures/umzug/umzug.mjs';
 import { createTestDatabase, fixture, withClient } from '../helpers.js';
 import { expectAllSucceeded, expectExclusiveHoldings, report } from './race-report.js';
 
@@ -78,6 +80,30 @@ const SETUPS: Record<Migrator, { key: bigint; applyFirst: (url: string) => Promi
         await dataSource.runMigrations();
       } finally {
         await dataSource.destroy();
+      }
+    },
+  },
+  umzug: {
+    key: DEFAULT_LOCK_KEY,
+    rest: ['002_slow_step.cjs', '003_double_balance.cjs'],
+    async applyFirst(url) {
+      const sequelize = sequelizeFor(url);
+      try {
+        await umzugFor(sequelize).up({ step: 1 });
+      } finally {
+        await sequelize.close();
+      }
+    },
+  },
+  'mikro-orm': {
+    key: DEFAULT_LOCK_KEY,
+    rest: ['Migration20240101000002_slow_step', 'Migration20240101000003_double_balance'],
+    async applyFirst(url) {
+      const orm = await ormFor(url);
+      try {
+        await orm.migrator.up({ to: 'Migration20240101000001_create_accounts' });
+      } finally {
+        await orm.close(true);
       }
     },
   },
