@@ -1,15 +1,15 @@
-import type { MigrateOptions, MikroORM, Options, UmzugMigration } from '@mikro-orm/core';
+import type { MigrateOptions, Options, UmzugMigration } from '@mikro-orm/core';
 import type pg from 'pg';
 import {
-  type AdapterLock,
-  type AdapterLockOptions,
-  adapterLock,
+  type CheckedLock,
   type ClientSource,
   checkFleetConfig,
+  checkLock,
   enterSchema,
   type FleetMigrator,
   type FleetTarget,
   importPeer,
+  type KeyedLockOptions,
   lockedRun,
   pgQuery,
   type Query,
@@ -17,6 +17,14 @@ import {
   SKIPPED,
   usingTarget,
 } from './kit.js';
+import {
+  type AnyOrm,
+  afterCreate,
+  type KnexLike,
+  lockSource,
+  storeSnapshot,
+  withoutSnapshot,
+} from './mikro-orm/session.js';
 
 /**
  * The `lock` option of {@link up}: the key, plus every option of `withMigrationLock`.
@@ -24,7 +32,7 @@ import {
  * has no lock of its own to share a key with.
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface MikroOrmLockOptions extends AdapterLockOptions {}
+export interface MikroOrmLockOptions extends KeyedLockOptions {}
 
 /** MikroORM's own `migrator.up(options)` options (`from`, `to`, `migrations`, `transaction`), plus `lock`. */
 export type MikroOrmUpOptions = MigrateOptions & {
@@ -33,15 +41,6 @@ export type MikroOrmUpOptions = MigrateOptions & {
 };
 
 /** Any MikroORM instance (its driver is checked at run time: PostgreSQL). */
-// biome-ignore lint/suspicious/noExplicitAny: the ORM's driver type is the user's; the adapter checks it at run time.
-type AnyOrm = MikroORM<any>;
-
-/** The slice of MikroORM's knex-based connection the adapter uses. */
-interface KnexLike {
-  client: { driverName?: string; config: { connection?: unknown; pool?: { afterCreate?: unknown } } };
-  // biome-ignore lint/suspicious/noExplicitAny: knex's transaction types come from MikroORM's own knex.
-  transaction<T>(handler: (trx: any) => Promise<T>, config: { connection: unknown }): Promise<T>;
-}
 
 /**
  * `orm.migrator.up(options)` (MikroORM 6, `@mikro-orm/migrations`) under a PostgreSQL advisory lock: replicas that
@@ -76,7 +75,7 @@ export async function up(orm: AnyOrm, options: MikroOrmUpOptions | string | stri
   const { lock, ...migrateOptions } =
     typeof options === 'string' || Array.isArray(options) ? { migrations: [options].flat() } : options;
   // Checked before anything is sent: a bad key fails here.
-  return upLocked(orm, knex, migrateOptions, adapterLock(lock as MikroOrmLockOptions | undefined, 'mikro-orm'));
+  return upLocked(orm, knex, migrateOptions, checkLock(lock as MikroOrmLockOptions | undefined, 'mikro-orm'));
 }
 
 /**
@@ -87,7 +86,7 @@ async function upLocked(
   orm: AnyOrm,
   knex: KnexLike,
   migrateOptions: MigrateOptions,
-  locking: AdapterLock,
+  locking: CheckedLock,
   before?: (query: Query) => Promise<void>,
   source?: ClientSource,
 ): Promise<UmzugMigration[]> {
@@ -182,73 +181,6 @@ function migrationsTable(orm: AnyOrm): string {
   return `${quoteIdent(schema)}.${quoteIdent(table)}`;
 }
 
-/** The lock session's source: a connection of our own, with the settings MikroORM's knex connects with. */
-async function lockSource(knex: KnexLike): Promise<ClientSource> {
-  const { connection } = knex.client.config;
-  const settings = typeof connection === 'function' ? await connection() : connection;
-  if (typeof settings === 'string') return settings;
-  if (!settings || typeof settings !== 'object') {
-    throw new TypeError('pg-migration-lock/mikro-orm: the ORM has no connection settings');
-  }
-  // MikroORM adds `schema` (a setting of its own, not pg's); knex hides `password` (non-enumerable).
-  const {
-    schema: _schema,
-    expirationChecker: _checker,
-    ...rest
-  } = settings as pg.ClientConfig & Record<string, unknown>;
-  return { ...rest, password: (settings as pg.ClientConfig).password } as pg.ClientConfig;
-}
-
-/** How many calls have MikroORM's snapshot switched off, per migrations settings object, and its own value. */
-const snapshotsOff = new WeakMap<object, { calls: number; snapshot: boolean | undefined }>();
-
-/**
- * Runs `fn` with MikroORM's `migrations.snapshot` off (the Migrator reads that settings object itself), and puts it
- * back after; calls that overlap on one ORM put back the value the first one found.
- */
-async function withoutSnapshot<T>(settings: { snapshot?: boolean }, fn: () => Promise<T>): Promise<T> {
-  const off = snapshotsOff.get(settings) ?? { calls: 0, snapshot: settings.snapshot };
-  off.calls += 1;
-  snapshotsOff.set(settings, off);
-  settings.snapshot = false;
-  try {
-    return await fn();
-  } finally {
-    off.calls -= 1;
-    if (off.calls === 0) {
-      settings.snapshot = off.snapshot;
-      snapshotsOff.delete(settings);
-    }
-  }
-}
-
-/**
- * What MikroORM's Migrator does after applying migrations when `snapshot` is on: the database's schema, read
- * through the ORM's connection, stored as the migrations folder's snapshot. Errors are ignored, as MikroORM does
- * (read-only file systems in production).
- */
-async function storeSnapshot(orm: AnyOrm): Promise<void> {
-  try {
-    const { DatabaseSchema } = await import('@mikro-orm/postgresql');
-    const schema = await DatabaseSchema.create(
-      orm.em.getConnection() as never,
-      orm.em.getPlatform() as never,
-      orm.config,
-    );
-    const migrator = orm.migrator as unknown as { storeCurrentSchema?: (schema: unknown) => Promise<void> };
-    await migrator.storeCurrentSchema?.(schema);
-  } catch {
-    // As MikroORM: a snapshot that cannot be written does not fail the migration.
-  }
-}
-
-/** The ORM's `pool.afterCreate`, run on the lock session as MikroORM's pool runs it on each of its connections. */
-async function afterCreate(knex: KnexLike, client: pg.ClientBase): Promise<void> {
-  const hook = knex.client.config.pool?.afterCreate;
-  if (typeof hook !== 'function') return;
-  await new Promise<void>((resolve, reject) => hook(client, (err?: unknown) => (err ? reject(err) : resolve())));
-}
-
 /**
  * What {@link fleet} takes: the ORM's options (entities, `migrations`, …) as `MikroORM.init` takes them, whose
  * connection (`clientUrl`, `host`, `port`, `user`, `password`, `dbName`) each target replaces.
@@ -314,7 +246,7 @@ export function fleet(options: MikroOrmFleetOptions = {}): FleetMigrator {
         async (orm) => {
           const { schema } = target;
           const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, true);
-          const applied = await upLocked(orm, checkOrm(orm), {}, adapterLock(lock, 'mikro-orm'), before, pool);
+          const applied = await upLocked(orm, checkOrm(orm), {}, checkLock(lock, 'mikro-orm'), before, pool);
           return applied.map((migration) => migration.name);
         },
       ),

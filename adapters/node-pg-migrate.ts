@@ -96,7 +96,9 @@ async function runLocked(
   const { runner: run, PG_MIGRATE_LOCK_ID: since8 } = await importNodePgMigrate();
   // 7.x always locks its own key: a lockValue would lock another one here while it takes its own.
   if (since8 === undefined && runnerOptions.lockValue !== undefined) {
-    throw new TypeError('pg-migration-lock/node-pg-migrate: `lockValue` needs node-pg-migrate 8 or later (7.x always locks 7241865325823964)');
+    throw new TypeError(
+      'pg-migration-lock/node-pg-migrate: `lockValue` needs node-pg-migrate 8 or later (7.x always locks 7241865325823964)',
+    );
   }
   const result = await lockedRun(
     source,

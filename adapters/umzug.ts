@@ -1,15 +1,15 @@
 import type pg from 'pg';
 import type { MigrateUpOptions, MigrationMeta, Umzug } from 'umzug';
 import {
-  type AdapterLock,
-  type AdapterLockOptions,
-  adapterLock,
   borrowedPgSession,
+  type CheckedLock,
   type ClientSource,
   checkFleetConfig,
+  checkLock,
   enterSchema,
   type FleetMigrator,
   type FleetTarget,
+  type KeyedLockOptions,
   lockedRun,
   pgQuery,
   type Query,
@@ -24,7 +24,7 @@ import {
  * Sequelize have no migration lock of their own to share a key with.
  * @example { key: lockKey('billing'), timeoutMs: 5 * 60_000, logger: pino() }
  */
-export interface UmzugLockOptions extends AdapterLockOptions {}
+export interface UmzugLockOptions extends KeyedLockOptions {}
 
 /** umzug's own `umzug.up(options)` options (`to`, `step`, `migrations`, `rerun`), plus `lock`. */
 export type UmzugUpOptions = MigrateUpOptions & {
@@ -88,7 +88,7 @@ export async function up(
   if (options === null || typeof options !== 'object')
     throw new TypeError('pg-migration-lock/umzug: expected `options` to be an object ({ to, step, migrations, lock })');
   const { lock, ...upOptions } = options;
-  const locking = adapterLock(lock, 'umzug');
+  const locking = checkLock(lock, 'umzug');
   const sequelize = asSequelize(source);
   return upLocked(
     umzug,
@@ -140,7 +140,7 @@ async function upLocked(
   umzug: AnyUmzug,
   source: ClientSource | SessionSource,
   upOptions: MigrateUpOptions,
-  locking: AdapterLock,
+  locking: CheckedLock,
   before?: (query: Query) => Promise<void>,
 ): Promise<MigrationMeta[]> {
   const result = await lockedRun(
@@ -283,7 +283,7 @@ export function fleet(
       using(target, async (umzug) => {
         const { schema } = target;
         const before = schema === undefined ? undefined : (query: Query) => enterSchema(query, schema, false);
-        const applied = await upLocked(umzug, pool ?? target.connection, {}, adapterLock(lock, 'umzug'), before);
+        const applied = await upLocked(umzug, pool ?? target.connection, {}, checkLock(lock, 'umzug'), before);
         return applied.map((migration) => migration.name);
       }),
   };

@@ -53,12 +53,7 @@ export async function take(
   markHealthy();
   const { pid, saved } = first;
   const restoreAll = session.kind === 'own' ? "''" : restoreAllSql(saved);
-  const took = (
-    row: { stale: boolean },
-    waitedMs: number,
-    registered: boolean,
-    unlisten?: () => Promise<void>,
-  ) =>
+  const took = (row: { stale: boolean }, waitedMs: number, registered: boolean, unlisten?: () => Promise<void>) =>
     handOver(
       setup,
       query,

@@ -90,7 +90,7 @@ export const anyTaggedSql = (key: bigint, tag: string) =>
   `EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
     WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid <> pg_backend_pid()
       AND a.application_name LIKE ${literal(`${TAG_PREFIX}${key}:%`)} AND ${isTagOf(key, 'a.application_name')}
-      AND a.application_name <> ${literal(tag)})`
+      AND a.application_name <> ${literal(tag)})`;
 
 /**
  * Terminates the backends carrying exactly `tag` (a holding's own work, when it lost its session), unless their
