@@ -8,7 +8,8 @@
 // the replicas' CMD reaches the database through that PgBouncer (DATABASE_URL = the pooler, `--database-url` =
 // the server), as Neon and Supabase users set it up. The check: fencing never terminates an app connection
 // (errors a server restart caused are counted apart), while it still stops orphans of direct CMDs.
-// BENCH_CHAOS_ROUNDS=N overrides the number of rounds (e.g. a short full-size run).
+// BENCH_CHAOS_ROUNDS=N overrides the number of rounds (e.g. a short full-size run); BENCH_CHAOS_FAULTS=a,b draws
+// the faults from those only (e.g. sigkill-cli,terminate-lock,release-force: the ones that leave orphans to fence).
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -172,6 +173,9 @@ export async function chaos(ctx) {
   const { chaosReplicas: replicas, chaosSteps: steps } = ctx.config;
   const rounds = Number(process.env.BENCH_CHAOS_ROUNDS ?? ctx.config.chaosRounds);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`BENCH_CHAOS_ROUNDS must be a whole number ≥ 1`);
+  const faults = process.env.BENCH_CHAOS_FAULTS?.split(',').map((f) => f.trim()) ?? FAULTS;
+  const unknownFault = faults.find((f) => !FAULTS.includes(f));
+  if (unknownFault) throw new Error(`BENCH_CHAOS_FAULTS: unknown fault ${unknownFault} (known: ${FAULTS.join(', ')})`);
   // A server of its own: the chaos restarts it.
   const server = await startPostgres({ durable: false });
   const url = server.url;
@@ -184,6 +188,8 @@ export async function chaos(ctx) {
   let overlappingPooled = 0;
   let fenced = 0;
   let fencedPooled = 0;
+  let fencedOwn = 0;
+  let fencedOwnPooled = 0;
   let untaggedNotice = 0;
   const fencedBackends = [];
   let slowest = 0;
@@ -194,9 +200,10 @@ export async function chaos(ctx) {
     pooler = await startPooler(url, ctx);
     app = await startApp({ direct: url, ...(pooler.bouncer ? { pooled: pooler.bouncer.url } : {}) });
     for (let round = 1; round <= rounds; round++) {
-      const fault = FAULTS[Math.floor(Math.random() * FAULTS.length)];
-      // Every second round, CMD goes through the pooler; the lock is taken direct.
+      // Every second round, CMD goes through the pooler (the lock is taken direct), with the fault of the round
+      // before: each fault strikes both paths alike.
       const pooled = Boolean(pooler.bouncer) && round % 2 === 0;
+      const fault = pooled ? rows.at(-1).fault : faults[Math.floor(Math.random() * faults.length)];
       const env = { DATABASE_URL: pooled ? pooler.bouncer.url : url };
       const lockUrl = pooled ? ['--database-url', url] : [];
       const started = performance.now();
@@ -260,6 +267,12 @@ export async function chaos(ctx) {
       const fencedNow = exits.filter((e) => /an earlier holder's work is still running/.test(e.output)).length;
       if (pooled) fencedPooled += fencedNow;
       else fenced += fencedNow;
+      // A holding that lost its session terminates its own tagged work at once, before any new holder looks.
+      const ownNow = exits.filter((e) =>
+        /Terminated the work still running under this holding's tag/.test(e.output),
+      ).length;
+      if (pooled) fencedOwnPooled += ownNow;
+      else fencedOwn += ownNow;
       // A pooled CMD is not tagged, and `run` says so (once per replica that started CMD).
       if (pooled)
         untaggedNotice += exits.filter((e) => /CMD's connections are not tagged for fencing/.test(e.output)).length;
@@ -362,7 +375,7 @@ export async function chaos(ctx) {
       pooler.bouncer
         ? `In ${pooledRows.length} of the rounds the replicas' CMD reached the database through PgBouncer (transaction mode, 2 server connections; the lock direct): \`run\` said CMD is not tagged in ${untaggedNotice} replicas, and such work is not fenced (its overlaps are counted apart, not as failures).`
         : `No pooler: ${pooler.skipped}.`,
-      `A new holder terminated an earlier holding's still-running work (fencing) in ${fenced} hand-offs with CMD direct${pooledRows.length ? ` (${fencedPooled} with CMD through PgBouncer)` : ''}; replicas that exited non-zero in rounds without a fault: ${replicasFailedWithoutFault}.`,
+      `Fencing stopped an orphan: a new holder terminated an earlier holding's still-running work in ${fenced} hand-offs, and a holding that lost its session terminated its own work in ${fencedOwn} replicas, with CMD direct${pooledRows.length ? ` (with CMD through PgBouncer: ${fencedPooled} and ${fencedOwnPooled})` : ''}; replicas that exited non-zero in rounds without a fault: ${replicasFailedWithoutFault}.`,
       `An app process queried the database every 50 ms throughout, on a long-lived connection ${pooler.bouncer ? 'direct and one through the same PgBouncer' : 'direct'}: ${appQueries} queries; ${perPath}. App connections terminated outside a server restart (SQLSTATE 57P01, fencing): ${appFenced}; other app errors outside a restart: ${appOther}; app queries served on a tagged connection: ${appTagged}. Of the ${fencedBackends.length} backends fencing terminated, ${appBackendsFenced.length} had served the app (its direct connection or a PgBouncer server connection it was served on).`,
     ],
     targets: [
@@ -394,6 +407,8 @@ export async function chaos(ctx) {
       overlappingPooled,
       fenced,
       fencedPooled,
+      fencedOwn,
+      fencedOwnPooled,
       pooler: pooler.bouncer ? 'pgbouncer, transaction mode, pool_size 2' : pooler.skipped,
       app: appResult,
       appQueries,
