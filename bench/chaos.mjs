@@ -14,9 +14,9 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { lockKey } from 'pg-migration-lock';
+import { findPgbouncer, startPgbouncer } from '../test/fixtures/pooler/pgbouncer.mjs';
 import { startPostgres } from '../test/postgres.mjs';
 import { fmtS, sleep, within } from './lib.mjs';
-import { findPgbouncer, startPgbouncer } from './pooler.mjs';
 
 // BENCH_CLI: another build's CLI to put through the same rounds (e.g. an older release, to compare).
 const CLI = process.env.BENCH_CLI ?? fileURLToPath(new URL('../dist/cli/index.js', import.meta.url));
@@ -166,7 +166,13 @@ async function startPooler(url, ctx) {
     return { skipped: reason };
   }
   // Transaction mode with 2 server connections: the one a pooled CMD's step used goes on to serve the app.
-  return { bouncer: await startPgbouncer(binary, { serverUrl: url, poolMode: 'transaction', poolSize: 2 }) };
+  return {
+    bouncer: await startPgbouncer(binary, {
+      serverUrl: url,
+      poolMode: 'transaction',
+      databases: { db: { pool_size: 2 } },
+    }),
+  };
 }
 
 export async function chaos(ctx) {
@@ -198,13 +204,13 @@ export async function chaos(ctx) {
   let appResult;
   try {
     pooler = await startPooler(url, ctx);
-    app = await startApp({ direct: url, ...(pooler.bouncer ? { pooled: pooler.bouncer.url } : {}) });
+    app = await startApp({ direct: url, ...(pooler.bouncer ? { pooled: pooler.bouncer.url() } : {}) });
     for (let round = 1; round <= rounds; round++) {
       // Every second round, CMD goes through the pooler (the lock is taken direct), with the fault of the round
       // before: each fault strikes both paths alike.
       const pooled = Boolean(pooler.bouncer) && round % 2 === 0;
       const fault = pooled ? rows.at(-1).fault : faults[Math.floor(Math.random() * faults.length)];
-      const env = { DATABASE_URL: pooled ? pooler.bouncer.url : url };
+      const env = { DATABASE_URL: pooled ? pooler.bouncer.url() : url };
       const lockUrl = pooled ? ['--database-url', url] : [];
       const started = performance.now();
       const boots = new Set([await boot(url)]);

@@ -15,7 +15,7 @@ import {
   withMigrationLock,
 } from '../src/index.js';
 import { cli, fixture as cliFixture } from './cli/cli.js';
-import { findPgbouncer, type Pgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.js';
+import { findPgbouncer, type Pgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.mjs';
 import { findPostgresBinaries, type Replicated, startPrimaryAndStandby } from './fixtures/standby.js';
 import { createTestDatabase, skipUnlessRequired, sleep, waitFor, withClient } from './helpers.js';
 
@@ -487,6 +487,15 @@ describe('libpq keyword/value connection strings work wherever a URL does', () =
     expect(seen).toBe(role);
     expect((await getLockStatus(conninfo, 601n)).locked).toBe(false);
     expect(await releaseLock(conninfo, 601n)).toMatchObject({ released: false, pid: null });
+  });
+
+  test('a fleet target: read as its URL, named without its password', async () => {
+    const noop = { name: 'noop', pending: async () => [], run: async () => [] };
+    const report = await migrateEach([conninfo], noop, { logger: null });
+    expect(report.ok).toBe(true);
+    const u = new URL(url);
+    expect(report.results[0]?.target.name).toBe(`${u.hostname}:${u.port}/${database}`);
+    expect(report.results[0]?.target.connection).toMatch(/^postgres:\/\//);
   });
 
   test('the CLI: DATABASE_URL and --database-url in keyword/value form, the password never shown', async () => {

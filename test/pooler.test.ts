@@ -10,7 +10,7 @@ import {
   releaseLock,
   withMigrationLock,
 } from '../src/index.js';
-import { findPgbouncer, type Pgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.js';
+import { findPgbouncer, type Pgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.mjs';
 import {
   createTestDatabase,
   expectSerialSections,

@@ -14,7 +14,7 @@ import {
   withMigrationLock,
 } from '../src/index.js';
 import { poolerAdvice } from '../src/lock/server-checks.js';
-import { findPgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.js';
+import { findPgbouncer, startPgbouncer } from './fixtures/pooler/pgbouncer.mjs';
 import {
   createTestDatabase,
   expectSerialSections,

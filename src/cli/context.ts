@@ -104,16 +104,7 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
     );
   }
   const source = flag === undefined ? 'DATABASE_URL' : '--database-url';
-  const given = url;
-  if (isConninfo(given)) {
-    // libpq's keyword/value form (host=db dbname=app user=app), as psql takes it: from here on, its URL.
-    try {
-      out.addSecret(parseConninfo(given).get('password'));
-      url = conninfoToUrl(given);
-    } catch (err) {
-      throw new UsageError(`Invalid connection string (from ${source}): ${(err as Error).message}`);
-    }
-  }
+  url = asUrlOrUsage(out, url, `from ${source}`);
   const parsed = parseConnectionString(out, url);
   if (!parsed) {
     throw new UsageError(
@@ -130,6 +121,20 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
   out.target = out.scrub(url);
   out.targetSource = source;
   return url;
+}
+
+/**
+ * A connection string as a URL: libpq's keyword/value form (host=db dbname=app user=app), as psql takes it, is
+ * turned into its URL (its password registered first, so no message can echo it); a URL stays as it is.
+ */
+export function asUrlOrUsage(out: Output, text: string, where: string): string {
+  if (!isConninfo(text)) return text;
+  try {
+    out.addSecret(parseConninfo(text).get('password'));
+    return conninfoToUrl(text);
+  } catch (err) {
+    throw new UsageError(`Invalid connection string (${where}): ${(err as Error).message}`);
+  }
 }
 
 /**

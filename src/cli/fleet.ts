@@ -2,11 +2,12 @@
 import { readFileSync } from 'node:fs';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import pg from 'pg';
+import { isConninfo } from '../driver/conninfo.js';
 import { migrateEach } from '../fleet/index.js';
 import type { FleetTargetSpec } from '../fleet/target.js';
 import type { FleetMigrator, FleetReport } from '../fleet/types.js';
 import { errorMessage } from '../logger.js';
-import { clientConfig, databaseUrl, type GlobalOptions, parseConnectionString } from './context.js';
+import { asUrlOrUsage, clientConfig, databaseUrl, type GlobalOptions, parseConnectionString } from './context.js';
 import { CliError, EXIT, InterruptedError, signalExitCode, UsageError } from './errors.js';
 import { Progress, plural, summarize } from './fleet-report.js';
 import { type LockFlags, trapSignals, watchParent } from './locking.js';
@@ -161,8 +162,8 @@ async function readTargets(command: Command, out: Output, flags: FleetFlags): Pr
     const line = raw.trim();
     if (line === '' || line.startsWith('#')) continue;
     const where = `--each-database ${from === '-' ? 'stdin' : from}, line ${i + 1}`;
-    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(line)) {
-      urls.push(checkedUrl(out, line, where));
+    if (/^[a-z][a-z0-9+.-]*:\/\//i.test(line) || isConninfo(line)) {
+      urls.push(checkedUrl(out, asUrlOrUsage(out, line, where), where));
       continue;
     }
     // A bare name: a database on the server --database-url (or DATABASE_URL) names.

@@ -1,6 +1,7 @@
 // The targets of a fleet: what callers may give, how each is checked and named (never with its password), and its key.
 import type pg from 'pg';
 import { parse } from 'pg-connection-string';
+import { conninfoToUrl, isConninfo } from '../driver/conninfo.js';
 import { checkSource } from '../driver/index.js';
 import { defaultKeyOf, type LockKeyInput, lockKey, parseKey } from '../key.js';
 
@@ -63,7 +64,11 @@ export function toFleetTarget(input: unknown, where: string): FleetTarget {
       throw new TypeError(`${where}: unknown ${unknown.map((k) => `\`${k}\``).join(', ')}; expected ${EXPECTED}`);
     }
   }
-  const url = spec.url as string | pg.ClientConfig;
+  // libpq's keyword/value form is read as the URL it stands for.
+  const url =
+    typeof spec.url === 'string' && isConninfo(spec.url)
+      ? conninfoUrlOf(spec.url, where)
+      : (spec.url as string | pg.ClientConfig);
   if (typeof url !== 'string' && (url === null || typeof url !== 'object' || isDriverObject(url))) {
     throw new TypeError(`${where}: expected ${EXPECTED}; a fleet opens its own connections, so not a pool or a client`);
   }
@@ -148,4 +153,12 @@ export function fleetKey(migrator: string | { name: string; key?: LockKeyInput }
     return lockKey(`pg-migration-lock:${name}:${schema}`);
   }
   return key === undefined ? defaultKeyOf(name).key : parseKey(key);
+}
+
+function conninfoUrlOf(text: string, where: string): string {
+  try {
+    return conninfoToUrl(text);
+  } catch (err) {
+    throw new TypeError(`${where}: ${(err as Error).message}`);
+  }
 }

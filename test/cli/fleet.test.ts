@@ -84,20 +84,22 @@ describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
 });
 
 describe('fleets of databases, two commands at once, interruptions, bad input', () => {
-  test('--each-database from stdin: connection strings and names on the server of DATABASE_URL', async () => {
-    const [one, two] = await Promise.all([createTestDatabase(), createTestDatabase()]);
-    await Promise.all([prepareTenants(one), prepareTenants(two)]);
-    const input = `# tenants\n${one}\n\n${new URL(two).pathname.slice(1)}\n`;
+  test('--each-database from stdin: connection strings (a URL, a libpq keyword/value one) and names on the server of DATABASE_URL', async () => {
+    const [one, two, three] = await Promise.all([createTestDatabase(), createTestDatabase(), createTestDatabase()]);
+    await Promise.all([prepareTenants(one), prepareTenants(two), prepareTenants(three)]);
+    // The third as libpq's keyword/value string, as psql takes it.
+    const u = new URL(three);
+    const conninfo = `host=${u.hostname} port=${u.port} dbname=${u.pathname.slice(1)} user=${u.username} password='${decodeURIComponent(u.password)}'`;
+    const input = `# tenants\n${one}\n\n${new URL(two).pathname.slice(1)}\n${conninfo}\n`;
     const { code, stdout, stderr } = await cli(['migrate', ...FLAGS.knex, '--each-database', '-'], {
       env: { ...env, DATABASE_URL: one },
       cwd: CWD,
       input,
     });
     expect(code, stderr).toBe(0);
-    expect(stderr).toContain('Fleet: 2 databases (from stdin)');
-    expect(stdout).toMatch(/^✔ knex: 2 targets in .*: 2 applied, 0 up to date/m);
-    await expectMigratedOnce(one, ['public']);
-    await expectMigratedOnce(two, ['public']);
+    expect(stderr).toContain('Fleet: 3 databases (from stdin)');
+    expect(stdout).toMatch(/^✔ knex: 3 targets in .*: 3 applied, 0 up to date/m);
+    for (const url of [one, two, three]) await expectMigratedOnce(url, ['public']);
   });
 
   test('two fleet commands started together on 16 schemas: each schema migrated once, both succeed', async () => {
