@@ -4,6 +4,7 @@ import { drizzleMigrator } from './drizzle.js';
 import { knexMigrator } from './knex.js';
 import { kyselyMigrator } from './kysely.js';
 import { nodePgMigrateMigrator } from './node-pg-migrate.js';
+import { sequelizeMigrator } from './sequelize.js';
 import { typeormMigrator } from './typeorm.js';
 import type { CliMigrator } from './types.js';
 
@@ -14,4 +15,5 @@ export const MIGRATORS: readonly CliMigrator[] = [
   drizzleMigrator,
   typeormMigrator,
   kyselyMigrator,
+  sequelizeMigrator,
 ];
