@@ -3,6 +3,7 @@
 import { drizzleMigrator } from './drizzle.js';
 import { knexMigrator } from './knex.js';
 import { kyselyMigrator } from './kysely.js';
+import { mikroOrmMigrator } from './mikro-orm.js';
 import { nodePgMigrateMigrator } from './node-pg-migrate.js';
 import { sequelizeMigrator } from './sequelize.js';
 import { typeormMigrator } from './typeorm.js';
@@ -16,4 +17,5 @@ export const MIGRATORS: readonly CliMigrator[] = [
   typeormMigrator,
   kyselyMigrator,
   sequelizeMigrator,
+  mikroOrmMigrator,
 ];
