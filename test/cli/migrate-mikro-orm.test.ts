@@ -80,6 +80,22 @@ describe('migrate mikro-orm', () => {
   });
 });
 
+test('a fleet: --each-schema migrates each schema (mikro_orm_migrations and the tables in it)', async () => {
+  const url = await createTestDatabase();
+  const { code, stdout, stderr } = await cli(['migrate', 'mikro-orm', '--each-schema', 'tenant_1,tenant_2'], {
+    cwd,
+    env: { DATABASE_URL: url },
+  });
+  expect(code, stderr).toBe(0);
+  expect(stdout).toMatch(/2 applied/);
+  for (const schema of ['tenant_1', 'tenant_2']) {
+    expect(await query(url, `SELECT name FROM ${schema}.mikro_orm_migrations ORDER BY name`)).toEqual(
+      names.map((name) => ({ name })),
+    );
+    expect(await query(url, `SELECT name, size FROM ${schema}.gizmos`)).toEqual([{ name: 'once', size: 1 }]);
+  }
+});
+
 describe('pending mikro-orm', () => {
   test('names on stdout and exit 3 while pending; exit 0 once migrated', async () => {
     const url = await createTestDatabase();

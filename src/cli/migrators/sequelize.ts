@@ -111,7 +111,8 @@ async function pendingSequelize(command: Command, out: Output, flags: SequelizeF
 
 /**
  * The fleet migrator of `migrate sequelize --each-…`: the config's environment, each target's connection; on a schema
- * target SequelizeMeta lives in the schema and the migrations' connections search it first (Sequelize's `searchPath`).
+ * target SequelizeMeta lives in the schema, Sequelize's `schema` is it, and the migrations' connections search it first
+ * (`searchPath`).
  */
 async function fleetSequelize(command: Command, out: Output, flags: SequelizeFlags): Promise<FleetMigrator> {
   const project = await readSequelizeProject(command, out, flags, false);
@@ -148,6 +149,9 @@ async function fleetSequelize(command: Command, out: Output, flags: SequelizeFla
         ...where.config,
         dialect: 'postgres',
         ...(schema !== undefined && {
+          // Sequelize's queryInterface qualifies some statements (addColumn…) with `schema`, else 'public';
+          // raw SQL finds its tables through the search_path.
+          schema,
           searchPath: `"${schema.replace(/"/g, '""')}",public`,
           dialectOptions: { ...(rest.dialectOptions as object), prependSearchPath: true },
         }),
