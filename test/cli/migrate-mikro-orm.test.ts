@@ -96,6 +96,19 @@ test('a fleet: --each-schema migrates each schema (mikro_orm_migrations and the 
   }
 });
 
+test('MikroORM not installed: exit 2, saying what to install', async () => {
+  const hide = fixture('hide-orms.mjs');
+  const { code, stderr } = await cli(['migrate', 'mikro-orm', '--database-url', 'postgres://x@127.0.0.1:1/x'], {
+    cwd,
+    env: {
+      NODE_OPTIONS: `--import=${hide}`,
+      HIDE_PACKAGES: '@mikro-orm/core,@mikro-orm/postgresql,@mikro-orm/migrations',
+    },
+  });
+  expect(stderr).toContain('npm install @mikro-orm/core');
+  expect(code).toBe(2);
+});
+
 describe('pending mikro-orm', () => {
   test('names on stdout and exit 3 while pending; exit 0 once migrated', async () => {
     const url = await createTestDatabase();

@@ -122,6 +122,19 @@ test('a fleet: --each-schema migrates each schema (SequelizeMeta and the tables 
   expect(await query(url, `SELECT to_regclass('public.gizmos') AS t`)).toEqual([{ t: null }]);
 });
 
+test.each([
+  ['sequelize', 'npm install sequelize'],
+  ['umzug', 'npm install umzug@3'],
+])('%s not installed: exit 2, saying what to install', async (hidden, hint) => {
+  const hide = fixture('hide-orms.mjs');
+  const { code, stderr } = await cli(['migrate', 'sequelize', '--database-url', 'postgres://x@127.0.0.1:1/x'], {
+    cwd,
+    env: { NODE_OPTIONS: `--import=${hide}`, HIDE_PACKAGES: hidden },
+  });
+  expect(stderr).toContain(hint);
+  expect(code).toBe(2);
+});
+
 describe('pending sequelize', () => {
   test('names on stdout and exit 3 while pending; exit 0 once migrated', async () => {
     const url = await createTestDatabase();

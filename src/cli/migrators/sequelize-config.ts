@@ -85,7 +85,8 @@ export async function readSequelizeProject(
   const storage = storageOf(config);
   const source = `${existsSync(configFile) ? relative(cwd, configFile) : '.sequelizerc'}, environment "${envName}"`;
   if (!connection) return { config, migrationsDir, storage };
-  const own = ownConnection(config);
+  // --database-url is used whatever the config says (even a use_env_variable naming an unset variable).
+  const own = override ? undefined : ownConnection(config);
   if (override || !own) {
     // --database-url wins over the config; DATABASE_URL fills in when the config names no database.
     const url = databaseUrl(command, out, true);
