@@ -1,7 +1,9 @@
 import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { promisify } from 'node:util';
+import pg from 'pg';
 import { describe, expect, test } from 'vitest';
+import { DEFAULT_LOCK_KEY } from '../../src/index.js';
 import { createTestDatabase, withClient } from '../helpers.js';
 import { cli, fixture } from './cli.js';
 
@@ -133,6 +135,36 @@ test.each([
   });
   expect(stderr).toContain(hint);
   expect(code).toBe(2);
+});
+
+test('--to stops at that migration; --no-wait while another holds the lock: exit 75 (with something pending)', async () => {
+  const url = await createTestDatabase();
+  const env = { APP_DATABASE_URL: url };
+  const to = await cli(['migrate', 'sequelize', '--to', names[0]!], { cwd, env });
+  expect(to.code, to.stderr).toBe(0);
+  expect(to.stdout).toBe(`✔ sequelize: applied 1 migration\n  ${names[0]}\n`);
+
+  const client = new pg.Client(url);
+  await client.connect();
+  try {
+    await client.query('SELECT pg_advisory_lock($1::bigint)', [DEFAULT_LOCK_KEY.toString()]);
+    const busy = await cli(['migrate', 'sequelize', '--no-wait'], { cwd, env });
+    expect(busy.code, busy.stderr).toBe(75);
+  } finally {
+    await client.end();
+  }
+  expect((await cli(['migrate', 'sequelize'], { cwd, env })).code).toBe(0);
+  // Nothing pending: no lock asked for, even while another holds it.
+  const held = new pg.Client(url);
+  await held.connect();
+  try {
+    await held.query('SELECT pg_advisory_lock($1::bigint)', [DEFAULT_LOCK_KEY.toString()]);
+    const idle = await cli(['migrate', 'sequelize', '--no-wait'], { cwd, env });
+    expect(idle.code, idle.stderr).toBe(0);
+    expect(idle.stdout).toBe('✔ sequelize: already up to date, no pending migrations\n');
+  } finally {
+    await held.end();
+  }
 });
 
 describe('pending sequelize', () => {

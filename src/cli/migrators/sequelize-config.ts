@@ -83,6 +83,13 @@ export async function readSequelizeProject(
   if (rcUrl && !config.url && !config.use_env_variable) config = { ...config, url: rcUrl };
 
   const storage = storageOf(config);
+  const max = (config.pool as { max?: unknown } | undefined)?.max;
+  if (typeof max === 'number' && max < 2) {
+    throw new UsageError(
+      `The config's pool.max is ${max}: the lock holds one of Sequelize's connections while the migrations run on another`,
+      'Set pool.max to 2 or more for this environment.',
+    );
+  }
   const source = `${existsSync(configFile) ? relative(cwd, configFile) : '.sequelizerc'}, environment "${envName}"`;
   if (!connection) return { config, migrationsDir, storage };
   // --database-url is used whatever the config says (even a use_env_variable naming an unset variable).
