@@ -179,4 +179,14 @@ describe('pending sequelize', () => {
     expect(after.code, after.stderr).toBe(0);
     expect(after.stdout).toBe('');
   });
+
+  test('pending sequelize --wait returns once a migration elsewhere has run', async () => {
+    const url = await createTestDatabase();
+    const env = { APP_DATABASE_URL: url };
+    const waiting = cli(['pending', 'sequelize', '--wait', '--timeout', '60s'], { cwd, env });
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect((await cli(['migrate', 'sequelize'], { cwd, env })).code).toBe(0);
+    const { code, stderr } = await waiting;
+    expect(code, stderr).toBe(0);
+  });
 });
