@@ -3,7 +3,9 @@
 import { drizzleMigrator } from './drizzle.js';
 import { knexMigrator } from './knex.js';
 import { kyselyMigrator } from './kysely.js';
+import { mikroOrmMigrator } from './mikro-orm.js';
 import { nodePgMigrateMigrator } from './node-pg-migrate.js';
+import { sequelizeMigrator } from './sequelize.js';
 import { typeormMigrator } from './typeorm.js';
 import type { CliMigrator } from './types.js';
 
@@ -14,4 +16,6 @@ export const MIGRATORS: readonly CliMigrator[] = [
   drizzleMigrator,
   typeormMigrator,
   kyselyMigrator,
+  sequelizeMigrator,
+  mikroOrmMigrator,
 ];
