@@ -136,7 +136,11 @@ function notDone({ counts }: FleetReport): string {
 }
 
 /** The targets `--each-database FILE` lists or `--each-schema` names, checked before any migration starts. */
-async function readTargets(command: Command, out: Output, flags: FleetFlags): Promise<FleetTargetSpec[]> {
+export async function readTargets(
+  command: Command,
+  out: Output,
+  flags: Pick<FleetFlags, 'eachDatabase' | 'eachSchema'>,
+): Promise<FleetTargetSpec[]> {
   if (flags.eachSchema !== undefined) {
     const url = databaseUrl(command, out, true);
     const schemas = /^\s*(select|with|values|table)\s/i.test(flags.eachSchema)
