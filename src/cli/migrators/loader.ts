@@ -21,9 +21,20 @@ export class LoadError extends Error {
     readonly file: string,
     cause: unknown,
   ) {
-    super(errorMessage(cause).split('\n')[0]!.trim(), { cause });
+    super(firstLines(errorMessage(cause)), { cause });
     this.name = cause instanceof Error ? cause.name : 'Error';
   }
+}
+
+/** The first line of a message, and the next ones while a line announces them (ts-node's "Unable to compile TypeScript:"). */
+function firstLines(message: string): string {
+  const lines = message
+    .split('\n')
+    .map((line) => line.trim())
+    .filter(Boolean);
+  let end = 1;
+  while (end < Math.min(lines.length, 4) && lines[end - 1]!.endsWith(':')) end++;
+  return lines.slice(0, end).join(' ');
 }
 
 let active: LoaderName | undefined;
