@@ -42,6 +42,19 @@ describe('through the project loader (jiti)', () => {
     expect(await count('ts_gadgets')).toBe(1);
   });
 
+  test('a fleet with the TypeScript config: kysely --each-schema, then its dry run finds nothing pending', async () => {
+    const cwd = project('kysely');
+    const { code, stdout, stderr } = await cli(['migrate', 'kysely', '--each-schema', 'ts_tenant', '--json'], {
+      env,
+      cwd,
+    });
+    expect(code, stderr).toBe(0);
+    expect(JSON.parse(stdout).results).toMatchObject([{ schema: 'ts_tenant', applied: ['001_create_ts_gadgets'] }]);
+    expect(await count('ts_tenant.ts_gadgets')).toBe(1);
+    const dry = await cli(['pending', 'kysely', '--each-schema', 'ts_tenant'], { env, cwd });
+    expect([dry.code, dry.stdout], dry.stderr).toEqual([0, 'ts_tenant: up to date\n']);
+  });
+
   test('typeorm: -d data-source.ts with migrations: [migrations/*.ts]', async () => {
     const cwd = project('typeorm');
     const { code, stdout, stderr } = await cli(['migrate', 'typeorm', '-d', 'data-source.ts'], { env, cwd });
