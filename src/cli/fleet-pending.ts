@@ -1,10 +1,10 @@
 // `pending <migrator> --each-database | --each-schema`: a fleet's dry run. Each target's `pending`, no lock taken,
 // nothing created; a line per target (or JSON), exit 3 when any target has something pending.
-import { type Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { toFleetTarget } from '../fleet/target.js';
 import type { FleetMigrator } from '../fleet/types.js';
 import { CliError, EXIT, UsageError } from './errors.js';
-import { type FleetFlags, readTargets } from './fleet.js';
+import { type FleetFlags, parseConcurrency, readTargets } from './fleet.js';
 import { failure, plural } from './fleet-report.js';
 import type { Output } from './output.js';
 
@@ -40,12 +40,7 @@ export function addPendingFleetFlags(command: Command): Command {
     )
     .addOption(
       new Option('--concurrency <n>', 'targets checked at once (each takes a connection) (default: 4)').argParser(
-        (value: string) => {
-          const n = Number(value);
-          if (!Number.isInteger(n) || n < 1 || n > 1000)
-            throw new InvalidArgumentError('Expected an integer from 1 to 1000.');
-          return n;
-        },
+        parseConcurrency,
       ),
     );
 }

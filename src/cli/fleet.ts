@@ -41,7 +41,7 @@ export function addFleetFlags(command: Command): Command {
     .option('--json', 'print the report as JSON on stdout');
 }
 
-function parseConcurrency(value: string): number {
+export function parseConcurrency(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 1000) throw new InvalidArgumentError('Expected an integer from 1 to 1000.');
   return n;
