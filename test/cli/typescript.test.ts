@@ -2,7 +2,7 @@
 // .config/kysely.config.ts with .ts migrations, a TypeORM data-source.ts with .ts migrations, loaded through the
 // loader the project has (here jiti, in the repository's node_modules); a migration that does not compile is
 // named; with no loader installed, one line says what to install.
-import { cpSync, mkdtempSync } from 'node:fs';
+import { cpSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
@@ -84,6 +84,18 @@ describe('with no loader installed', () => {
     ['kysely', ['migrate', 'kysely']],
     ['typeorm', ['pending', 'typeorm', '-d', 'data-source.ts']],
   ];
+  test('a JavaScript knexfile with .ts migrations: the migration named, exit 2', async () => {
+    const dir = join(outside, 'knex-js');
+    cpSync(join(outside, 'knex', 'migrations'), join(dir, 'migrations'), { recursive: true });
+    writeFileSync(
+      join(dir, 'knexfile.cjs'),
+      "module.exports = { client: 'pg', connection: process.env.APP_DATABASE_URL };\n",
+    );
+    const { code, stderr } = await cli(['pending', 'knex'], { env: { ...env, NODE_PATH: undefined }, cwd: dir });
+    expect(code, stderr).toBe(2);
+    expect(stderr).toMatch(/error: migrations\/001_create_ts_widgets\.ts is TypeScript: .*no TypeScript loader/);
+  });
+
   test.each(cases)('%s: one line says what to install, exit 2', async (name, args) => {
     const { code, stderr } = await cli(args, { env: { ...env, NODE_PATH: undefined }, cwd: join(outside, name) });
     expect(code, stderr).toBe(2);
