@@ -42,7 +42,7 @@ export function addFleetFlags(command: Command): Command {
     .option('--json', 'print the report as JSON on stdout');
 }
 
-function parseConcurrency(value: string): number {
+export function parseConcurrency(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 1000) throw new InvalidArgumentError('Expected an integer from 1 to 1000.');
   return n;
@@ -137,7 +137,11 @@ function notDone({ counts }: FleetReport): string {
 }
 
 /** The targets `--each-database FILE` lists or `--each-schema` names, checked before any migration starts. */
-async function readTargets(command: Command, out: Output, flags: FleetFlags): Promise<FleetTargetSpec[]> {
+export async function readTargets(
+  command: Command,
+  out: Output,
+  flags: Pick<FleetFlags, 'eachDatabase' | 'eachSchema'>,
+): Promise<FleetTargetSpec[]> {
   if (flags.eachSchema !== undefined) {
     const url = databaseUrl(command, out, true);
     const schemas = /^\s*(select|with|values|table)\s/i.test(flags.eachSchema)

@@ -4,13 +4,17 @@ import { watchReleases } from '../../lock/wait.js';
 import { formatMs, nap } from '../../time.js';
 import { announceTarget, type Context, createContext, parseDurationArg } from '../context.js';
 import { CliError, EXIT, InterruptedError, ParentGoneError, UsageError } from '../errors.js';
+import {
+  addPendingFleetFlags,
+  EXIT_PENDING,
+  isPendingFleet,
+  type PendingFleetFlags,
+  pendingFleet,
+} from '../fleet-pending.js';
 import { trapSignals, watchParent } from '../locking.js';
 import { MIGRATORS } from '../migrators/index.js';
 import type { CliMigrator, PendingCheck } from '../migrators/types.js';
 import type { Output } from '../output.js';
-
-/** The SPEC's exit code of `pending` when migrations are pending. */
-const EXIT_PENDING = 3;
 
 /**
  * --wait re-checks when the lock is released (the core NOTIFYs on its channel as it unlocks) and, for
@@ -18,7 +22,7 @@ const EXIT_PENDING = 3;
  */
 const FALLBACK_POLL_MS = 5_000;
 
-interface PendingFlags {
+interface PendingFlags extends PendingFleetFlags {
   wait?: boolean;
   /** Milliseconds, parsed from a duration. */
   timeout?: number;
@@ -38,11 +42,16 @@ export function registerPending(program: Command, out: Output): Command {
 Examples:
   $ pg-migration-lock pending knex --knexfile knexfile.cjs --env production
   $ pg-migration-lock pending node-pg-migrate -m migrations --json
-  $ pg-migration-lock pending drizzle --migrations-folder ./drizzle --wait --timeout 10m`,
+  $ pg-migration-lock pending drizzle --migrations-folder ./drizzle --wait --timeout 10m
+
+A fleet's dry run (what each database or tenant schema would get; exit 3 if any has something pending):
+  $ pg-migration-lock pending knex --each-database tenants.txt
+  $ pg-migration-lock pending drizzle --each-schema "SELECT schema FROM tenants" --json`,
     );
 
   const action = (migrator: CliMigrator) => async (flags: PendingFlags, command: Command) => {
     const ctx = createContext(command, out, migrator.name);
+    if (isPendingFleet(flags)) return pendingFleet(command, out, flags, () => migrator.fleet(command, out, flags));
     if (flags.timeout !== undefined && !flags.wait) {
       throw new UsageError('--timeout needs --wait', 'Add --wait to wait until no migration is pending.');
     }
@@ -71,13 +80,15 @@ Examples:
           parseDurationArg,
         ),
       )
-      .option('--json', 'print the names as a JSON array');
+      .option('--json', 'print the names as a JSON array (a fleet: the report as JSON)');
 
   for (const migrator of MIGRATORS) {
     const { description, after } = migrator.help.pending;
-    withPendingFlags(migrator.flags(pending.command(migrator.name).description(description), 'pending'))
-      .addHelpText('after', after)
-      .action(action(migrator));
+    addPendingFleetFlags(
+      withPendingFlags(migrator.flags(pending.command(migrator.name).description(description), 'pending'))
+        .addHelpText('after', after)
+        .action(action(migrator)),
+    );
   }
 
   return pending;

@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { MigrationLockError } from '../../errors.js';
 import { errorMessage } from '../../logger.js';
 import { CliError, EXIT, exitCodeOf, isConnectError } from '../errors.js';
+import { LoadError } from './loader.js';
 
 /**
  * The one line a failed migration ends with: `knex: migration migrations/001_x.cjs:2 failed: SyntaxError: …`.
@@ -17,6 +18,8 @@ export function migrationFailure(migrator: string, err: unknown, file: string | 
   // The CLI's own errors, the lock's (busy, timeout, lost), connecting, a missing migrator: said as they are.
   if (err instanceof CliError || err instanceof MigrationLockError || isConnectError(err)) return err;
   if (exitCodeOf(err) !== EXIT.failure) return err;
+  // A file that did not load (a syntax error, a missing import) is named by the loader.
+  if (err instanceof LoadError) file ??= shortPath(err.file);
   const where = frameIn(err, dirs);
   const named = file ? withLine(inDirs(file, dirs), where) : where && shortPath(where.path, where.line);
   const cause = describe(err);

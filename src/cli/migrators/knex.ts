@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type { Knex } from 'knex';
 import type pg from 'pg';
@@ -11,6 +10,7 @@ import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '.
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { migrationFailure } from './failure.js';
+import { configLoadFailure, enableTypeScript, importFile, typeScriptIn } from './loader.js';
 import { existingDir, importFromProject } from './project.js';
 import type { Applied, CliMigrator, PendingCheck } from './types.js';
 
@@ -19,14 +19,15 @@ export interface KnexFlags {
   env?: string;
 }
 
-const KNEXFILES = ['knexfile.js', 'knexfile.cjs', 'knexfile.mjs'];
+// Like knex's CLI: JavaScript first, then TypeScript (through the project's loader, as knex's rechoir does).
+const KNEXFILES = ['knexfile.js', 'knexfile.cjs', 'knexfile.mjs', 'knexfile.ts', 'knexfile.cts', 'knexfile.mts'];
 
 /** `migrate knex` and `pending knex`: knex's CLI's knexfile and environment. */
 export const knexMigrator: CliMigrator<KnexFlags> = {
   name: 'knex',
   flags: (command) =>
     command
-      .option('--knexfile <path>', 'knexfile (.js, .cjs or .mjs) (default: the nearest knexfile.js/.cjs/.mjs)')
+      .option('--knexfile <path>', 'knexfile (.js, .cjs, .mjs or .ts) (default: the nearest knexfile.js/.cjs/.mjs/.ts)')
       .option('--env <name>', 'knexfile environment (default: $NODE_ENV, else development)'),
   help: {
     migrate: {
@@ -162,6 +163,9 @@ function prepareConfig(
       dirs.push(existingDir(dir, 'knex migrations directory', `migrations.directory in ${knexfile}`));
     }
   }
+  // TypeScript migrations: knex requires them itself, through the project's loader set up here.
+  const tsMigration = dirs.map(typeScriptIn).find((file) => file !== undefined);
+  if (tsMigration) enableTypeScript(dirname(knexfile), tsMigration);
   return { failedFile: () => failedFile, dirs };
 }
 
@@ -169,14 +173,12 @@ function findKnexfile(given: string | undefined): string {
   if (given !== undefined) {
     const path = resolve(given);
     if (!existsSync(path)) throw new UsageError(`knexfile not found: ${path}`);
-    if (/\.[cm]?ts$/.test(path)) throw typescriptKnexfile(path);
     return path;
   }
   // Like knex: the nearest knexfile from the working directory up.
   for (let dir = process.cwd(); ; dir = dirname(dir)) {
     const found = KNEXFILES.map((name) => join(dir, name)).find((path) => existsSync(path));
     if (found) return found;
-    if (existsSync(join(dir, 'knexfile.ts'))) throw typescriptKnexfile(join(dir, 'knexfile.ts'));
     if (dirname(dir) === dir) break;
   }
   throw new UsageError(
@@ -185,16 +187,11 @@ function findKnexfile(given: string | undefined): string {
   );
 }
 
-function typescriptKnexfile(path: string): UsageError {
-  return new UsageError(
-    `${path} is TypeScript, which Node cannot load as-is`,
-    "Compile it to .js, or wrap knex's own CLI: pg-migration-lock run -- npx knex migrate:latest",
-  );
-}
-
 /** The knexfile's config for `envName`, as knex's CLI reads it (default export, function, environments). */
 async function loadKnexfile(path: string, envName: string): Promise<Knex.Config> {
-  const ns = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  const ns = await importFile(path).catch((err: unknown) => {
+    throw configLoadFailure('knexfile', err);
+  });
   let all = (ns.default ?? { ...ns }) as unknown;
   if (typeof all === 'function') all = await all();
   if (!all || typeof all !== 'object') throw new UsageError(`${path} does not export a knex config`);

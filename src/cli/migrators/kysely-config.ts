@@ -2,7 +2,6 @@
 // dialect (or the database URL where it names no server) and its migrations, as Migrator props.
 import { existsSync, promises as fs } from 'node:fs';
 import path, { basename, dirname, join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type { Dialect, Kysely, KyselyPlugin } from 'kysely';
 import type { MigrationProvider, MigratorProps } from 'kysely/migration';
@@ -11,6 +10,7 @@ import { connectionConfig } from '../../driver/pg.js';
 import { clientConfig, databaseUrl, type GlobalOptions } from '../context.js';
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
+import { configLoadFailure, enableTypeScript, importFile, typeScriptIn } from './loader.js';
 import { existingDir, importFromProject } from './project.js';
 
 /** The flags that pick the config: the file and its environment. */
@@ -78,6 +78,9 @@ export async function migratorSetup(flags: KyselyConfigFlags) {
     ? undefined
     : existingDir(migrationFolder, 'kysely migrations folder', `migrations.migrationFolder in ${file}`);
 
+  // TypeScript migrations: the project's loader is set up before kysely lists them.
+  const tsMigration = folder && typeScriptIn(folder);
+  if (tsMigration) enableTypeScript(dirname(file), tsMigration);
   const kyselyModule = await importFromProject<typeof import('kysely')>('kysely', dirname(file));
   const migration = await importFromProject<typeof import('kysely/migration')>('kysely/migration', dirname(file)).catch(
     // kysely 0.28 has the migrator in 'kysely' itself.
@@ -90,7 +93,16 @@ export async function migratorSetup(flags: KyselyConfigFlags) {
     dirs: folder ? [folder] : [dirname(file)],
     props: {
       ...(props as Partial<MigratorProps>),
-      provider: provider ?? new migration.FileMigrationProvider({ fs, path, migrationFolder: folder! }),
+      // kysely >= 0.29 lets us import each file: TypeScript through the project's loader, and a file that fails
+      // to load named (kysely 0.28 imports them itself).
+      provider:
+        provider ??
+        new migration.FileMigrationProvider({
+          fs,
+          path,
+          migrationFolder: folder!,
+          import: (migration: string) => importFile(migration, dirname(file)),
+        } as ConstructorParameters<typeof migration.FileMigrationProvider>[0]),
     } as Omit<MigratorProps, 'db'>,
   };
 }
@@ -115,18 +127,10 @@ function findConfig(given: string | undefined): string {
 
 /** The config for `environment`, as c12 (kysely-ctl's loader) layers it: `$<env>` / `$env.<env>` over the base. */
 async function loadConfig(file: string, environment: string | undefined): Promise<KyselyCtlConfig> {
-  let ns: Record<string, unknown>;
-  try {
-    ns = (await import(pathToFileURL(file).href)) as Record<string, unknown>;
-  } catch (err) {
-    if (/\.[cm]?ts$/.test(file) && (err as { code?: string }).code === 'ERR_UNKNOWN_FILE_EXTENSION') {
-      throw new UsageError(
-        `${file} is TypeScript, which this Node cannot load as-is`,
-        'Use Node >= 22.18 (it strips types), compile it to .mjs, or wrap kysely-ctl: pg-migration-lock run -- npx kysely migrate latest',
-      );
-    }
-    throw err;
-  }
+  // Like kysely-ctl (c12, jiti): a TypeScript config through the project's loader.
+  const ns = await importFile(file).catch((err: unknown) => {
+    throw configLoadFailure('kysely config', err);
+  });
   let config = (ns.default ?? ns) as unknown;
   if (typeof config === 'function') config = await config();
   if (!config || typeof config !== 'object') throw new UsageError(`${file} does not export a kysely-ctl config`);

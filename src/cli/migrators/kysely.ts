@@ -32,8 +32,9 @@ export const kyselyMigrator: CliMigrator<KyselyFlags> = {
         "kysely migrate latest, configured by your kysely-ctl config file (like kysely-ctl's CLI), under kysely's own lock key 3853314791062309107 unless --key or --name is given: this CLI, the pg-migration-lock/kysely adapter and plain kysely all wait for one another",
       after: `
 The config's dialect must be 'pg', 'postgres' (postgres.js) or a PostgreSQL dialect instance; --database-url
-(or DATABASE_URL when the config has no dialect) replaces it with pg. A TypeScript config needs a Node that
-strips types (>= 22.18); otherwise wrap kysely-ctl: pg-migration-lock run -- npx kysely migrate latest
+(or DATABASE_URL when the config has no dialect) replaces it with pg. A TypeScript config (kysely init writes
+.config/kysely.config.ts) and .ts migrations load through your project's jiti (kysely-ctl brings it), tsx or
+ts-node.
 
 Examples:
   $ pg-migration-lock migrate kysely

@@ -1,6 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { Command } from 'commander';
 import type pg from 'pg';
 import type { DataSource } from 'typeorm';
@@ -11,6 +10,7 @@ import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '.
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { migrationFailure } from './failure.js';
+import { configLoadFailure, enableTypeScript, importFile, isTypeScript } from './loader.js';
 import type { Applied, CliMigrator, PendingCheck } from './types.js';
 
 export interface TypeormFlags {
@@ -23,7 +23,10 @@ export interface TypeormFlags {
 export const typeormMigrator: CliMigrator<TypeormFlags> = {
   name: 'typeorm',
   flags: (command, verb) => {
-    command.requiredOption('-d, --data-source <path>', 'file exporting the DataSource (.js, .cjs or .mjs)');
+    command.requiredOption(
+      '-d, --data-source <path>',
+      'file exporting the DataSource (.js, .cjs, .mjs, or .ts through your TypeScript loader)',
+    );
     if (verb === 'pending') return command;
     return command
       .option(
@@ -192,23 +195,21 @@ async function loadDataSource(file: string): Promise<DataSource> {
   const path = resolve(file);
   if (!existsSync(path))
     throw new UsageError(`TypeORM data source file not found: ${path}`, 'Pass it with --data-source (-d).');
-  if (/\.[cm]?ts$/.test(path)) {
-    throw new UsageError(
-      `${path} is TypeScript, which Node cannot load as-is`,
-      "Compile it to .js, run under a TypeScript loader (NODE_OPTIONS='--import tsx'), or wrap TypeORM's own CLI: pg-migration-lock run -- npx typeorm-ts-node-commonjs migration:run -d " +
-        file,
-    );
-  }
+  // Like TypeORM's CLI (typeorm-ts-node-*): a TypeScript data source, and the TypeScript migrations and
+  // entities it lists, through the project's loader.
+  if (isTypeScript(path)) enableTypeScript(dirname(path), path);
   let ns: Record<string, unknown>;
   try {
-    ns = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+    ns = await importFile(path);
   } catch (err) {
-    const code = (err as { code?: string }).code;
-    if ((code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && /'typeorm'/.test(String(err))) {
+    const cause = configLoadFailure('TypeORM data source', err);
+    const code = (cause as { code?: string }).code;
+    if ((code === 'ERR_MODULE_NOT_FOUND' || code === 'MODULE_NOT_FOUND') && /'typeorm'/.test(String(cause))) {
       throw new UsageError(`typeorm is not installed for ${path}`, 'Install it in your project: npm install typeorm');
     }
-    throw err;
+    throw cause;
   }
+
   // TypeORM's CLI requires a CommonJS file and looks at module.exports' properties; an ES import gives
   // module.exports as `default` (with the names Node could detect beside it). What `tsc` emits for
   // `export default new DataSource(…)`, `exports.default = …`, is then at `default.default`.
@@ -229,7 +230,14 @@ async function loadDataSource(file: string): Promise<DataSource> {
       "Export exactly one, like for TypeORM's CLI.",
     );
   }
-  return found[0]!;
+  const dataSource = found[0]!;
+  // Migrations or entities as TypeScript globs (`src/migrations/*.ts`, `*.{ts,js}`): TypeORM requires them itself.
+  const globs = [dataSource.options.migrations, dataSource.options.entities]
+    .flatMap((list) => (Array.isArray(list) ? list : []))
+    .filter((glob): glob is string => typeof glob === 'string');
+  const tsGlob = globs.find((glob) => /\.[cm]?ts$|\{[^}]*\b[cm]?ts\b[^}]*\}$/.test(glob));
+  if (tsGlob) enableTypeScript(dirname(path), resolve(dirname(path), tsGlob));
+  return dataSource;
 }
 
 /** Whether Node loads this file as CommonJS: `.cjs`, or `.js` without `"type": "module"` in the nearest package.json. */
