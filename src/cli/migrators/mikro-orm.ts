@@ -1,6 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import type { MikroORM, Options } from '@mikro-orm/core';
 import type { Command } from 'commander';
 import type pg from 'pg';
@@ -11,6 +10,7 @@ import { announceTarget, clientConfig, databaseUrl, type GlobalOptions } from '.
 import { UsageError } from '../errors.js';
 import type { Output } from '../output.js';
 import { migrationFailure, migrationFile } from './failure.js';
+import { configLoadFailure, importFile } from './loader.js';
 import { importFromProject } from './project.js';
 import type { Applied, CliMigrator, PendingCheck } from './types.js';
 
@@ -35,7 +35,7 @@ export const mikroOrmMigrator: CliMigrator<MikroOrmFlags> = {
         "MikroORM migration:up (@mikro-orm/migrations), configured by your MikroORM config like MikroORM's CLI",
       after: `
 --database-url (or DATABASE_URL when the config names no database) replaces the config's connection; MikroORM's
-MIKRO_ORM_* variables apply as in its CLI. A TypeScript config is not loaded: compile it, or wrap MikroORM's CLI
+MIKRO_ORM_* variables apply as in its CLI. A TypeScript config loads through the project's own loader (jiti, tsx or ts-node); or wrap MikroORM's CLI
 (pg-migration-lock run -- npx mikro-orm migration:up).
 
 Examples:
@@ -165,7 +165,10 @@ async function loadConfig(flags: MikroOrmFlags): Promise<{
   const file = findConfig(flags.config, Object.keys(env).length > 0);
   let config: unknown = {};
   if (file) {
-    const ns = (await import(pathToFileURL(file).href)) as { default?: unknown };
+    // A TypeScript config (what `mikro-orm init` writes) through the project's own loader.
+    const ns = (await importFile(file).catch((err) => Promise.reject(configLoadFailure('MikroORM config', err)))) as {
+      default?: unknown;
+    };
     config = await (ns.default ?? ns);
     config = await pickContext(config, contextName, file);
   }
@@ -209,7 +212,7 @@ async function pickContext(config: unknown, contextName: string, file: string): 
   return config;
 }
 
-/** The config file, found like MikroORM's CLI does (TypeScript files are refused: they need a loader). */
+/** The config file, found like MikroORM's CLI does (a TypeScript one last, as when its CLI has no ts-node). */
 function findConfig(given: string | undefined, fromEnv: boolean): string | undefined {
   const cwd = process.cwd();
   const candidates: string[] = [];
@@ -228,12 +231,11 @@ function findConfig(given: string | undefined, fromEnv: boolean): string | undef
   for (const candidate of candidates) {
     const path = resolve(cwd, candidate);
     if (!existsSync(path)) continue;
-    if (/\.[cm]?ts$/.test(path)) throw typescriptConfig(path);
     return path;
   }
   if (given !== undefined) throw new UsageError(`MikroORM config file not found: ${resolve(cwd, given)}`);
   const ts = ['./src/mikro-orm.config.ts', './mikro-orm.config.ts'].map((p) => resolve(cwd, p)).find(existsSync);
-  if (ts) throw typescriptConfig(ts);
+  if (ts) return ts;
   if (fromEnv) return undefined;
   throw new UsageError(
     `MikroORM config file not found in ['${candidates.join("', '")}']`,
@@ -257,11 +259,4 @@ function packageConfigPaths(cwd: string): string[] {
     }
     if (dirname(dir) === dir) return [];
   }
-}
-
-function typescriptConfig(path: string): UsageError {
-  return new UsageError(
-    `${path} is TypeScript, which migrate mikro-orm does not load (a TypeScript loader is needed)`,
-    "Compile it to .js and pass it with --config, or wrap MikroORM's CLI: pg-migration-lock run -- npx mikro-orm migration:up",
-  );
 }
