@@ -92,9 +92,8 @@ async function migrateDrizzle(
     } catch (err) {
       const query = (err as { query?: unknown }).query;
       const file = typeof query === 'string' ? fileOf(folder, journal.entries, applied, query) : undefined;
-      // drizzle's own message is "Failed query: … params: …"; the database's reason is its cause.
-      const cause = file && err instanceof Error && err.cause !== undefined ? err.cause : err;
-      throw migrationFailure('drizzle', cause, file, [folder]);
+      // drizzle's own message is "Failed query: … params: …"; the database's reason is its cause (said with the query).
+      throw migrationFailure('drizzle', err, file, [folder]);
     }
   } finally {
     await pool.end();

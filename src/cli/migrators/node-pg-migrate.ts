@@ -66,6 +66,7 @@ async function migrateNodePgMigrate(
   const dir = options.dir as string;
   const { runner } = await import('../../../adapters/node-pg-migrate.js');
   let current: string | undefined;
+  let statement: string | undefined;
   let failed = false;
   let ran: Awaited<ReturnType<typeof runner>>;
   try {
@@ -87,13 +88,14 @@ async function migrateNodePgMigrate(
         error: (message: string) => {
           if (failed && /pg_advisory_unlock/.test(message)) return;
           failed = true;
+          statement ??= loggedStatement(message);
           out.detail(withoutFinalError(message));
         },
       },
       lock,
     });
   } catch (err) {
-    throw migrationFailure('node-pg-migrate', err, current && migrationFile(dir, current), [dir]);
+    throw migrationFailure('node-pg-migrate', err, current && migrationFile(dir, current), [dir], statement);
   }
   return { migrator: 'node-pg-migrate', applied: ran.map((migration) => migration.name) };
 }
@@ -153,4 +155,16 @@ function withoutFinalError(message: string): string {
   const lines = message.trimEnd().split('\n');
   if (lines.length > 1 && /^error: /.test(lines.at(-1)!)) lines.pop();
   return `node-pg-migrate: ${lines.join('\n').trimEnd()}`;
+}
+
+/**
+ * The statement in node-pg-migrate's "Error executing:\n<sql>\n<error>" (or, when the server gave a position,
+ * "<sql up to that line>\n   ^^^^<rest of the sql>\n\n<message>").
+ */
+function loggedStatement(message: string): string | undefined {
+  const text = /^Error executing:\n([\s\S]*)$/.exec(message.trimEnd())?.[1];
+  if (text === undefined) return undefined;
+  const blank = text.lastIndexOf('\n\n');
+  const sql = blank >= 0 ? text.slice(0, blank) : text.slice(0, Math.max(0, text.lastIndexOf('\n')));
+  return sql.replace(/^ *\^\^\^\^/m, '');
 }
