@@ -39,7 +39,13 @@ const fleet = (migrator: MigratorName, args: string[], extraEnv: Record<string, 
 interface JsonReport {
   ok: boolean;
   counts: Record<string, number>;
-  results: { target: string; schema: string | null; status: string; applied: string[]; error?: string }[];
+  results: {
+    target: string;
+    schema: string | null;
+    status: string;
+    applied: string[];
+    error?: { message: string; code: string | null; migration: string | null; statement: string | null };
+  }[];
 }
 
 describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
@@ -52,7 +58,11 @@ describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
     expect(stdout).toMatch(
       new RegExp(`^✖ ${migrator}: 3 targets in .*: 2 applied, 0 up to date, 0 migrated by another run, 1 failed$`, 'm'),
     );
-    expect(stdout).toMatch(new RegExp(`^  ${poisoned}: .*this tenant is poisoned$`, 'm'));
+    // The failure names the migration (TypeORM's: not known), PostgreSQL's message and code, and the statement.
+    const named = migrator === 'typeorm' ? '' : `migration ${NAMES[migrator][1]}: `;
+    const said = `${named}this tenant is poisoned \\(SQLSTATE P0001\\) in: .*RAISE EXCEPTION 'this tenant is poisoned'`;
+    expect(stdout).toMatch(new RegExp(`^  ${poisoned}: ${said}`, 'm'));
+    expect(stderr).toMatch(new RegExp(`${poisoned}: failed after .*: ${said}`));
     // A line per target (stderr is not a terminal), and one error line at the end.
     expect(stderr).toMatch(new RegExp(`${a}: applied 2 migrations`));
     expect(stderr).toMatch(/error: 1 of 3 targets failed\n$/);
@@ -74,7 +84,12 @@ describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
       [b, 'up-to-date'],
       [poisoned, 'failed'],
     ]);
-    expect(report.results[2]!.error).toMatch(/this tenant is poisoned/);
+    expect(report.results[2]!.error).toMatchObject({
+      message: 'this tenant is poisoned',
+      code: 'P0001',
+      migration: migrator === 'typeorm' ? null : NAMES[migrator][1],
+      statement: expect.stringMatching(/RAISE EXCEPTION 'this tenant is poisoned'/),
+    });
   });
 
   test('names what it would apply the same way a single run does', async () => {

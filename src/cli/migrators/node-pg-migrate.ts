@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import type { RunnerOption } from 'node-pg-migrate';
 import pg from 'pg';
+import { loggedStatement } from '../../../adapters/node-pg-migrate/runner.js';
 import type { FleetMigrator } from '../../fleet/types.js';
 import type { KeyedLockOptions } from '../../keyed.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
@@ -155,16 +156,4 @@ function withoutFinalError(message: string): string {
   const lines = message.trimEnd().split('\n');
   if (lines.length > 1 && /^error: /.test(lines.at(-1)!)) lines.pop();
   return `node-pg-migrate: ${lines.join('\n').trimEnd()}`;
-}
-
-/**
- * The statement in node-pg-migrate's "Error executing:\n<sql>\n<error>" (or, when the server gave a position,
- * "<sql up to that line>\n   ^^^^<rest of the sql>\n\n<message>").
- */
-function loggedStatement(message: string): string | undefined {
-  const text = /^Error executing:\n([\s\S]*)$/.exec(message.trimEnd())?.[1];
-  if (text === undefined) return undefined;
-  const blank = text.lastIndexOf('\n\n');
-  const sql = blank >= 0 ? text.slice(0, blank) : text.slice(0, Math.max(0, text.lastIndexOf('\n')));
-  return sql.replace(/^ *\^\^\^\^/m, '');
 }
