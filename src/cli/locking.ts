@@ -77,10 +77,17 @@ export function lockOptions(
     abort.abort(why === 'parent-gone' ? new ParentGoneError() : new InterruptedError(signal));
   };
   const disposeSignals = trapSignals((signal) => stop(signal, 'signal'));
-  // Nobody would forward a signal any more (an npx wrapper or CI runner SIGKILLed): stop as if sent SIGTERM.
+  // Nobody would forward a signal any more (an npx wrapper or CI runner SIGKILLed, a script that ended): a wait
+  // stops as if sent SIGTERM; a migration or CMD already under way finishes, and the CLI exits with its result.
   const disposeWatch = watchParent(() => {
-    out.warn(`The process that started pg-migration-lock is gone (now a child of pid ${process.ppid}): stopping`);
-    stop('SIGTERM', 'parent-gone');
+    const gone = `The process that started pg-migration-lock is gone (now a child of pid ${process.ppid})`;
+    if (!locked) {
+      out.warn(`${gone}: stopping the wait for the lock`);
+      stop('SIGTERM', 'parent-gone');
+      return;
+    }
+    out.warn(`${gone}: letting what runs under the lock finish, then exiting with its result`);
+    process.once('exit', (code) => out.warn(`${gone}: exiting with code ${code}`));
   });
 
   const options: MigrationLockOptions = {
