@@ -84,11 +84,19 @@ export class Progress {
 }
 
 /** The report: a summary (and each failure) on stdout, or the whole report as JSON. */
-export function summarize(out: Output, migrator: string, report: FleetReport, json: boolean): void {
+export function summarize(
+  out: Output,
+  migrator: string,
+  report: FleetReport,
+  json: boolean,
+  /** A run stopped at once (a second signal): the targets that were running, and how many never started. */
+  stopped?: { stopped: string[]; notStarted: number | undefined },
+): void {
   const { counts, results } = report;
   if (json) {
     out.json({
       ok: report.ok,
+      ...(stopped && { stopped: stopped.stopped, notStarted: stopped.notStarted ?? null }),
       migrator,
       durationMs: Math.round(report.durationMs),
       counts,
@@ -117,5 +125,12 @@ export function summarize(out: Output, migrator: string, report: FleetReport, js
     `${mark} ${migrator}: ${plural(results.length, 'target')} in ${formatMs(report.durationMs)}: ${parts.join(', ')}`,
   ];
   for (const r of results) if (r.status === 'failed') lines.push(`  ${r.target.name}: ${failure(r.error)}`);
+  if (stopped) {
+    const { stopped: names, notStarted } = stopped;
+    if (names.length > 0) {
+      lines.push(`  stopped while migrating (their open transactions roll back): ${names.join(', ')}`);
+    }
+    if (notStarted !== undefined && notStarted > 0) lines.push(`  not started: ${plural(notStarted, 'target')}`);
+  }
   out.result(lines.join('\n'));
 }

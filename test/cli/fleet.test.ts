@@ -151,6 +151,22 @@ describe('fleets of databases, two commands at once, interruptions, bad input', 
     for (const schema of schemas) expect([counts[`${schema}/001`], counts[`${schema}/002`]]).toEqual([1, 1]);
   }, 60_000);
 
+  test('a second SIGINT stops at once and still prints the summary: what finished, what was stopped, what never started', async () => {
+    const schemas = Array.from({ length: 5 }, (_, i) => `twice_${i}`);
+    const args = ['migrate', ...FLAGS.knex, '--each-schema', schemas.join(','), '--concurrency', '1'];
+    const run = start(args, { env: { ...env, FLEET_SLEEP: '1' }, cwd: CWD });
+    await run.waitForOutput(/twice_0: applied/, 30_000);
+    run.child.kill('SIGINT');
+    await run.waitForOutput(/Interrupted by SIGINT: starting no further target/, 10_000);
+    run.child.kill('SIGINT');
+    const { code, stdout, stderr } = await run.exited;
+    expect(code, stderr).toBe(130);
+    expect(stderr).toMatch(/Interrupted again by SIGINT: stopping now/);
+    expect(stdout).toMatch(/^✖ knex: \d+ targets? in .*: [1-9]\d* applied, /m);
+    expect(stdout).toMatch(/^ {2}stopped while migrating \(their open transactions roll back\): twice_\d$/m);
+    expect(stdout).toMatch(/^ {2}not started: [1-3] targets?$/m);
+  }, 60_000);
+
   test.skipIf(!hasScript)(
     'on a terminal: one live line (done, running, ETA), then the summary',
     async () => {
