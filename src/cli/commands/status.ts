@@ -98,8 +98,10 @@ export function formatHolder(out: Output, holder: Holder): string[] {
   const rows = [
     row('holder', c.bold(`pid ${holder.pid}`)),
     row('application', holder.applicationName || c.dim('(none)')),
-    row('client', holder.clientAddr ?? c.dim('local socket (or not visible to this role)')),
   ];
+  const owner = holderProcess(holder.applicationName);
+  if (owner) rows.push(row('process', `pid ${owner.pid} on ${owner.host}`));
+  rows.push(row('client', holder.clientAddr ?? c.dim('local socket (or not visible to this role)')));
   if (holder.backendStart) {
     rows.push(row('connected', `${holder.backendStart.toISOString()} (${ago(holder.backendStart)})`));
   }
@@ -117,4 +119,17 @@ function describeQuery(out: Output, query: string): string {
   }
   const text = query.replace(/\s+/g, ' ').trim();
   return text.length > 160 ? `${text.slice(0, 159)}…` : text;
+}
+
+/**
+ * The OS process behind a holder, when its application_name says it (a pg-migration-lock session): a holding's
+ * tag `pg-migration-lock:<key>:<token>.<pid>@<host>`, or a session's name `pg-migration-lock:<host>:<pid>`.
+ * (PostgreSQL keeps 63 bytes of a name: a host cut short is shown as it is.)
+ */
+export function holderProcess(applicationName: string | null | undefined): { pid: number; host: string } | undefined {
+  if (!applicationName) return undefined;
+  const tagged = /^pg-migration-lock:-?\d+:[0-9a-z]+\.(\d+)@(.+)$/.exec(applicationName);
+  if (tagged) return { pid: Number(tagged[1]), host: tagged[2]! };
+  const named = /^pg-migration-lock:(.+):(\d+)$/.exec(applicationName);
+  return named ? { pid: Number(named[2]), host: named[1]! } : undefined;
 }
