@@ -4,7 +4,7 @@ import { isLockAttempt } from '../../sql/waiters.js';
 import { findMigrationLocks, getLockStatus, type Holder, type LockStatus } from '../../status.js';
 import { formatMs } from '../../time.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
-import { ago, describeSession } from '../locking.js';
+import { ago, describeSession, holderProcess } from '../locking.js';
 import type { Output } from '../output.js';
 import { visibilityNote } from '../privileges.js';
 
@@ -119,17 +119,4 @@ function describeQuery(out: Output, query: string): string {
   }
   const text = query.replace(/\s+/g, ' ').trim();
   return text.length > 160 ? `${text.slice(0, 159)}…` : text;
-}
-
-/**
- * The OS process behind a holder, when its application_name says it (a pg-migration-lock session): a holding's
- * tag `pg-migration-lock:<key>:<token>.<pid>@<host>`, or a session's name `pg-migration-lock:<host>:<pid>`.
- * (PostgreSQL keeps 63 bytes of a name: a host cut short is shown as it is.)
- */
-export function holderProcess(applicationName: string | null | undefined): { pid: number; host: string } | undefined {
-  if (!applicationName) return undefined;
-  const tagged = /^pg-migration-lock:-?\d+:[0-9a-z]+\.(\d+)@(.+)$/.exec(applicationName);
-  if (tagged) return { pid: Number(tagged[1]), host: tagged[2]! };
-  const named = /^pg-migration-lock:(.+):(\d+)$/.exec(applicationName);
-  return named ? { pid: Number(named[2]), host: named[1]! } : undefined;
 }
