@@ -58,8 +58,8 @@ describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
     expect(stdout).toMatch(
       new RegExp(`^✖ ${migrator}: 3 targets in .*: 2 applied, 0 up to date, 0 migrated by another run, 1 failed$`, 'm'),
     );
-    // The failure names the migration (TypeORM's: not known), PostgreSQL's message and code, and the statement.
-    const named = migrator === 'typeorm' ? '' : `migration ${NAMES[migrator][1]}: `;
+    // The failure names the migration, PostgreSQL's message and code, and the statement.
+    const named = `migration ${NAMES[migrator][1]}: `;
     const said = `${named}this tenant is poisoned \\(SQLSTATE P0001\\) in: .*RAISE EXCEPTION 'this tenant is poisoned'`;
     expect(stdout).toMatch(new RegExp(`^  ${poisoned}: ${said}`, 'm'));
     expect(stderr).toMatch(new RegExp(`${poisoned}: failed after .*: ${said}`));
@@ -87,7 +87,7 @@ describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
     expect(report.results[2]!.error).toMatchObject({
       message: 'this tenant is poisoned',
       code: 'P0001',
-      migration: migrator === 'typeorm' ? null : NAMES[migrator][1],
+      migration: NAMES[migrator][1],
       statement: expect.stringMatching(/RAISE EXCEPTION 'this tenant is poisoned'/),
     });
   });
