@@ -9,7 +9,7 @@ import { cli, fixture } from './cli.js';
 
 const failing = (name: string) => fixture(`failing/${name}`);
 
-const CASES: [string, string[], RegExp, string, bigint][] = [
+const CASES: [string, string[], RegExp, string, bigint, string?][] = [
   [
     'knex, a syntax error in a migration',
     ['knex', '--knexfile', failing('knex-syntax/knexfile.cjs')],
@@ -52,12 +52,27 @@ const CASES: [string, string[], RegExp, string, bigint][] = [
     'failing_dz_half',
     DEFAULT_LOCK_KEY,
   ],
+  [
+    'typeorm, a failing statement over several lines',
+    ['typeorm', '-d', failing('typeorm/data-source.mjs')],
+    /^error: typeorm: migration Divide1700000000002 failed: division by zero \(SQLSTATE 22012\) in: SELECT 1\/0$/,
+    'failing_typeorm_half',
+    DEFAULT_LOCK_KEY,
+  ],
+  [
+    'kysely, a failing statement',
+    ['kysely'],
+    /^error: kysely: migration .*migrations\/002_divide\.mjs:4 failed: division by zero \(SQLSTATE 22012\)$/,
+    'failing_kysely_half',
+    DEFAULT_LOCK_KEY,
+    failing('kysely'),
+  ],
 ];
 
 describe.each([[[]], [['-q']]])('migrate %j', (extra: string[]) => {
-  test.each(CASES)('%s', async (_what, args, lastLine, halfTable, key) => {
+  test.each(CASES)('%s', async (_what, args, lastLine, halfTable, key, cwd) => {
     const url = await createTestDatabase();
-    const { code, stdout, stderr } = await cli(['migrate', ...args, ...extra], { env: { DATABASE_URL: url } });
+    const { code, stdout, stderr } = await cli(['migrate', ...args, ...extra], { env: { DATABASE_URL: url }, cwd });
     expect(code).toBe(1);
     const lines = stderr.trimEnd().split('\n');
     expect(lines.at(-1)).toMatch(lastLine);
