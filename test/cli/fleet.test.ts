@@ -12,7 +12,7 @@ import {
   NAMES,
   prepareTenants,
 } from '../fixtures/fleet/tenants.js';
-import { createTestDatabase, fixture } from '../helpers.js';
+import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
 import { cli, hasScript, start, startOnTerminal } from './cli.js';
 
 const url = await createTestDatabase();
@@ -154,8 +154,21 @@ describe('fleets of databases, two commands at once, interruptions, bad input', 
   test('a second SIGINT stops at once and still prints the summary: what finished, what was stopped, what never started', async () => {
     const schemas = Array.from({ length: 5 }, (_, i) => `twice_${i}`);
     const args = ['migrate', ...FLAGS.knex, '--each-schema', schemas.join(','), '--concurrency', '1'];
-    const run = start(args, { env: { ...env, FLEET_SLEEP: '1' }, cwd: CWD });
+    const run = start(args, { env: { ...env, FLEET_SLEEP: '3' }, cwd: CWD });
     await run.waitForOutput(/twice_0: applied/, 30_000);
+    // The next target is mid-migration (its pg_sleep runs on the server) when the signals come.
+    await waitFor(
+      async () =>
+        (
+          await withClient(url, (client) =>
+            client.query(
+              "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%' AND pid <> pg_backend_pid()",
+            ),
+          )
+        ).rowCount! > 0,
+      30_000,
+      'a target to be migrating',
+    );
     run.child.kill('SIGINT');
     await run.waitForOutput(/Interrupted by SIGINT: starting no further target/, 10_000);
     run.child.kill('SIGINT');
