@@ -62,7 +62,7 @@ const CASES: [string, string[], RegExp, string, bigint, string?][] = [
   [
     'kysely, a failing statement',
     ['kysely'],
-    /^error: kysely: migration .*migrations\/002_divide\.mjs:4 failed: division by zero \(SQLSTATE 22012\)$/,
+    /^error: kysely: migration .*migrations\/002_divide\.mjs:4 failed: division by zero \(SQLSTATE 22012\) in: SELECT 1\/0$/,
     'failing_kysely_half',
     DEFAULT_LOCK_KEY,
     failing('kysely'),
