@@ -290,12 +290,8 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
       const before = schemaEntry(target, true);
       if (before) fleetBefore.set(migrator, before);
       const { error, results = [] } = await migrator.migrateToLatest();
-      if (error)
-        throw namingMigration(
-          error,
-          results.find((r) => r.status === 'Error')?.migrationName,
-          failedStatements.get(db)?.sql,
-        );
+      const failed = results.find((r) => r.status === 'Error')?.migrationName;
+      if (error) throw namingMigration(error, failed, failedStatements.get(db)?.sql);
       return results.filter((r) => r.status === 'Success').map((r) => r.migrationName);
     },
   });
