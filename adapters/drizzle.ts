@@ -15,6 +15,7 @@ import {
   isPostgresJs,
   type KeyedLockOptions,
   lockedRun,
+  namingMigration,
   type PostgresJsReservedSql,
   type PostgresJsSql,
   pgQuery,
@@ -238,10 +239,29 @@ export function fleet(config: DrizzleFleetConfig): FleetMigrator {
       const { readMigrationFiles } = await clientTarget(pool, undefined).load();
       return withSession(pool, (session) => toApply(session.query, on(target), readMigrationFiles));
     },
-    run: (pool, target, lock) => {
+    run: async (pool, target, lock) => {
       // Always a `before` (a no-op on a database target): with one, migrateLocked resolves to the tags applied.
       const before = schemaEntry(target, true) ?? (async () => {});
-      return migrateLocked(clientTarget(pool, undefined), on(target), lock, before);
+      try {
+        return await migrateLocked(clientTarget(pool, undefined), on(target), lock, before);
+      } catch (err) {
+        throw namingMigration(err, migrationOf(config.migrationsFolder, (err as { query?: unknown } | null)?.query));
+      }
     },
   });
+}
+
+/** The tag of the migration in `folder` one of whose statements is `query` (drizzle names the query, not the file). */
+function migrationOf(folder: string, query: unknown): string | undefined {
+  if (typeof query !== 'string') return undefined;
+  try {
+    const journal = JSON.parse(readFileSync(`${folder}/meta/_journal.json`, 'utf8')) as { entries: { tag: string }[] };
+    return journal.entries.find(({ tag }) =>
+      readFileSync(`${folder}/${tag}.sql`, 'utf8')
+        .split('--> statement-breakpoint')
+        .some((statement) => statement.trim() === query.trim()),
+    )?.tag;
+  } catch {
+    return undefined;
+  }
 }

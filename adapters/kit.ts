@@ -244,3 +244,23 @@ export function fleetMigrator<R>(parts: FleetParts<R>): FleetMigrator {
     },
   };
 }
+
+/**
+ * Names the failing migration (and statement, when only the migrator's log had it) on a migrator's error
+ * (properties `migration` and `statement`, not enumerable), so that a fleet's report can say what failed on a target. Errors that cannot take it are returned as they are.
+ */
+export function namingMigration(err: unknown, migration: string | undefined, statement?: string): unknown {
+  if (!err || typeof err !== 'object') return err;
+  for (const [name, value] of [
+    ['migration', migration],
+    ['statement', statement],
+  ] as const) {
+    if (value === undefined || name in err) continue;
+    try {
+      Object.defineProperty(err, name, { value, enumerable: false, configurable: true });
+    } catch {
+      // a frozen error: left as it is
+    }
+  }
+  return err;
+}

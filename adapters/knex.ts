@@ -11,6 +11,7 @@ import {
   importPeer,
   type KeyedLockOptions,
   lockedRun,
+  namingMigration,
   pgQuery,
   type Query,
   SKIPPED,
@@ -196,6 +197,9 @@ export type KnexFleetConfig = Omit<Knex.Config, 'connection'> & { connection?: n
  * const tenants = ['tenant_1', 'tenant_2'].map((schema) => ({ url: process.env.DATABASE_URL!, schema }));
  * const report = await migrateEach(tenants, fleet({ migrations: { directory: './migrations' } }));
  */
+/** The file knex named as failing, per knex instance of a fleet's target. */
+const failedFiles = new WeakMap<Knex, { file?: string }>();
+
 export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
   checkFleetConfig('knex', config, 'knexConfig');
   if (config.client !== undefined && !['pg', 'postgres', 'postgresql'].includes(config.client as string)) {
@@ -208,8 +212,18 @@ export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
     open: async (target) => {
       const { default: knexFactory } = await importPeer('knex', 'knex', () => import('knex'));
       const { schema } = target;
+      // knex names the failing file only in its log ("migration file "x" failed"): kept for the target's error.
+      const failed: { file?: string } = {};
+      const warn = config.log?.warn ?? ((message: string) => console.warn(message));
       const db = knexFactory({
         ...config,
+        log: {
+          ...config.log,
+          warn: (message: string) => {
+            failed.file = /^migration file "(.+)" failed$/.exec(message)?.[1] ?? failed.file;
+            warn(message);
+          },
+        },
         client: config.client ?? 'pg',
         connection: targetConfig(target) as Knex.PgConnectionConfig,
         pool: { ...config.pool, min: 0, max: 1 },
@@ -217,11 +231,17 @@ export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
         migrations: { ...config.migrations, ...(schema !== undefined && { schemaName: schema }) },
       });
       checkKnex(db);
+      failedFiles.set(db, failed);
       return db;
     },
     close: (db) => db.destroy(),
     pending: (db) => pending(db),
-    run: async (db, target, lock, pool) =>
-      (await latestLocked(db, db.client, {}, lock, schemaEntry(target, false), pool))[1],
+    run: async (db, target, lock, pool) => {
+      try {
+        return (await latestLocked(db, db.client, {}, lock, schemaEntry(target, false), pool))[1];
+      } catch (err) {
+        throw namingMigration(err, failedFiles.get(db)?.file);
+      }
+    },
   });
 }

@@ -9,6 +9,7 @@ import {
   fleetMigrator,
   type KeyedLockOptions,
   lockedRun,
+  namingMigration,
   type Query,
   SKIPPED,
   schemaEntry,
@@ -254,6 +255,9 @@ export type KyselyFleetProps = Omit<MigratorProps, 'db'> & { db?: never };
  * const provider = new FileMigrationProvider({ fs, path, migrationFolder: path.resolve('migrations') });
  * await migrateEach(['postgres://db1/acme', 'postgres://db1/globex'], fleet({ provider }));
  */
+/** The statement that failed last, per Kysely of a fleet's target. */
+const failedStatements = new WeakMap<Kysely<unknown>, { sql?: string }>();
+
 export function fleet(props: KyselyFleetProps): FleetMigrator {
   checkFleetConfig('kysely', props, '{ provider }');
   if (typeof props.provider?.getMigrations !== 'function') {
@@ -266,7 +270,16 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
     open: async (target, shared, lock) => {
       const { Kysely: KyselyClass, PostgresDialect: Postgres } = await importKysely();
       const dialect = new Postgres({ pool: shared ?? (await targetPool(target, lock?.applicationName)) });
-      return new KyselyClass<unknown>({ dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect) });
+      const failed: { sql?: string } = {};
+      const db = new KyselyClass<unknown>({
+        dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect),
+        // kysely's error does not name its statement: its log does, kept for the target's error.
+        log: (event) => {
+          if (event.level === 'error') failed.sql = event.query.sql;
+        },
+      });
+      failedStatements.set(db, failed);
+      return db;
     },
     // Destroying a Kysely ends its pool: not the run's shared one.
     close: async (db, shared) => shared === undefined && (await db.destroy()),
@@ -277,7 +290,8 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
       const before = schemaEntry(target, true);
       if (before) fleetBefore.set(migrator, before);
       const { error, results = [] } = await migrator.migrateToLatest();
-      if (error) throw error;
+      const failed = results.find((r) => r.status === 'Error')?.migrationName;
+      if (error) throw namingMigration(error, failed, failedStatements.get(db)?.sql);
       return results.filter((r) => r.status === 'Success').map((r) => r.migrationName);
     },
   });

@@ -10,6 +10,7 @@ import {
   type FleetTarget,
   type KeyedLockOptions,
   lockedRun,
+  namingMigration,
   pgQuery,
   type Query,
   SKIPPED,
@@ -18,7 +19,7 @@ import {
   unlockIfHeldSql,
   withSession,
 } from './kit.js';
-import { importNodePgMigrate, toRun } from './node-pg-migrate/runner.js';
+import { importNodePgMigrate, loggedStatement, toRun } from './node-pg-migrate/runner.js';
 
 /** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x), from the key table. */
 const PG_MIGRATE_LOCK_ID = defaultKeyOf('node-pg-migrate').key;
@@ -200,8 +201,30 @@ export function fleet(options: NodePgMigrateFleetOptions): FleetMigrator {
     pending: (target) => pending(on(target)),
     run: async (target, lock, pool) => {
       const locking = checkLock(lock, 'node-pg-migrate', ownLock);
-      const ran = await runLocked(on(target, pool), locking, schemaEntry(target, false));
-      return ran.map((migration) => migration.name);
+      // node-pg-migrate names the migration it runs only in its log: kept (with a logger given) for the error.
+      let current: string | undefined;
+      let statement: string | undefined;
+      const options = on(target, pool);
+      const { logger } = options;
+      if (logger) {
+        options.logger = {
+          ...logger,
+          info: (message: string) => {
+            current = /^### MIGRATION (.+) \(UP\) ###$/.exec(message)?.[1] ?? current;
+            logger.info(message);
+          },
+          error: (message: string) => {
+            statement ??= loggedStatement(message);
+            logger.error(message);
+          },
+        };
+      }
+      try {
+        const ran = await runLocked(options, locking, schemaEntry(target, false));
+        return ran.map((migration) => migration.name);
+      } catch (err) {
+        throw namingMigration(err, current, statement);
+      }
     },
   };
 }

@@ -10,6 +10,7 @@ import {
   importPeer,
   type KeyedLockOptions,
   lockedRun,
+  namingMigration,
   pgQuery,
   type Query,
   quoteIdent,
@@ -185,6 +186,25 @@ export type TypeormFleetOptions = DataSourceOptions & { type: 'postgres' };
  * const migrator = fleet({ type: 'postgres', migrations: ['dist/migrations/*.js'] }, { transaction: 'each' });
  * await migrateEach(['postgres://db1/acme', 'postgres://db1/globex'], migrator);
  */
+/** The migration TypeORM logged as failing, per data source of a fleet's target. */
+const failedMigrations = new WeakMap<DataSource, { name?: string }>();
+
+/**
+ * TypeORM names a failing migration only in its log (`Migration "X" failed, error: …`): this data source's logger
+ * (a layer over the one the options give, which other targets share) keeps the name for the target's error.
+ */
+function watchFailure(dataSource: DataSource): void {
+  const failed: { name?: string } = {};
+  const base = dataSource.logger;
+  const logger = Object.create(base) as typeof base;
+  logger.logMigration = (message, queryRunner) => {
+    failed.name = /^Migration "(.+)" failed, error:/.exec(message)?.[1] ?? failed.name;
+    return base.logMigration(message, queryRunner);
+  };
+  Object.defineProperty(dataSource, 'logger', { value: logger, configurable: true, writable: true });
+  failedMigrations.set(dataSource, failed);
+}
+
 export function fleet(
   options: TypeormFleetOptions,
   runOptions: Omit<TypeormRunMigrationsOptions, 'lock'> = {},
@@ -206,6 +226,7 @@ export function fleet(
       // TypeORM hands `extra` to pg's Pool last: the target's connection, and one connection per target.
       extra: { ...options.extra, ...targetConfig(target, options.applicationName), max: 1 },
     } as DataSourceOptions);
+    watchFailure(dataSource);
     await dataSource.initialize();
     // The migrations' names, as TypeORM names them: the same for every target, kept for upToDate.
     names ??= dataSource.migrations.map((m) => m.name || m.constructor.name);
@@ -248,8 +269,12 @@ export function fleet(
         close,
         async (dataSource) => {
           const locking = checkLock(lock, 'typeorm');
-          const applied = await runLocked(dataSource, runOptions, locking, schemaEntry(target, true));
-          return applied.map((migration) => migration.name);
+          try {
+            const applied = await runLocked(dataSource, runOptions, locking, schemaEntry(target, true));
+            return applied.map((migration) => migration.name);
+          } catch (err) {
+            throw namingMigration(err, failedMigrations.get(dataSource)?.name);
+          }
         },
       );
     },

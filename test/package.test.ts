@@ -156,3 +156,18 @@ test.each([
     rmSync(project, { recursive: true, force: true });
   }
 });
+
+test('declaration files have names that say what they hold (a missing @types/pg error points at one of them)', () => {
+  const declarations = readdirSync(dist).filter((f) => /\.d\.c?ts$/.test(f));
+  // rollup names shared chunks `<name>-<hash>`: scripts/name-type-chunks.mjs renames them after the build.
+  expect(declarations.filter((f) => /-[A-Za-z0-9_-]{8}\.d\.c?ts$/.test(f) && !/^node-pg-migrate\./.test(f))).toEqual(
+    [],
+  );
+  expect(declarations).toEqual(expect.arrayContaining(['core-types.d.ts', 'core-types.d.cts']));
+  for (const file of declarations) {
+    const text = readFileSync(join(dist, file), 'utf8');
+    for (const [, path, ext] of text.matchAll(/from '\.\/([^']+)\.(c?js)'/g)) {
+      expect(declarations, `${file} imports ./${path}.${ext}`).toContain(`${path}.d.${ext === 'cjs' ? 'cts' : 'ts'}`);
+    }
+  }
+});

@@ -100,7 +100,8 @@ export function databaseUrl(command: Command, out: Output, required: boolean): s
     if (!required) return undefined;
     throw new UsageError(
       'No database URL: pass --database-url or set DATABASE_URL',
-      'Example: DATABASE_URL=postgres://user:password@host:5432/db pg-migration-lock status',
+      // No `user:password@` here: the output masks any password, so the example would read `user:***@`.
+      'Example: DATABASE_URL=postgres://user@host:5432/db pg-migration-lock status (the password in PGPASSWORD, or in the URL after the user and a colon)',
     );
   }
   const source = flag === undefined ? 'DATABASE_URL' : '--database-url';

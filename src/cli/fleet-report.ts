@@ -1,17 +1,27 @@
 // How a fleet run shows on the command line: its progress (a live line, or a line per target) and its report.
 import type { FleetProgressEvent, FleetReport, FleetResult } from '../fleet/types.js';
-import { errorMessage } from '../logger.js';
 import { formatMs } from '../time.js';
+import { describeFailure, sayFailure } from './database-error.js';
 import type { Output } from './output.js';
 
 /**
- * A target's failure in one line: the database's reason, where a migrator wraps it (drizzle's "Failed query: …
- * params:" has it as its cause), and the first line of a longer message.
+ * A target's failure in one line: the migration (when the migrator named it), the database's message and SQLSTATE
+ * code, and the statement (all its lines, cut), wherever the migrator put them (drizzle's "Failed query: …" cause).
  */
 export function failure(error: unknown): string {
-  const cause = (error as { cause?: unknown } | null)?.cause;
-  const message = errorMessage(/^Failed query:/.test(errorMessage(error)) && cause !== undefined ? cause : error);
-  return message.trim().split('\n')[0]!;
+  const described = describeFailure(error);
+  return `${described.migration ? `migration ${described.migration}: ` : ''}${sayFailure(described)}`;
+}
+
+/** A failure in `--json` results: `{ message, code, migration, statement }` (null when not known). */
+export function failureJson(error: unknown): {
+  message: string;
+  code: string | null;
+  migration: string | null;
+  statement: string | null;
+} {
+  const { message, code, migration, statement } = describeFailure(error);
+  return { message, code: code ?? null, migration: migration ?? null, statement: statement ?? null };
 }
 
 export const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`;
@@ -74,11 +84,19 @@ export class Progress {
 }
 
 /** The report: a summary (and each failure) on stdout, or the whole report as JSON. */
-export function summarize(out: Output, migrator: string, report: FleetReport, json: boolean): void {
+export function summarize(
+  out: Output,
+  migrator: string,
+  report: FleetReport,
+  json: boolean,
+  /** A run stopped at once (a second signal): the targets that were running, and how many never started. */
+  stopped?: { stopped: string[]; notStarted: number | undefined },
+): void {
   const { counts, results } = report;
   if (json) {
     out.json({
       ok: report.ok,
+      ...(stopped && { stopped: stopped.stopped, notStarted: stopped.notStarted ?? null }),
       migrator,
       durationMs: Math.round(report.durationMs),
       counts,
@@ -88,7 +106,7 @@ export function summarize(out: Output, migrator: string, report: FleetReport, js
         schema: r.target.schema ?? null,
         status: r.status,
         applied: r.status === 'failed' ? [] : r.applied,
-        ...(r.status === 'failed' && { error: failure(r.error) }),
+        ...(r.status === 'failed' && { error: failureJson(r.error) }),
         key: r.key,
         durationMs: Math.round(r.durationMs),
       })),
@@ -107,5 +125,12 @@ export function summarize(out: Output, migrator: string, report: FleetReport, js
     `${mark} ${migrator}: ${plural(results.length, 'target')} in ${formatMs(report.durationMs)}: ${parts.join(', ')}`,
   ];
   for (const r of results) if (r.status === 'failed') lines.push(`  ${r.target.name}: ${failure(r.error)}`);
+  if (stopped) {
+    const { stopped: names, notStarted } = stopped;
+    if (names.length > 0) {
+      lines.push(`  stopped while migrating (their open transactions roll back): ${names.join(', ')}`);
+    }
+    if (notStarted !== undefined && notStarted > 0) lines.push(`  not started: ${plural(notStarted, 'target')}`);
+  }
   out.result(lines.join('\n'));
 }

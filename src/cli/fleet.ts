@@ -4,8 +4,8 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import pg from 'pg';
 import { isConninfo } from '../driver/conninfo.js';
 import { migrateEach } from '../fleet/index.js';
-import type { FleetTargetSpec } from '../fleet/target.js';
-import type { FleetMigrator, FleetReport } from '../fleet/types.js';
+import type { FleetTarget, FleetTargetSpec } from '../fleet/target.js';
+import type { FleetMigrator, FleetReport, FleetResult } from '../fleet/types.js';
 import { errorMessage } from '../logger.js';
 import { asUrlOrUsage, clientConfig, databaseUrl, type GlobalOptions, parseConnectionString } from './context.js';
 import { CliError, EXIT, InterruptedError, signalExitCode, UsageError } from './errors.js';
@@ -92,8 +92,20 @@ export async function runFleet(
 
   const abort = new AbortController();
   let interrupted: NodeJS.Signals | undefined;
+  // What a second signal's summary tells: the targets finished, and those running (stopped, rolled back).
+  const startedAt = performance.now();
+  const finished: FleetResult[] = [];
+  const running = new Map<string, FleetTarget>();
+  let total: number | undefined;
   const stop = (signal: NodeJS.Signals, why: string) => {
     if (interrupted) {
+      progress.done();
+      const stopped = [...running.values()].map((target) => target.name);
+      const report = partialReport(finished, performance.now() - startedAt);
+      summarize(out, migrator.name, report, flags.json === true, {
+        stopped,
+        notStarted: total === undefined ? undefined : total - finished.length - stopped.length,
+      });
       out.error(`Interrupted again by ${signal}: stopping now; the open transactions roll back`);
       process.exit(signalExitCode(signal));
     }
@@ -109,7 +121,15 @@ export async function runFleet(
       concurrency: flags.concurrency,
       stopOnError: flags.stopOnError,
       signal: abort.signal,
-      onProgress: (event) => progress.on(event),
+      onProgress: (event) => {
+        total = event.counts.total;
+        if (event.type === 'finished') {
+          running.delete(event.target.name);
+          finished.push(event.result);
+        } else if (event.type === 'deferred') running.delete(event.target.name);
+        else running.set(event.target.name, event.target);
+        progress.on(event);
+      },
       lock: { timeoutMs: flags.timeout },
       logger: {
         info() {},
@@ -127,6 +147,23 @@ export async function runFleet(
   if (report.ok) return;
   if (interrupted) throw new CliError(`Interrupted by ${interrupted}: ${notDone(report)}`, signalExitCode(interrupted));
   throw new CliError(notDone(report));
+}
+
+/** The report of the targets finished so far, for the summary of a run stopped at once (a second signal). */
+function partialReport(results: FleetResult[], durationMs: number): FleetReport {
+  const count = (status: FleetResult['status']) => results.filter((r) => r.status === status).length;
+  const counts = {
+    total: results.length,
+    done: results.length,
+    running: 0,
+    deferred: 0,
+    applied: count('applied'),
+    upToDate: count('up-to-date'),
+    skipped: count('skipped'),
+    failed: count('failed'),
+    notRun: count('not-run'),
+  };
+  return { ok: false, counts, results, durationMs };
 }
 
 function notDone({ counts }: FleetReport): string {

@@ -34,6 +34,28 @@ export function describeSession(holder: Holder | null): string {
   return text;
 }
 
+/**
+ * The holder in few characters: a pg-migration-lock holder's OS process and host, from its tag or name
+ * (`pid 3651 on web-1 (backend pid 3662)`), else its backend pid and application_name.
+ */
+export function describeHolderShort(holder: Holder | null): string {
+  const owner = holderProcess(holder?.applicationName);
+  return holder && owner ? `pid ${owner.pid} on ${owner.host} (backend pid ${holder.pid})` : describeHolder(holder);
+}
+
+/**
+ * The OS process behind a holder, when its application_name says it (a pg-migration-lock session): a holding's
+ * tag `pg-migration-lock:<key>:<token>.<pid>@<host>`, or a session's name `pg-migration-lock:<host>:<pid>`.
+ * (PostgreSQL keeps 63 bytes of a name: a host cut short is shown as it is.)
+ */
+export function holderProcess(applicationName: string | null | undefined): { pid: number; host: string } | undefined {
+  if (!applicationName) return undefined;
+  const tagged = /^pg-migration-lock:-?\d+:[0-9a-z]+\.(\d+)@(.+)$/.exec(applicationName);
+  if (tagged) return { pid: Number(tagged[1]), host: tagged[2]! };
+  const named = /^pg-migration-lock:(.+):(\d+)$/.exec(applicationName);
+  return named ? { pid: Number(named[2]), host: named[1]! } : undefined;
+}
+
 export function ago(date: Date): string {
   return `${formatMs(Math.max(0, Date.now() - date.getTime()))} ago`;
 }
@@ -60,8 +82,10 @@ export function lockOptions(
     const waited = Math.floor((performance.now() - waitStart) / 1000);
     const clock = waited < 60 ? `${waited}s` : `${Math.floor(waited / 60)}m${String(waited % 60).padStart(2, '0')}s`;
     const limit = timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`;
-    const by = describeHolder(holder);
-    out.status(`${out.err.yellow('⏳')} Waiting ${clock}${limit} for the migration lock, held by ${by}`);
+    // The holder first: the line is cut to the terminal's width, and who holds the lock is what matters.
+    out.status(
+      `${out.err.yellow('⏳')} Held by ${describeHolderShort(holder)}: waiting ${clock}${limit} for the migration lock`,
+    );
   };
 
   const stopTicker = () => {
@@ -77,10 +101,17 @@ export function lockOptions(
     abort.abort(why === 'parent-gone' ? new ParentGoneError() : new InterruptedError(signal));
   };
   const disposeSignals = trapSignals((signal) => stop(signal, 'signal'));
-  // Nobody would forward a signal any more (an npx wrapper or CI runner SIGKILLed): stop as if sent SIGTERM.
+  // Nobody would forward a signal any more (an npx wrapper or CI runner SIGKILLed, a script that ended): a wait
+  // stops as if sent SIGTERM; a migration or CMD already under way finishes, and the CLI exits with its result.
   const disposeWatch = watchParent(() => {
-    out.warn(`The process that started pg-migration-lock is gone (now a child of pid ${process.ppid}): stopping`);
-    stop('SIGTERM', 'parent-gone');
+    const gone = `The process that started pg-migration-lock is gone (now a child of pid ${process.ppid})`;
+    if (!locked) {
+      out.warn(`${gone}: stopping the wait for the lock`);
+      stop('SIGTERM', 'parent-gone');
+      return;
+    }
+    out.warn(`${gone}: letting what runs under the lock finish, then exiting with its result`);
+    process.once('exit', (code) => out.warn(`${gone}: exiting with code ${code}`));
   });
 
   const options: MigrationLockOptions = {

@@ -34,6 +34,8 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   cwd?: string;
   input?: string;
+  /** startOnTerminal: the terminal's width (default 200). */
+  columns?: number;
 }
 
 /** A clean environment: no inherited DATABASE_URL or color settings, so every test says what it uses. */
@@ -94,7 +96,7 @@ export function startOnTerminal(args: string[], options: RunOptions = {}): Run {
   const quote = (arg: string) => `'${arg.replace(/'/g, `'\\''`)}'`;
   // A wide terminal: the live line is cut to the terminal's width, 80 columns by default.
   // exec: the CLI itself is the terminal's foreground process, as when a user types the command.
-  const command = `stty cols 200 2>/dev/null; exec ${[process.execPath, CLI, ...args].map(quote).join(' ')}`;
+  const command = `stty cols ${options.columns ?? 200} 2>/dev/null; exec ${[process.execPath, CLI, ...args].map(quote).join(' ')}`;
   const child = spawn('script', ['-qfec', command, '/dev/null'], {
     env: testEnv({ TERM: 'xterm', ...options.env }),
     cwd: options.cwd,

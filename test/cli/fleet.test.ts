@@ -12,7 +12,7 @@ import {
   NAMES,
   prepareTenants,
 } from '../fixtures/fleet/tenants.js';
-import { createTestDatabase, fixture } from '../helpers.js';
+import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
 import { cli, hasScript, start, startOnTerminal } from './cli.js';
 
 const url = await createTestDatabase();
@@ -39,7 +39,13 @@ const fleet = (migrator: MigratorName, args: string[], extraEnv: Record<string, 
 interface JsonReport {
   ok: boolean;
   counts: Record<string, number>;
-  results: { target: string; schema: string | null; status: string; applied: string[]; error?: string }[];
+  results: {
+    target: string;
+    schema: string | null;
+    status: string;
+    applied: string[];
+    error?: { message: string; code: string | null; migration: string | null; statement: string | null };
+  }[];
 }
 
 describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
@@ -52,7 +58,11 @@ describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
     expect(stdout).toMatch(
       new RegExp(`^✖ ${migrator}: 3 targets in .*: 2 applied, 0 up to date, 0 migrated by another run, 1 failed$`, 'm'),
     );
-    expect(stdout).toMatch(new RegExp(`^  ${poisoned}: .*this tenant is poisoned$`, 'm'));
+    // The failure names the migration, PostgreSQL's message and code, and the statement.
+    const named = `migration ${NAMES[migrator][1]}: `;
+    const said = `${named}this tenant is poisoned \\(SQLSTATE P0001\\) in: .*RAISE EXCEPTION 'this tenant is poisoned'`;
+    expect(stdout).toMatch(new RegExp(`^  ${poisoned}: ${said}`, 'm'));
+    expect(stderr).toMatch(new RegExp(`${poisoned}: failed after .*: ${said}`));
     // A line per target (stderr is not a terminal), and one error line at the end.
     expect(stderr).toMatch(new RegExp(`${a}: applied 2 migrations`));
     expect(stderr).toMatch(/error: 1 of 3 targets failed\n$/);
@@ -74,7 +84,12 @@ describe.each(MIGRATORS)('migrate %s --each-schema', (migrator) => {
       [b, 'up-to-date'],
       [poisoned, 'failed'],
     ]);
-    expect(report.results[2]!.error).toMatch(/this tenant is poisoned/);
+    expect(report.results[2]!.error).toMatchObject({
+      message: 'this tenant is poisoned',
+      code: 'P0001',
+      migration: NAMES[migrator][1],
+      statement: expect.stringMatching(/RAISE EXCEPTION 'this tenant is poisoned'/),
+    });
   });
 
   test('names what it would apply the same way a single run does', async () => {
@@ -136,6 +151,35 @@ describe('fleets of databases, two commands at once, interruptions, bad input', 
     expect(again.stdout).toMatch(/6 targets in .*: \d applied, [1-5] up to date/);
     const counts = await eventCounts(url);
     for (const schema of schemas) expect([counts[`${schema}/001`], counts[`${schema}/002`]]).toEqual([1, 1]);
+  }, 60_000);
+
+  test('a second SIGINT stops at once and still prints the summary: what finished, what was stopped, what never started', async () => {
+    const schemas = Array.from({ length: 5 }, (_, i) => `twice_${i}`);
+    const args = ['migrate', ...FLAGS.knex, '--each-schema', schemas.join(','), '--concurrency', '1'];
+    const run = start(args, { env: { ...env, FLEET_SLEEP: '3' }, cwd: CWD });
+    await run.waitForOutput(/twice_0: applied/, 30_000);
+    // The next target is mid-migration (its pg_sleep runs on the server) when the signals come.
+    await waitFor(
+      async () =>
+        (
+          await withClient(url, (client) =>
+            client.query(
+              "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(3)%' AND pid <> pg_backend_pid()",
+            ),
+          )
+        ).rowCount! > 0,
+      30_000,
+      'a target to be migrating',
+    );
+    run.child.kill('SIGINT');
+    await run.waitForOutput(/Interrupted by SIGINT: starting no further target/, 10_000);
+    run.child.kill('SIGINT');
+    const { code, stdout, stderr } = await run.exited;
+    expect(code, stderr).toBe(130);
+    expect(stderr).toMatch(/Interrupted again by SIGINT: stopping now/);
+    expect(stdout).toMatch(/^✖ knex: \d+ targets? in .*: [1-9]\d* applied, /m);
+    expect(stdout).toMatch(/^ {2}stopped while migrating \(their open transactions roll back\): twice_\d$/m);
+    expect(stdout).toMatch(/^ {2}not started: [1-3] targets?$/m);
   }, 60_000);
 
   test.skipIf(!hasScript)(

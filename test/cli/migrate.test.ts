@@ -95,7 +95,7 @@ describe('node-pg-migrate', () => {
     expect(stdout).toBe('');
     expect(stderr).toContain('Error executing:\nCREATE TABLE "widgets"');
     expect(stderr.trimEnd().split('\n').at(-1)).toMatch(
-      /^error: node-pg-migrate: migration .*1700000000001_create-widgets\.cjs failed: relation "widgets" already exists$/,
+      /^error: node-pg-migrate: migration .*1700000000001_create-widgets\.cjs failed: relation "widgets" already exists \(SQLSTATE 42P07\) in: CREATE TABLE "widgets" \( "id" serial PRIMARY KEY, .*\);$/,
     );
     expect(await query(url, 'SELECT count(*)::int AS n FROM pgmigrations')).toEqual([{ n: 0 }]);
   });
@@ -143,7 +143,7 @@ describe('knex', () => {
     expect(code).toBe(1);
     expect(stdout).toBe('');
     expect(stderr.trimEnd().split('\n').at(-1)).toMatch(
-      /^error: knex: migration migrations\/001_create_gadgets\.cjs failed: create table "gadgets" .* - relation "gadgets" already exists$/,
+      /^error: knex: migration migrations\/001_create_gadgets\.cjs failed: relation "gadgets" already exists \(SQLSTATE 42P07\) in: create table "gadgets" \(.*\)$/,
     );
   });
 
@@ -177,7 +177,7 @@ describe('drizzle', () => {
     expect(code).toBe(1);
     expect(stdout).toBe('');
     expect(stderr).toMatch(
-      /\nerror: drizzle: migration .*0000_create_gizmos\.sql failed: relation "gizmos" already exists\n$/,
+      /\nerror: drizzle: migration .*0000_create_gizmos\.sql failed: relation "gizmos" already exists \(SQLSTATE 42P07\) in: CREATE TABLE .*gizmos.*\n$/,
     );
     expect(await query(url, 'SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations')).toEqual([{ n: 0 }]);
   });

@@ -172,10 +172,10 @@ describe('when another process holds the lock', () => {
         const { code, stdout } = await cmd.exited;
         expect(code).toBe(75);
         expect(stdout).toContain(
-          `\r\x1b[2K⏳ Waiting 0s of 1.5s for the migration lock, held by backend pid ${holder.pid} (application_name cli-test-holder)`,
+          `\r\x1b[2K⏳ Held by backend pid ${holder.pid} (application_name cli-test-holder): waiting 0s of 1.5s for the migration lock`,
         );
         expect(stdout).toContain(
-          `\r\x1b[2K⏳ Waiting 1s of 1.5s for the migration lock, held by backend pid ${holder.pid} (application_name cli-test-holder)`,
+          `\r\x1b[2K⏳ Held by backend pid ${holder.pid} (application_name cli-test-holder): waiting 1s of 1.5s for the migration lock`,
         );
         expect(stdout).toContain('error: Timed out');
       } finally {

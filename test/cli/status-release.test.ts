@@ -1,7 +1,8 @@
+import { hostname } from 'node:os';
 import { describe, expect, test } from 'vitest';
 import { DEFAULT_LOCK_KEY, lockKey } from '../../src/index.js';
 import { createTestDatabase, lockRows, waitFor, withClient } from '../helpers.js';
-import { cli, hasScript, holdLock, start, startOnTerminal } from './cli.js';
+import { CHILD, cli, hasScript, holdLock, start, startOnTerminal } from './cli.js';
 
 const url = await createTestDatabase();
 const env = { DATABASE_URL: url };
@@ -13,6 +14,23 @@ const isAlive = (pid: number) =>
   );
 
 describe('status', () => {
+  test("a pg-migration-lock holder: its OS process and host, from its holding's tag", async () => {
+    const key = 4711n;
+    const holding = start(['run', '--key', String(key), '--', process.execPath, CHILD, 'hold'], { env });
+    try {
+      await holding.waitForOutput(/ready/, 15_000);
+      const { code, stdout } = await cli(['status', '--key', String(key)], { env });
+      expect(code).toBe(0);
+      const host = hostname()
+        .slice(0, 20)
+        .replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      expect(stdout).toMatch(new RegExp(`^ {2}process {6}pid ${holding.child.pid} on ${host}`, 'm'));
+    } finally {
+      holding.child.kill('SIGTERM');
+      await holding.exited;
+    }
+  });
+
   test('UNLOCKED, exit 0', async () => {
     const { code, stdout } = await cli(['status'], { env });
     expect(code).toBe(0);

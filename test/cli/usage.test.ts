@@ -69,10 +69,13 @@ describe('usage errors exit 2', () => {
     expect(stderr + stdout).toMatch(message);
   });
 
-  test('no database URL', async () => {
-    const { code, stderr } = await cli(['status']);
+  test('no database URL: the example URL is one to copy, with no password placeholder that gets masked', async () => {
+    const { code, stderr } = await cli(['migrate', 'knex', '--knexfile', fixture('knex/knexfile.cjs')]);
     expect(code).toBe(2);
     expect(stderr).toContain('No database URL: pass --database-url or set DATABASE_URL');
+    expect(stderr).toContain('Example: DATABASE_URL=postgres://user@host:5432/db pg-migration-lock status');
+    expect(stderr).toContain('PGPASSWORD');
+    expect(stderr).not.toContain('***');
   });
 
   test('an invalid database URL, shown without its password', async () => {
@@ -102,6 +105,18 @@ describe('usage errors exit 2', () => {
       cwd: migrator === 'kysely' ? fixture('kysely') : undefined,
     });
     expect(stderr).toContain(`npm install ${pkg}`);
+    expect(code).toBe(2);
+  });
+
+  test('migrate drizzle with drizzle-orm not installed and no migrations folder: says what to install', async () => {
+    const hide = new URL('../fixtures/adapters/hide-migrators.mjs', import.meta.url).pathname;
+    // The working directory has no ./drizzle (drizzle-kit's default folder) either: installing comes first.
+    const { code, stderr } = await cli(['migrate', 'drizzle', '--database-url', NOWHERE], {
+      env: { NODE_OPTIONS: `--import=${hide}` },
+      cwd: fixture('knex'),
+    });
+    expect(stderr).toContain('npm install drizzle-orm');
+    expect(stderr).not.toContain('migrations folder not found');
     expect(code).toBe(2);
   });
 

@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { expect, test } from 'vitest';
 import { DEFAULT_LOCK_KEY, withMigrationLock } from '../../src/index.js';
 import { createTestDatabase, lockRows, waitFor } from '../helpers.js';
-import { CHILD, cli, holdLock, start } from './cli.js';
+import { CHILD, cli, hasScript, holdLock, start, startOnTerminal } from './cli.js';
 
 // Who holds the lock, in the waiting line and the timeout error: the key with its label from the key table,
 // the holder's PostgreSQL backend pid and its application_name (which carries the holding process's own pid),
@@ -45,6 +45,33 @@ test('run waiting for another run: the holder’s backend pid and application_na
     await holder.exited;
   }
 });
+
+test.skipIf(!hasScript)(
+  'on an 80-column terminal the live line names the holder first (its OS pid, host and backend pid), then is cut',
+  async () => {
+    const holder = start(['run', '--', process.execPath, CHILD, 'hold'], { env });
+    try {
+      await holder.waitForOutput(/ready/);
+      const [row] = (await lockRows(url, DEFAULT_LOCK_KEY)).filter((r) => r.granted);
+      const waiter = startOnTerminal(['run', '--timeout', '1500ms', '--', 'true'], { env, columns: 80 });
+      const { code, stdout } = await waiter.exited;
+      expect(code).toBe(75);
+      const live = stdout
+        .split('\r\x1b[2K')
+        .map((part) => part.split(/\r?\n/)[0]!)
+        .find((line) => line.startsWith('⏳'));
+      expect(live).toBeDefined();
+      expect(live!.length).toBeLessThanOrEqual(80);
+      const host = literal(hostname().slice(0, 10));
+      expect(live).toMatch(new RegExp(`^⏳ Held by pid ${holder.child.pid} on ${host}`));
+      // The backend pid too, when the host leaves room for it.
+      if (hostname().length < 30) expect(live).toContain(`(backend pid ${row!.pid})`);
+    } finally {
+      holder.child.kill('SIGTERM');
+      await holder.exited;
+    }
+  },
+);
 
 test('the library’s own lines name the key as the CLI does, and the holder’s pids labelled', async () => {
   const holder = await holdLock(url, DEFAULT_LOCK_KEY, 'the-other-app');

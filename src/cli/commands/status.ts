@@ -4,7 +4,7 @@ import { isLockAttempt } from '../../sql/waiters.js';
 import { findMigrationLocks, getLockStatus, type Holder, type LockStatus } from '../../status.js';
 import { formatMs } from '../../time.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
-import { ago, describeSession } from '../locking.js';
+import { ago, describeSession, holderProcess } from '../locking.js';
 import type { Output } from '../output.js';
 import { visibilityNote } from '../privileges.js';
 
@@ -98,8 +98,10 @@ export function formatHolder(out: Output, holder: Holder): string[] {
   const rows = [
     row('holder', c.bold(`pid ${holder.pid}`)),
     row('application', holder.applicationName || c.dim('(none)')),
-    row('client', holder.clientAddr ?? c.dim('local socket (or not visible to this role)')),
   ];
+  const owner = holderProcess(holder.applicationName);
+  if (owner) rows.push(row('process', `pid ${owner.pid} on ${owner.host}`));
+  rows.push(row('client', holder.clientAddr ?? c.dim('local socket (or not visible to this role)')));
   if (holder.backendStart) {
     rows.push(row('connected', `${holder.backendStart.toISOString()} (${ago(holder.backendStart)})`));
   }

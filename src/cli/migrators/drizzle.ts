@@ -58,7 +58,7 @@ async function migrateDrizzle(
 ): Promise<Applied> {
   const url = databaseUrl(command, out, true);
   announceTarget(out);
-  const { folder, journalPath } = migrationsFolder(flags);
+  const { drizzle, folder, journalPath } = await drizzleAndFolder(flags);
   const journal = JSON.parse(readFileSync(journalPath, 'utf8')) as { entries: { when: number; tag: string }[] };
   const tagOf = new Map(journal.entries.map((entry) => [String(entry.when), entry.tag]));
 
@@ -73,10 +73,6 @@ async function migrateDrizzle(
     },
   };
 
-  const { drizzle } = await importFromProject<{ drizzle: typeof drizzleFn }>(
-    'drizzle-orm/node-postgres',
-    process.cwd(),
-  );
   // One connection, named and kept alive like the ones the core opens: the adapter takes the lock on it.
   const pool = new pg.Pool({ ...connectionConfig(clientConfig(url)), max: 1 });
   pool.on('error', () => {}); // a lost session is reported by the lock (MigrationLockLostError)
@@ -92,9 +88,8 @@ async function migrateDrizzle(
     } catch (err) {
       const query = (err as { query?: unknown }).query;
       const file = typeof query === 'string' ? fileOf(folder, journal.entries, applied, query) : undefined;
-      // drizzle's own message is "Failed query: … params: …"; the database's reason is its cause.
-      const cause = file && err instanceof Error && err.cause !== undefined ? err.cause : err;
-      throw migrationFailure('drizzle', cause, file, [folder]);
+      // drizzle's own message is "Failed query: … params: …"; the database's reason is its cause (said with the query).
+      throw migrationFailure('drizzle', err, file, [folder]);
     }
   } finally {
     await pool.end();
@@ -105,11 +100,7 @@ async function migrateDrizzle(
 /** What `migrate drizzle` would apply, with the same flags: the adapter's `pending` (journal tags). */
 async function pendingDrizzle(command: Command, out: Output, flags: DrizzleFlags): Promise<PendingCheck> {
   const database = connectionConfig(clientConfig(databaseUrl(command, out, true)));
-  const { folder } = migrationsFolder(flags);
-  const { drizzle } = await importFromProject<{ drizzle: typeof drizzleFn }>(
-    'drizzle-orm/node-postgres',
-    process.cwd(),
-  );
+  const { drizzle, folder } = await drizzleAndFolder(flags);
   const { pending } = await import('../../../adapters/drizzle.js');
   // One connection, kept for every check of a --wait.
   const pool = new pg.Pool({ ...database, max: 1 });
@@ -129,7 +120,7 @@ async function pendingDrizzle(command: Command, out: Output, flags: DrizzleFlags
 
 /** The fleet migrator of `migrate drizzle --each-…`: the same folder and table, each target's connection. */
 async function fleetDrizzle(flags: DrizzleFlags): Promise<FleetMigrator> {
-  const { folder } = migrationsFolder(flags);
+  const { folder } = await drizzleAndFolder(flags);
   const { fleet } = await import('../../../adapters/drizzle.js');
   // A schema target keeps drizzle's table in its schema (the adapter sets migrationsSchema there).
   return fleet({
@@ -137,6 +128,20 @@ async function fleetDrizzle(flags: DrizzleFlags): Promise<FleetMigrator> {
     migrationsTable: flags.migrationsTable,
     migrationsSchema: flags.migrationsSchema,
   });
+}
+
+/**
+ * drizzle-orm, then the migrations folder: without drizzle-orm installed, the line to say is what to install,
+ * not that the (default) folder is missing.
+ */
+async function drizzleAndFolder(
+  flags: DrizzleFlags,
+): Promise<{ drizzle: typeof drizzleFn; folder: string; journalPath: string }> {
+  const { drizzle } = await importFromProject<{ drizzle: typeof drizzleFn }>(
+    'drizzle-orm/node-postgres',
+    process.cwd(),
+  );
+  return { drizzle, ...migrationsFolder(flags) };
 }
 
 function migrationsFolder(flags: DrizzleFlags): { folder: string; journalPath: string } {

@@ -3,6 +3,7 @@ import { isAbsolute, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MigrationLockError } from '../../errors.js';
 import { errorMessage } from '../../logger.js';
+import { cutStatement, describeFailure, sayFailure } from '../database-error.js';
 import { CliError, EXIT, exitCodeOf, isConnectError } from '../errors.js';
 import { LoadError } from './loader.js';
 
@@ -11,10 +12,17 @@ import { LoadError } from './loader.js';
  * Lock errors (busy, timeout, lost) and the CLI's own errors pass through unchanged, with their exit codes.
  *
  * @param file the failing migration as the migrator reported it (a name or path), if it did
+ * @param statement the failing statement, when the migrator logged it rather than attaching it to the error
  * @param dirs the migrations directories: a stack frame inside one of them names the file (and line) when
  *   the migrator could not, e.g. a syntax error while loading migrations
  */
-export function migrationFailure(migrator: string, err: unknown, file: string | undefined, dirs: string[]): unknown {
+export function migrationFailure(
+  migrator: string,
+  err: unknown,
+  file: string | undefined,
+  dirs: string[],
+  statement?: string,
+): unknown {
   // The CLI's own errors, the lock's (busy, timeout, lost), connecting, a missing migrator: said as they are.
   if (err instanceof CliError || err instanceof MigrationLockError || isConnectError(err)) return err;
   if (exitCodeOf(err) !== EXIT.failure) return err;
@@ -22,7 +30,7 @@ export function migrationFailure(migrator: string, err: unknown, file: string | 
   if (err instanceof LoadError) file ??= shortPath(err.file);
   const where = frameIn(err, dirs);
   const named = file ? withLine(inDirs(file, dirs), where) : where && shortPath(where.path, where.line);
-  const cause = describe(err);
+  const cause = describe(err, statement);
   const message = named
     ? `${migrator}: migration ${named} failed: ${cause}`
     : `${migrator}: migrating failed: ${cause}`;
@@ -31,8 +39,13 @@ export function migrationFailure(migrator: string, err: unknown, file: string | 
   return wrapped;
 }
 
-/** `SyntaxError: missing )…` for errors in the code; the bare message for the database's (`division by zero`). */
-function describe(err: unknown): string {
+/**
+ * `SyntaxError: missing )…` for errors in the code; for the database's, its message, SQLSTATE code and the
+ * statement, from all of its lines (`division by zero (SQLSTATE 22012) in: SELECT 1/0`).
+ */
+function describe(err: unknown, statement: string | undefined): string {
+  const described = describeFailure(err);
+  if (described.code) return sayFailure({ ...described, statement: described.statement ?? cutOrNone(statement) });
   const message = errorMessage(err).split('\n')[0]!.trim();
   // pg's errors are named "error"; SyntaxError, TypeError, ReferenceError… say as much as their message.
   const name = err instanceof Error ? err.name : '';
@@ -86,3 +99,5 @@ export function migrationFile(dir: string, name: string): string {
     return name;
   }
 }
+
+const cutOrNone = (statement: string | undefined) => (statement ? cutStatement(statement) : undefined);

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import type { Kysely, KyselyPlugin, RootOperationNode } from 'kysely';
 import type { FleetMigrator } from '../../fleet/types.js';
 import type { KeyedLockOptions } from '../../keyed.js';
 import { announceTarget } from '../context.js';
@@ -53,6 +54,35 @@ Examples:
   fleet: (_command, _out, flags) => fleetKysely(flags),
 };
 
+/**
+ * A plugin that keeps the first query kysely ran without a result (the one that failed: kysely runs one at a
+ * time, and its clean-up after a failure comes later), and its SQL on demand, compiled as kysely compiles it.
+ */
+function lastQuery(): KyselyPlugin & { sql(db: Kysely<unknown>): string | undefined } {
+  type Query = { node: RootOperationNode; queryId: Parameters<KyselyPlugin['transformQuery']>[0]['queryId'] };
+  let current: Query | undefined;
+  let failed: Query | undefined;
+  return {
+    transformQuery: (args) => {
+      if (current && !failed) failed = current;
+      current = { node: args.node, queryId: args.queryId };
+      return args.node;
+    },
+    transformResult: async (args) => {
+      if (current?.queryId === args.queryId) current = undefined;
+      return args.result;
+    },
+    sql: (db) => {
+      const query = failed ?? current;
+      try {
+        return query && db.getExecutor().compileQuery(query.node, query.queryId).sql;
+      } catch {
+        return undefined;
+      }
+    },
+  };
+}
+
 /** `kysely migrate latest` (kysely-ctl) under the lock, configured by the project's kysely-ctl config file. */
 async function migrateKysely(
   command: Command,
@@ -65,10 +95,13 @@ async function migrateKysely(
   try {
     const { Migrator } = await import('../../../adapters/kysely.js');
     const disableTransactions = flags.transaction === false || (props.disableTransactions as boolean | undefined);
-    const result = await new Migrator({ ...props, disableTransactions, lock }).migrateToLatest();
+    // kysely's error does not carry its statement: the plugin keeps the query that got no result.
+    const recorder = lastQuery();
+    const recorded = (props.db as Kysely<unknown>).withPlugin(recorder);
+    const result = await new Migrator({ ...props, db: recorded, disableTransactions, lock }).migrateToLatest();
     if (result.error) {
       const failed = result.results?.find((r) => r.status === 'Error')?.migrationName;
-      throw migrationFailure('kysely', result.error, failed, dirs);
+      throw migrationFailure('kysely', result.error, failed, dirs, recorder.sql(recorded));
     }
     const applied = (result.results ?? []).filter((r) => r.status === 'Success').map((r) => r.migrationName);
     return { migrator: 'kysely', applied };

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import type { RunnerOption } from 'node-pg-migrate';
 import pg from 'pg';
+import { loggedStatement } from '../../../adapters/node-pg-migrate/runner.js';
 import type { FleetMigrator } from '../../fleet/types.js';
 import type { KeyedLockOptions } from '../../keyed.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
@@ -66,6 +67,7 @@ async function migrateNodePgMigrate(
   const dir = options.dir as string;
   const { runner } = await import('../../../adapters/node-pg-migrate.js');
   let current: string | undefined;
+  let statement: string | undefined;
   let failed = false;
   let ran: Awaited<ReturnType<typeof runner>>;
   try {
@@ -87,13 +89,14 @@ async function migrateNodePgMigrate(
         error: (message: string) => {
           if (failed && /pg_advisory_unlock/.test(message)) return;
           failed = true;
+          statement ??= loggedStatement(message);
           out.detail(withoutFinalError(message));
         },
       },
       lock,
     });
   } catch (err) {
-    throw migrationFailure('node-pg-migrate', err, current && migrationFile(dir, current), [dir]);
+    throw migrationFailure('node-pg-migrate', err, current && migrationFile(dir, current), [dir], statement);
   }
   return { migrator: 'node-pg-migrate', applied: ran.map((migration) => migration.name) };
 }

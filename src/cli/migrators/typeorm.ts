@@ -69,6 +69,7 @@ async function migrateTypeorm(
 ): Promise<Applied> {
   const transaction = transactionMode(flags);
   const { dataSource, dirs } = await openDataSource(command, out, flags);
+  const failed = watchFailure(dataSource);
   announceTarget(out);
   try {
     await dataSource.initialize();
@@ -83,11 +84,26 @@ async function migrateTypeorm(
     const applied = await runMigrations(dataSource, { transaction, lock });
     return { migrator: 'typeorm', applied: applied.map((m) => m.name) };
   } catch (err) {
-    // TypeORM names the failing migration only in its (silenced) log: a stack frame in its folder names it here.
-    throw migrationFailure('typeorm', err, undefined, dirs);
+    // TypeORM names the failing migration only in its (silenced) log: kept from there, else a stack frame names it.
+    throw migrationFailure('typeorm', err, failed.name, dirs);
   } finally {
     if (dataSource.isInitialized) await dataSource.destroy();
   }
+}
+
+/** The migration TypeORM logs as failing (`Migration "X" failed, error: …`), through a layer over its logger. */
+function watchFailure(dataSource: DataSource): { name?: string } {
+  const failed: { name?: string } = {};
+  const base = dataSource.logger;
+  const logger = Object.create(base) as typeof base;
+  logger.logMigration = (message, queryRunner) => {
+    const name = /^Migration "(.+)" failed, error:/.exec(message)?.[1];
+    // TypeORM prints this on stdout whatever `logging` says: our last line says it, on stderr.
+    if (name !== undefined) failed.name = name;
+    else base.logMigration(message, queryRunner);
+  };
+  Object.defineProperty(dataSource, 'logger', { value: logger, configurable: true, writable: true });
+  return failed;
 }
 
 /** The fleet migrator of `migrate typeorm --each-…`: the data source's options, each target's connection. */
