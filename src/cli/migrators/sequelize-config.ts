@@ -97,17 +97,7 @@ export async function readSequelizeProject(
   if (override || !own) {
     // --database-url wins over the config; DATABASE_URL fills in when the config names no database.
     const url = databaseUrl(command, out, true);
-    const {
-      url: _u,
-      use_env_variable: _v,
-      username: _n,
-      password: _p,
-      host: _h,
-      port: _o,
-      database: _d,
-      ...rest
-    } = config;
-    return { config: { ...rest, dialect: 'postgres' }, url, migrationsDir, storage };
+    return { config: { ...withoutConnection(config), dialect: 'postgres' }, url, migrationsDir, storage };
   }
   checkDialect(config, own);
   if (typeof config.password === 'string') out.addSecret(config.password);
@@ -123,6 +113,21 @@ export async function readSequelizeProject(
 }
 
 /** `.sequelizerc`: a CommonJS file sequelize-cli `require`s, its values as yargs takes them (plain JSON). */
+/** The config without what names its database (a URL, a variable, the connection settings): for another connection. */
+export function withoutConnection(config: SequelizeConfig): Record<string, unknown> {
+  const {
+    url: _u,
+    use_env_variable: _v,
+    username: _n,
+    password: _p,
+    host: _h,
+    port: _o,
+    database: _d,
+    ...rest
+  } = config;
+  return rest;
+}
+
 function readRc(path: string): Record<string, unknown> {
   if (!existsSync(path)) return {};
   try {

@@ -19,6 +19,7 @@ import {
   type SequelizeConfig,
   type SequelizeConfigFlags,
   type SequelizeProject,
+  withoutConnection,
 } from './sequelize-config.js';
 import type { Applied, CliMigrator, PendingCheck } from './types.js';
 
@@ -117,16 +118,7 @@ async function pendingSequelize(command: Command, out: Output, flags: SequelizeF
 async function fleetSequelize(command: Command, out: Output, flags: SequelizeFlags): Promise<FleetMigrator> {
   const project = await readSequelizeProject(command, out, flags, false);
   const { fleet } = await import('../../../adapters/umzug.js');
-  const {
-    url: _u,
-    use_env_variable: _v,
-    username: _n,
-    password: _p,
-    host: _h,
-    port: _o,
-    database: _d,
-    ...rest
-  } = project.config;
+  const rest = withoutConnection(project.config);
   const opened = new WeakMap<object, Sequelize>();
   return fleet(
     async (target) => {
