@@ -102,13 +102,13 @@ async function lockFrom<T, C>(
   if (typeof fn !== 'function') throw new TypeError(`Expected \`fn\` to be a function, got ${typeof fn}`);
   // The options a fleet hands its migrator (KeyedLockOptions) carry the key they were made for: as options of a
   // call on that same key they are taken as they are; on another key they would mislead, and are refused.
-  const { key: keyed, ...rest } = options as MigrationLockOptions & { key?: LockKeyInput };
+  const opts = resolveOptions(options, ['key']);
+  const keyed = (options as { key?: LockKeyInput }).key;
   if (keyed !== undefined && parseKey(keyed) !== k) {
     throw new TypeError(
       `The options carry key ${String(keyed)}, but the call locks ${k}: pass the same key, or leave it out`,
     );
   }
-  const opts = resolveOptions(rest);
   // Messages name a key of the key table as the CLI does: `-4853655304891776800 (default key)`.
   opts.keyLabel ??= describeKey(k);
   const source = isSessionSource(client) ? client : sessionSource(client, { applicationName: opts.applicationName });
