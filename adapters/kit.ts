@@ -22,7 +22,7 @@ import { withMigrationLockUnless } from '../src/lock/lock.js';
 import { LOCK_OPTION_NAMES, type LockContext, type MigrationLockOptions, resolveOptions } from '../src/lock/options.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
 import { checkOptionNames } from '../src/option-names.js';
-import { traceMigrate } from './kit/telemetry.js';
+import { MIGRATOR, traceMigrate } from './kit/telemetry.js';
 
 export { isPostgresJs } from '../src/driver/postgres-js.js';
 export type { PostgresJsReservedSql, PostgresJsSql } from '../src/driver/types.js';
@@ -89,7 +89,9 @@ export function lockedRun<C, T>(
   recheckEveryMs?: number,
 ): Promise<T | typeof SKIPPED> {
   const unless: Unless<C> = { isDone: async (session) => !(await workLeft(session)), recheckEveryMs };
-  return withMigrationLockUnless(source, lock.key, traceMigrate(lock.key, lock.tool, migrate), lock.options, unless);
+  // The migrator named for the lock's own spans and metrics (a symbol-keyed option: see MIGRATOR).
+  const options = { ...lock.options, [MIGRATOR]: lock.tool };
+  return withMigrationLockUnless(source, lock.key, traceMigrate(lock.key, lock.tool, migrate), options, unless);
 }
 
 /**

@@ -9,7 +9,11 @@ type Attributes = Record<string, string | number | boolean | undefined>;
 
 /** The part of `@opentelemetry/api` used here. */
 interface OtelApi {
-  trace: { getTracer(name: string): { startSpan(name: string, options?: { attributes?: Attributes }): OtelSpan } };
+  trace: {
+    getTracer(name: string): { startSpan(name: string, options?: { attributes?: Attributes }): OtelSpan };
+    setSpan(context: unknown, span: OtelSpan): unknown;
+  };
+  context: { active(): unknown; with<R>(context: unknown, fn: () => R): R };
   metrics: { getMeterProvider(): { getMeter(name: string): OtelMeter } };
   SpanStatusCode: { OK: number; ERROR: number };
 }
@@ -53,9 +57,11 @@ export interface LockSpan {
   set(attributes: Attributes): void;
   /** Ends the span: an error marks it failed (and is recorded). */
   end(error?: unknown): void;
+  /** Runs `fn` with this span active: spans started inside (the migrator's, the app's) are its children. */
+  within<R>(fn: () => R): R;
 }
 
-const NO_SPAN: LockSpan = { set() {}, end() {} };
+const NO_SPAN: LockSpan = { set() {}, end() {}, within: (fn) => fn() };
 
 /** Starts `pg_migration_lock.<name>` with `attributes` (undefined ones left out). */
 export function startSpan(name: string, attributes: Attributes): LockSpan {
@@ -74,8 +80,18 @@ export function startSpan(name: string, attributes: Attributes): LockSpan {
       }
       span.end();
     },
+    within: (fn) => o.context.with(o.trace.setSpan(o.context.active(), span), fn),
   };
 }
+
+/**
+ * Where an adapter names its migrator for the lock's spans and metrics: a symbol-keyed lock option, so no
+ * option name is taken and nothing is printed or checked for it.
+ */
+export const MIGRATOR = Symbol.for('pg-migration-lock.migrator');
+
+/** The migrator an adapter named in `options` (see {@link MIGRATOR}). */
+export const migratorOf = (options: object): string | undefined => (options as { [MIGRATOR]?: string })[MIGRATOR];
 
 interface Instruments {
   wait: Recorder;
@@ -142,6 +158,7 @@ export const telemetryOn = (): boolean => otel() !== null;
  * nor the password.
  */
 export function databaseAttributes(client: unknown): Attributes {
+  if (!telemetryOn()) return {};
   const attributes: Attributes = { 'db.system': 'postgresql', 'db.system.name': 'postgresql' };
   // A pg client: its connection's own fields. A postgres.js sql: its options (hosts and ports as lists).
   const c = client as { database?: unknown; host?: unknown; port?: unknown; options?: Record<string, unknown> };
@@ -168,4 +185,54 @@ export function waitOutcome(error: unknown, signal?: AbortSignal): 'busy' | 'tim
   if (error instanceof MigrationLockTimeoutError) return 'timeout';
   if (signal?.aborted && error === signal.reason) return 'aborted';
   return 'error';
+}
+
+/** A span with its metrics, ended once with how it went. */
+interface Trace<O extends string> {
+  within<R>(fn: () => R): R;
+  end(outcome: O, more?: Attributes, error?: unknown): void;
+}
+const NO_TRACE: Trace<string> = { within: (fn) => fn(), end() {} };
+
+/**
+ * A call's wait: the `wait` span (active while the lock is taken) and the wait duration, from now until `end`
+ * with `acquired` (give the pid and the database), `skipped`, or a failure's outcome ({@link waitOutcome}).
+ */
+export function traceWait(key: bigint, migrator: string | undefined): Trace<string> {
+  if (!telemetryOn()) return NO_TRACE;
+  const base = { [KEY_ATTRIBUTE]: String(key), 'pg_migration_lock.migrator': migrator };
+  const span = startSpan('wait', base);
+  const started = performance.now();
+  return {
+    within: span.within,
+    end: (outcome, more = {}, error) => {
+      span.set({ ...more, 'pg_migration_lock.outcome': outcome });
+      span.end(error);
+      record('wait', performance.now() - started, { ...base, 'pg_migration_lock.outcome': outcome });
+    },
+  };
+}
+
+/**
+ * A holding: the `hold` span (active while fn runs), the hold duration since `since` (performance.now() when the
+ * lock was taken), and a loss counted.
+ */
+export function traceHold(
+  key: bigint,
+  migrator: string | undefined,
+  holder: { pid: number; client: unknown; since: number },
+): Trace<'released' | 'failed' | 'lost'> {
+  if (!telemetryOn()) return NO_TRACE;
+  const base = { [KEY_ATTRIBUTE]: String(key), 'pg_migration_lock.migrator': migrator };
+  const attributes = { ...base, 'pg_migration_lock.pid': holder.pid, ...databaseAttributes(holder.client) };
+  const span = startSpan('hold', attributes);
+  return {
+    within: span.within,
+    end: (outcome, more = {}, error) => {
+      span.set({ ...more, 'pg_migration_lock.outcome': outcome });
+      span.end(error);
+      record('hold', performance.now() - holder.since, { ...base, 'pg_migration_lock.outcome': outcome });
+      if (outcome === 'lost') record('lost', 1, attributes);
+    },
+  };
 }

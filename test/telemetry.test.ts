@@ -1,6 +1,7 @@
 // OpenTelemetry: the spans and metrics of a lock's life, read with the SDK's in-memory exporters, against a real
 // database: a call, two calls contending, a lost lock, an adapter's run, a fleet. And the core without the API.
-import { metrics, trace } from '@opentelemetry/api';
+import { context, metrics, trace } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import {
   AggregationTemporality,
   InMemoryMetricExporter,
@@ -23,6 +24,8 @@ import { createTestDatabase, fixture, sleep, spawnNode, withClient } from './hel
 const spans = new InMemorySpanExporter();
 const tracerProvider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(spans)] });
 trace.setGlobalTracerProvider(tracerProvider);
+// As the SDK for Node sets up: the active span follows async code, so spans nest.
+context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
 const metricExporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
 const reader = new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 3_600_000 });
 const meterProvider = new MeterProvider({ readers: [reader] });
@@ -57,6 +60,7 @@ test('a call: a wait span, then a hold span with the pid and the database; durat
     url,
     901n,
     async ({ client }) => {
+      trace.getTracer('app').startSpan('app.work').end();
       await sleep(150);
       return (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
     },
@@ -78,6 +82,10 @@ test('a call: a wait span, then a hold span with the pid and the database; durat
   expect(Object.values(hold!.attributes)).not.toContain(decodeURIComponent(new URL(url).password));
   expect(Object.keys(hold!.attributes).filter((name) => /user|password/.test(name))).toEqual([]);
   expect(hold?.status.code).not.toBe(2);
+  // The hold span is active while fn runs: the app's spans there are its children.
+  const work = spans.getFinishedSpans().find((s) => s.name === 'app.work');
+  expect(work?.parentSpanContext?.spanId).toBe(hold!.spanContext().spanId);
+  expect(wait?.attributes['db.namespace']).toBe(database(url));
   const [held] = await points('pg_migration_lock.hold.duration', { 'pg_migration_lock.key': '901' });
   expect(histogram(held!).count).toBe(1);
   expect(histogram(held!).sum).toBeGreaterThanOrEqual(0.14);
@@ -160,8 +168,13 @@ test('an adapter run: a migrate span with the migrator and the applied count, in
     'db.namespace': database(knexUrl),
   });
   const [hold] = spansOf('hold', 904n);
-  // The migration ran while the lock was held.
-  expect(hold!.startTime <= migrates[0]!.startTime).toBe(true);
+  const [wait] = spansOf('wait', 904n).filter((s) => s.attributes['pg_migration_lock.outcome'] === 'acquired');
+  // The migration ran while the lock was held: its span is the hold span's child. Both name the migrator.
+  expect(migrates[0]!.parentSpanContext?.spanId).toBe(hold!.spanContext().spanId);
+  expect(hold!.attributes['pg_migration_lock.migrator']).toBe('knex');
+  expect(wait!.attributes['pg_migration_lock.migrator']).toBe('knex');
+  // The second run's wait: skipped, nothing pending.
+  expect(spansOf('wait', 904n).map((s) => s.attributes['pg_migration_lock.outcome'])).toEqual(['acquired', 'skipped']);
   const [count] = await points('pg_migration_lock.migrations.applied', { 'pg_migration_lock.key': '904' });
   expect(count).toMatchObject({ value: 3, attributes: { 'pg_migration_lock.migrator': 'knex' } });
 });

@@ -2,6 +2,8 @@
 import type { LockContext } from '../../src/lock/options.js';
 import { databaseAttributes, KEY_ATTRIBUTE, record, startSpan, telemetryOn } from '../../src/telemetry.js';
 
+export { MIGRATOR } from '../../src/telemetry.js';
+
 /** `migrate`, traced when OpenTelemetry is there (else `migrate` itself). */
 export function traceMigrate<C, T>(
   key: bigint,
@@ -14,7 +16,7 @@ export function traceMigrate<C, T>(
     const attributes = { [KEY_ATTRIBUTE]: String(key), 'pg_migration_lock.migrator': tool };
     const span = startSpan('migrate', { ...attributes, ...databaseAttributes(ctx.client) });
     try {
-      const result = await migrate(ctx);
+      const result = await span.within(() => migrate(ctx));
       const applied = appliedCount(result);
       span.set({ 'pg_migration_lock.applied': applied, 'pg_migration_lock.outcome': 'ok' });
       span.end();

@@ -15,7 +15,7 @@ import { MigrationLockLostError } from '../errors.js';
 import { describeKey, type LockKeyInput, parseKey } from '../key.js';
 import { callSafely, errorMessage } from '../logger.js';
 import { newTag } from '../sql/fencing.js';
-import { databaseAttributes, KEY_ATTRIBUTE, record, startSpan, waitOutcome } from '../telemetry.js';
+import { databaseAttributes, migratorOf, traceHold, traceWait, waitOutcome } from '../telemetry.js';
 import { formatMs } from '../time.js';
 import { acquire } from './acquire.js';
 import { fenceOwn } from './fence.js';
@@ -126,34 +126,31 @@ async function lockFrom<T, C>(
   try {
     const tag = newTag(k, opts.applicationName);
     // pg_migration_lock.wait: from here to the lock taken, or given up.
-    const keyAttribute = { [KEY_ATTRIBUTE]: String(k) };
-    const waitSpan = startSpan('wait', keyAttribute);
-    const waitStart = performance.now();
+    const migrator = migratorOf(options);
+    const waiting = traceWait(k, migrator);
     let held: Held | typeof SKIPPED;
     try {
-      held = await acquire({
-        source,
-        key: k,
-        options: opts,
-        tag,
-        unless: unless as Unless<unknown> | undefined,
-        enclosing: holdings.getStore(),
-      });
+      held = await waiting.within(() =>
+        acquire({
+          source,
+          key: k,
+          options: opts,
+          tag,
+          unless: unless as Unless<unknown> | undefined,
+          enclosing: holdings.getStore(),
+        }),
+      );
     } catch (err) {
       const outcome = waitOutcome(err, opts.signal);
-      waitSpan.set({ 'pg_migration_lock.outcome': outcome });
-      waitSpan.end(outcome === 'error' ? err : undefined);
-      record('wait', performance.now() - waitStart, { ...keyAttribute, 'pg_migration_lock.outcome': outcome });
+      waiting.end(outcome, {}, outcome === 'error' ? err : undefined);
       throw err;
     }
-    const outcome = held === SKIPPED ? 'skipped' : 'acquired';
-    const pidAttribute = held === SKIPPED ? {} : { 'pg_migration_lock.pid': held.pid };
-    waitSpan.set({ 'pg_migration_lock.outcome': outcome, ...pidAttribute });
-    waitSpan.end();
-    record('wait', performance.now() - waitStart, { ...keyAttribute, 'pg_migration_lock.outcome': outcome });
+    if (held === SKIPPED) waiting.end('skipped');
+    else waiting.end('acquired', { 'pg_migration_lock.pid': held.pid, ...databaseAttributes(held.session.client) });
     if (held === SKIPPED) return SKIPPED;
     try {
-      return await runLocked(held, source, k, fn as (ctx: LockContext<unknown>) => T | Promise<T>, opts);
+      const holding = traceHold(k, migrator, { pid: held.pid, client: held.session.client, since: held.at });
+      return await runLocked(held, source, k, fn as (ctx: LockContext<unknown>) => T | Promise<T>, opts, holding);
     } finally {
       held.watch.dispose();
     }
@@ -169,6 +166,7 @@ async function runLocked<T>(
   key: bigint,
   fn: (ctx: LockContext<unknown>) => T | Promise<T>,
   opts: ResolvedOptions,
+  holding: ReturnType<typeof traceHold>,
 ): Promise<T> {
   const { session, watch, pid, waitedMs, tag } = held;
   const { logger, hooks } = opts;
@@ -196,20 +194,6 @@ async function runLocked<T>(
     void fenceOwnWork();
   };
 
-  // pg_migration_lock.hold: fn running under the lock, until the lock is released or found lost.
-  const attributes = {
-    [KEY_ATTRIBUTE]: String(key),
-    'pg_migration_lock.pid': pid,
-    ...databaseAttributes(session.client),
-  };
-  const holdSpan = startSpan('hold', attributes);
-  const holdEnd = (outcome: 'released' | 'failed' | 'lost', error?: unknown) => {
-    holdSpan.set({ 'pg_migration_lock.outcome': outcome });
-    holdSpan.end(error);
-    record('hold', performance.now() - held.at, { [KEY_ATTRIBUTE]: String(key), 'pg_migration_lock.outcome': outcome });
-    if (outcome === 'lost') record('lost', 1, attributes);
-  };
-
   logger.debug?.(`Acquired migration lock ${label} on pid ${pid} after ${formatMs(waitedMs)} (tag ${tag})`);
   callSafely(logger, 'onAcquired', hooks.onAcquired, { key, pid, waitedMs, tag });
 
@@ -227,7 +211,7 @@ async function runLocked<T>(
         return tag;
       },
     };
-    value = await inHolding(tag, () => fn(ctx));
+    value = await holding.within(() => inHolding(tag, () => fn(ctx)));
   } catch (err) {
     fnFailed = true;
     fnError = err;
@@ -235,19 +219,19 @@ async function runLocked<T>(
   watch.onLost = undefined;
 
   if (lostDuringFn) {
-    holdEnd('lost', lostDuringFn);
+    holding.end('lost', {}, lostDuringFn);
     await session.release(true);
     await fenceOwnWork();
     throw lostDuringFn;
   }
   const lost = await release(held, key, opts, fnFailed ? fnError : undefined);
   if (lost) {
-    holdEnd('lost', lost);
+    holding.end('lost', {}, lost);
     callSafely(logger, 'onLockLost', hooks.onLockLost, lost);
     await fenceOwnWork();
     throw lost;
   }
-  holdEnd(fnFailed ? 'failed' : 'released', fnFailed ? fnError : undefined);
+  holding.end(fnFailed ? 'failed' : 'released', {}, fnFailed ? fnError : undefined);
   if (fnFailed) throw fnError;
   return value as T;
 }
