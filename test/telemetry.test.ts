@@ -216,3 +216,17 @@ test('without @opentelemetry/api installed, the core loads (ESM and CommonJS) an
   expect(code).toBe(0);
   expect(stdout).toContain('RESULT {"hidden":true,"esm":"esm","cjs":"cjs"}');
 });
+
+test('the published builds (ESM and CommonJS) record through the app’s @opentelemetry/api', async () => {
+  const { exited } = spawnNode(fixture('telemetry/present.mjs'), [], { DATABASE_URL: url });
+  const { code, stdout, stderr } = await exited;
+  expect(stderr).toBe('');
+  expect(code).toBe(0);
+  const line = stdout.split('\n').find((l) => l.startsWith('RESULT '));
+  expect(JSON.parse(line!.slice(7))).toEqual([
+    'pg_migration_lock.wait 73',
+    'pg_migration_lock.hold 73',
+    'pg_migration_lock.wait 74',
+    'pg_migration_lock.hold 74',
+  ]);
+});
