@@ -198,6 +198,9 @@ test('a fleet of two schemas: a target span each with its status, and targets co
     'pg_migration_lock.fleet.target': expect.stringMatching(/\/otel_b$/),
     'pg_migration_lock.applied': first.results[1]!.status === 'applied' ? first.results[1]!.applied.length : -1,
   });
+  // A target's lock and migration nest under its span.
+  const [hold] = spansOf('hold', first.results[1]!.key);
+  expect(hold!.parentSpanContext?.spanId).toBe(targets[1]![0]!.spanContext().spanId);
   const byStatus = await points('pg_migration_lock.fleet.targets', { 'pg_migration_lock.migrator': 'knex' });
   const sum = (status: string) =>
     byStatus

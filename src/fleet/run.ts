@@ -95,7 +95,7 @@ export class FleetRun<M extends FleetMigrator> {
     const span = startSpan('fleet.target', { ...this.#attributes(entry), 'pg_migration_lock.fleet.retry': again });
     let applied: string[];
     try {
-      applied = await this.#try(entry, again);
+      applied = await span.within(() => this.#try(entry, again));
     } catch (error) {
       this.counts.running--;
       if (again || !(error instanceof MigrationLockBusyError)) {
