@@ -113,6 +113,21 @@ describe('--log-format json', () => {
     expect(lines(noUrl.stderr).at(-1)).toMatchObject({ level: 'error', event: 'error' });
   });
 
+  test('release --force --yes: the holder it terminates, as one line too', async () => {
+    const holder = await holdLock(url, DEFAULT_LOCK_KEY);
+    try {
+      const { code, stderr } = await cli([...JSON_LOGS, 'release', '--force', '--yes'], {
+        env: { DATABASE_URL: url },
+      });
+      expect(code).toBe(0);
+      const parsed = lines(stderr);
+      expect(parsed.find((line) => line.event === 'release.target')).toMatchObject({ pid: holder.pid });
+      expect(parsed.at(-1)).toMatchObject({ event: 'release.forced', terminated: [holder.pid] });
+    } finally {
+      await holder.release();
+    }
+  });
+
   test.runIf(hasScript)('on a terminal: no live line and no colors', async () => {
     const holder = await holdLock(url, DEFAULT_LOCK_KEY);
     const run = startOnTerminal([...JSON_LOGS, 'run', '--', process.execPath, CHILD, 'exit', '0'], {
