@@ -22,6 +22,7 @@ import { withMigrationLockUnless } from '../src/lock/lock.js';
 import { LOCK_OPTION_NAMES, type LockContext, type MigrationLockOptions, resolveOptions } from '../src/lock/options.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
 import { checkOptionNames } from '../src/option-names.js';
+import { MIGRATOR, traceMigrate } from './kit/telemetry.js';
 
 export { isPostgresJs } from '../src/driver/postgres-js.js';
 export type { PostgresJsReservedSql, PostgresJsSql } from '../src/driver/types.js';
@@ -45,6 +46,8 @@ export { defaultKeyOf, type SessionView, SKIPPED, withSession };
 /** What an adapter locks with: the key (checked up front), the core's options, and a logger for its own notes. */
 export interface CheckedLock {
   key: bigint;
+  /** The migrator: the adapter's name, for telemetry. */
+  tool?: string;
   options: MigrationLockOptions;
   logger: Logger;
 }
@@ -66,6 +69,7 @@ export function checkLock(lock: KeyedLockOptions | undefined, tool: string, defa
   const key = parseKey(given ?? defaultKey ?? defaultKeyOf(tool).key);
   return {
     key,
+    tool,
     options: { ...options, keyLabel: options.keyLabel ?? describeKey(key) },
     logger: resolveLogger(options.logger),
   };
@@ -85,7 +89,9 @@ export function lockedRun<C, T>(
   recheckEveryMs?: number,
 ): Promise<T | typeof SKIPPED> {
   const unless: Unless<C> = { isDone: async (session) => !(await workLeft(session)), recheckEveryMs };
-  return withMigrationLockUnless(source, lock.key, migrate, lock.options, unless);
+  // The migrator named for the lock's own spans and metrics (a symbol-keyed option: see MIGRATOR).
+  const options = { ...lock.options, [MIGRATOR]: lock.tool };
+  return withMigrationLockUnless(source, lock.key, traceMigrate(lock.key, lock.tool, migrate), options, unless);
 }
 
 /**

@@ -3,7 +3,7 @@ import type pg from 'pg';
 import { conninfoToUrl, isConninfo, parseConninfo } from '../driver/conninfo.js';
 import { DEFAULT_LOCK_KEY, defaultKeyOf, lockKey, parseKey } from '../key.js';
 import { UsageError } from './errors.js';
-import type { Output } from './output.js';
+import type { LogFormat, Output } from './output.js';
 
 /** Options every command accepts (before or after the command name). */
 export interface GlobalOptions {
@@ -11,6 +11,7 @@ export interface GlobalOptions {
   key?: bigint;
   name?: string;
   quiet?: boolean;
+  logFormat?: LogFormat;
 }
 
 /** What a command needs, resolved from its flags and the environment. */
@@ -23,7 +24,9 @@ export interface Context {
   keyFlag: string;
 }
 
-export function addGlobalOptions(command: Command): Command {
+/** The global options on `command`; `out` takes --log-format as soon as it is parsed (errors after it are JSON). */
+export function addGlobalOptions(command: Command, out?: Output): Command {
+  if (out) command.on('option:log-format', (format: LogFormat) => out.setFormat(format));
   return command
     .optionsGroup('Global options:')
     .option('--database-url <url>', 'PostgreSQL connection string (default: $DATABASE_URL)')
@@ -33,7 +36,13 @@ export function addGlobalOptions(command: Command): Command {
       ),
     )
     .option('--name <name>', 'use lockKey(name) as the key, e.g. one lock per service')
-    .option('-q, --quiet', 'print only errors (and what status prints)');
+    .option('-q, --quiet', 'print only errors (and what status prints)')
+    .addOption(
+      new Option(
+        '--log-format <format>',
+        'stderr as text, or as one JSON object a line (time, level, msg, event, key) (default: text)',
+      ).choices(['text', 'json']),
+    );
 }
 
 function parseKeyArg(value: string): bigint {
@@ -63,7 +72,9 @@ const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 
 export function createContext(command: Command, out: Output, tool?: string): Context {
   const opts = command.optsWithGlobals<GlobalOptions>();
   out.quiet = Boolean(opts.quiet);
+  if (opts.logFormat) out.setFormat(opts.logFormat);
   const ctx = chooseKey(opts, tool);
+  out.key = ctx.key;
   // Hints in error messages name the same lock.
   out.keyFlag = ctx.keyFlag;
   return { out, ...ctx };

@@ -141,12 +141,20 @@ export function lockOptions(
         locked = true;
         stopTicker();
         const waited = info.waitedMs > 0 ? ` after waiting ${formatMs(info.waitedMs)}` : '';
-        out.info(`Acquired migration lock ${keyLabel}${waited} (session pid ${info.pid})`);
+        out.info(`Acquired migration lock ${keyLabel}${waited} (session pid ${info.pid})`, {
+          event: 'lock.acquired',
+          pid: info.pid,
+          waitedMs: Math.round(info.waitedMs),
+        });
         // A signal that came while connecting (before the wait could be aborted) still counts.
         if (interrupted) onSignalWhileLocked(interrupted.signal, interrupted.why);
       },
       onReleased(info) {
-        out.info(`Released migration lock ${keyLabel} (held ${formatMs(info.heldMs)})`);
+        out.info(`Released migration lock ${keyLabel} (held ${formatMs(info.heldMs)})`, {
+          event: 'lock.released',
+          pid: info.pid,
+          heldMs: Math.round(info.heldMs),
+        });
       },
     },
   };

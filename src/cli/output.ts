@@ -48,15 +48,37 @@ export function connectionStringSecrets(url: string): string[] {
   }
 }
 
+export type LogFormat = 'text' | 'json';
+export type LogLevel = 'info' | 'warn' | 'error';
+/** The fields of a JSON line besides `time`, `level`, `msg` and `key`: `event`, and the event's own. */
+export interface LogFields {
+  event?: string;
+  [field: string]: unknown;
+}
+
+/** The event of a line whose caller named none, by what it says (library messages, lines shared with text). */
+const EVENTS: [RegExp, string][] = [
+  [/^Waiting for migration lock /, 'lock.waiting'],
+  [/^Acquired migration lock /, 'lock.acquired'],
+  [/^Released migration lock /, 'lock.released'],
+  [/^Lost the session holding migration lock /, 'lock.lost'],
+  [/^Database: /, 'database'],
+];
+const eventOf = (message: string) => EVENTS.find(([pattern]) => pattern.test(message))?.[1];
+
 /**
  * Everything the CLI prints goes through here: results on stdout, diagnostics on stderr (so
  * `status --json | jq` stays clean), colors per stream, `--quiet`, and a live line on a terminal.
  */
 export class Output {
-  readonly out: Colors = colorsFor(process.stdout);
-  readonly err: Colors = colorsFor(process.stderr);
+  out: Colors = colorsFor(process.stdout);
+  err: Colors = colorsFor(process.stderr);
   /** --quiet: only errors, and the results that were asked for. */
   quiet = false;
+  /** --log-format: `json` makes every stderr line one JSON object (see {@link setFormat}). */
+  format: LogFormat = 'text';
+  /** The lock this run acts on, once chosen: the `key` of every JSON line. */
+  key?: bigint;
   /** The database this run talks to, password redacted: named in connection errors. */
   target?: string;
   /** Where {@link target} came from: `--database-url`, `DATABASE_URL`, a knexfile. */
@@ -67,9 +89,15 @@ export class Output {
   /** Passwords known to this run: erased from error messages, which may come from third-party code. */
   private readonly secrets = new Set<string>();
 
-  /** Whether a line can be redrawn in place: stderr is a terminal, and not --quiet. */
+  /** Whether a line can be redrawn in place: stderr is a terminal, not --quiet, not JSON. */
   get live(): boolean {
-    return process.stderr.isTTY === true && !this.quiet && process.env.TERM !== 'dumb';
+    return process.stderr.isTTY === true && !this.quiet && process.env.TERM !== 'dumb' && this.format === 'text';
+  }
+
+  /** `--log-format json`: each stderr line one JSON object, and no colors anywhere (nor a live line). */
+  setFormat(format: LogFormat): void {
+    this.format = format;
+    if (format === 'json') this.out = this.err = pc.createColors(false);
   }
 
   addSecret(secret: string | undefined | null): void {
@@ -113,27 +141,60 @@ export class Output {
     if (!this.quiet) this.write(process.stdout, `${this.scrub(text)}\n`);
   }
 
-  info(message: string): void {
-    if (!this.quiet) this.write(process.stderr, `${this.err.dim('[pg-migration-lock]')} ${this.scrub(message)}\n`);
+  info(message: string, fields?: LogFields): void {
+    if (this.quiet) return;
+    if (this.format === 'json') this.log('info', message, 'info', fields);
+    else this.write(process.stderr, `${this.err.dim('[pg-migration-lock]')} ${this.scrub(message)}\n`);
   }
 
-  success(message: string): void {
-    if (!this.quiet) this.write(process.stderr, `${this.err.green('✔')} ${this.scrub(message)}\n`);
+  success(message: string, fields?: LogFields): void {
+    if (this.quiet) return;
+    if (this.format === 'json') this.log('info', message, 'success', fields);
+    else this.write(process.stderr, `${this.err.green('✔')} ${this.scrub(message)}\n`);
   }
 
   /** Context for an error (e.g. the failing SQL), as-is on stderr, even with --quiet. */
-  detail(text: string): void {
-    this.write(process.stderr, `${this.scrub(text)}\n`);
+  detail(text: string, fields?: LogFields): void {
+    if (this.format === 'json') this.log('info', text, 'detail', fields);
+    else this.write(process.stderr, `${this.scrub(text)}\n`);
   }
 
-  warn(message: string): void {
-    this.write(process.stderr, `${this.err.yellow('warning:')} ${this.scrub(message)}\n`);
+  warn(message: string, fields?: LogFields): void {
+    if (this.format === 'json') this.log('warn', message, 'warning', fields);
+    else this.write(process.stderr, `${this.err.yellow('warning:')} ${this.scrub(message)}\n`);
   }
 
-  error(message: string, hint?: string): void {
+  error(message: string, hint?: string, fields?: LogFields): void {
+    if (this.format === 'json') {
+      this.log('error', message, 'error', { ...(hint && { hint }), ...fields });
+      return;
+    }
     let text = `${this.err.red(this.err.bold('error:'))} ${this.scrub(message)}\n`;
     if (hint) text += `${this.err.dim(this.scrub(hint))}\n`;
     this.write(process.stderr, text);
+  }
+
+  /**
+   * An event for log pipelines: with `--log-format json` one line on stderr, in text nothing (the text output
+   * says it another way, e.g. on stdout). Not with --quiet, unless it is an error.
+   */
+  event(level: LogLevel, event: string, message: string, fields?: Omit<LogFields, 'event'>): void {
+    if (this.format !== 'json' || (this.quiet && level !== 'error')) return;
+    this.log(level, message, event, { ...fields, event });
+  }
+
+  /**
+   * One JSON line: `time`, `level`, `msg`, `event` (the caller's, else read from the message, else `fallback`),
+   * `key` (a string; null before the command chose it), then the event's fields. Every string is redacted.
+   */
+  private log(level: LogLevel, message: string, fallback: string, fields: LogFields = {}): void {
+    const { event = eventOf(message) ?? fallback, ...rest } = fields;
+    const head = { time: new Date().toISOString(), level, msg: message, event, key: this.key ?? null };
+    // The head first, and not overridden by a field.
+    const text = JSON.stringify({ ...head, ...rest, ...head }, (_name, v) =>
+      typeof v === 'bigint' ? v.toString() : typeof v === 'string' ? this.scrub(v) : v,
+    );
+    process.stderr.write(`${text}\n`);
   }
 
   /** Shows (or replaces) the live status line; a no-op when stderr is not a terminal. */

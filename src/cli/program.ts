@@ -48,7 +48,13 @@ export function buildProgram(out: Output): Command {
     .exitOverride()
     .configureOutput({
       // Commander echoes option values in its errors: a mistyped --database-url must not show its password.
-      writeErr: (text) => process.stderr.write(out.scrub(text)),
+      writeErr: (text) => {
+        if (out.format === 'text') process.stderr.write(out.scrub(text));
+        // JSON: each line its own object (an error, its "(add --help for usage)").
+        else
+          for (const line of text.split('\n').filter(Boolean))
+            out.event('error', 'usage', line.replace(/^error: /, ''));
+      },
       outputError: (text, write) => write(`${out.err.red(out.err.bold('error:'))}${text.replace(/^error:/, '')}`),
     })
     .addHelpText('after', EXAMPLES);
@@ -57,7 +63,7 @@ export function buildProgram(out: Output): Command {
     process.stdout.write(`${version}\n`);
     throw new CommanderError(0, 'commander.version', version);
   });
-  addGlobalOptions(program);
+  addGlobalOptions(program, out);
   registerRun(program, out);
   registerMigrate(program, out);
   registerPending(program, out);
@@ -65,7 +71,7 @@ export function buildProgram(out: Output): Command {
   registerRelease(program, out);
   // Every command takes the global options too (commands inherit the settings above when created).
   const all = (command: Command): Command[] => [command, ...command.commands.flatMap(all)];
-  for (const command of all(program).slice(1)) addGlobalOptions(command);
+  for (const command of all(program).slice(1)) addGlobalOptions(command, out);
   return program;
 }
 

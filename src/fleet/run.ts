@@ -2,6 +2,7 @@
 import { MigrationLockBusyError } from '../errors.js';
 import { describeKey } from '../key.js';
 import { callSafely, errorMessage } from '../logger.js';
+import { KEY_ATTRIBUTE, record, startSpan } from '../telemetry.js';
 import { formatMs } from '../time.js';
 import type { FleetSetup } from './options.js';
 import { FleetPools } from './pools.js';
@@ -90,13 +91,20 @@ export class FleetRun<M extends FleetMigrator> {
     if (!again) this.#firstTries++;
     this.counts.running++;
     this.#emit(again ? 'resumed' : 'started', entry);
+    // pg_migration_lock.fleet.target: one try of a target, ending with its status (or `deferred`).
+    const span = startSpan('fleet.target', { ...this.#attributes(entry), 'pg_migration_lock.fleet.retry': again });
     let applied: string[];
     try {
-      applied = await this.#try(entry, again);
+      applied = await span.within(() => this.#try(entry, again));
     } catch (error) {
       this.counts.running--;
-      if (again || !(error instanceof MigrationLockBusyError)) this.#fail(entry, error);
-      else {
+      if (again || !(error instanceof MigrationLockBusyError)) {
+        this.#fail(entry, error);
+        span.set({ 'pg_migration_lock.fleet.status': entry.result?.status });
+        span.end(entry.result?.status === 'failed' ? error : undefined);
+      } else {
+        span.set({ 'pg_migration_lock.fleet.status': 'deferred' });
+        span.end();
         this.#deferred.push(entry);
         this.counts.deferred++;
         this.queue.jump();
@@ -113,6 +121,17 @@ export class FleetRun<M extends FleetMigrator> {
     this.counts.running--;
     if (applied.length > 0) this.#settle(entry, { status: 'applied', applied });
     else this.#settle(entry, { status: again ? 'skipped' : 'up-to-date', applied: [] });
+    span.set({ 'pg_migration_lock.fleet.status': entry.result?.status, 'pg_migration_lock.applied': applied.length });
+    span.end();
+  }
+
+  /** What a target's span and metric carry: the key, the migrator, the target. */
+  #attributes(entry: Entry) {
+    return {
+      [KEY_ATTRIBUTE]: String(entry.key),
+      'pg_migration_lock.migrator': this.migrator.name,
+      'pg_migration_lock.fleet.target': entry.target.name,
+    };
   }
 
   async #try(entry: Entry, wait: boolean): Promise<string[]> {
@@ -151,6 +170,7 @@ export class FleetRun<M extends FleetMigrator> {
     entry.result = { target: entry.target, key: entry.key, durationMs: entry.spent, ...outcome } as FleetResult;
     this.counts.done++;
     this.counts[counted(entry.result.status)]++;
+    record('targets', 1, { ...this.#attributes(entry), 'pg_migration_lock.fleet.status': entry.result.status });
     this.setup.logger.debug?.(`${entry.target.name}: ${entry.result.status} in ${formatMs(entry.spent)}`);
     this.#emit('finished', entry);
   }

@@ -15,6 +15,7 @@ import { MigrationLockLostError } from '../errors.js';
 import { describeKey, type LockKeyInput, parseKey } from '../key.js';
 import { callSafely, errorMessage } from '../logger.js';
 import { newTag } from '../sql/fencing.js';
+import { databaseAttributes, migratorOf, traceHold, traceWait, waitOutcome } from '../telemetry.js';
 import { formatMs } from '../time.js';
 import { acquire } from './acquire.js';
 import { fenceOwn } from './fence.js';
@@ -124,17 +125,32 @@ async function lockFrom<T, C>(
   if (borrowed) busySessions.add(borrowed);
   try {
     const tag = newTag(k, opts.applicationName);
-    const held = await acquire({
-      source,
-      key: k,
-      options: opts,
-      tag,
-      unless: unless as Unless<unknown> | undefined,
-      enclosing: holdings.getStore(),
-    });
+    // pg_migration_lock.wait: from here to the lock taken, or given up.
+    const migrator = migratorOf(options);
+    const waiting = traceWait(k, migrator);
+    let held: Held | typeof SKIPPED;
+    try {
+      held = await waiting.within(() =>
+        acquire({
+          source,
+          key: k,
+          options: opts,
+          tag,
+          unless: unless as Unless<unknown> | undefined,
+          enclosing: holdings.getStore(),
+        }),
+      );
+    } catch (err) {
+      const outcome = waitOutcome(err, opts.signal);
+      waiting.end(outcome, {}, outcome === 'error' ? err : undefined);
+      throw err;
+    }
+    if (held === SKIPPED) waiting.end('skipped');
+    else waiting.end('acquired', { 'pg_migration_lock.pid': held.pid, ...databaseAttributes(held.session.client) });
     if (held === SKIPPED) return SKIPPED;
     try {
-      return await runLocked(held, source, k, fn as (ctx: LockContext<unknown>) => T | Promise<T>, opts);
+      const holding = traceHold(k, migrator, { pid: held.pid, client: held.session.client, since: held.at });
+      return await runLocked(held, source, k, fn as (ctx: LockContext<unknown>) => T | Promise<T>, opts, holding);
     } finally {
       held.watch.dispose();
     }
@@ -150,6 +166,7 @@ async function runLocked<T>(
   key: bigint,
   fn: (ctx: LockContext<unknown>) => T | Promise<T>,
   opts: ResolvedOptions,
+  holding: ReturnType<typeof traceHold>,
 ): Promise<T> {
   const { session, watch, pid, waitedMs, tag } = held;
   const { logger, hooks } = opts;
@@ -194,7 +211,7 @@ async function runLocked<T>(
         return tag;
       },
     };
-    value = await inHolding(tag, () => fn(ctx));
+    value = await holding.within(() => inHolding(tag, () => fn(ctx)));
   } catch (err) {
     fnFailed = true;
     fnError = err;
@@ -202,16 +219,19 @@ async function runLocked<T>(
   watch.onLost = undefined;
 
   if (lostDuringFn) {
+    holding.end('lost', {}, lostDuringFn);
     await session.release(true);
     await fenceOwnWork();
     throw lostDuringFn;
   }
   const lost = await release(held, key, opts, fnFailed ? fnError : undefined);
   if (lost) {
+    holding.end('lost', {}, lost);
     callSafely(logger, 'onLockLost', hooks.onLockLost, lost);
     await fenceOwnWork();
     throw lost;
   }
+  holding.end(fnFailed ? 'failed' : 'released', {}, fnFailed ? fnError : undefined);
   if (fnFailed) throw fnError;
   return value as T;
 }

@@ -59,11 +59,18 @@ A fleet (many databases or tenant schemas), each target under a lock of its own,
 const oneOf = (names: string[]) => `${names.slice(0, -1).join(', ')} or ${names.at(-1)}`;
 
 function printApplied(out: Output, { migrator, applied, note }: Applied): void {
+  // For log pipelines (--log-format json) the outcome on stderr too; the result stays on stdout.
+  const count = `${applied.length} migration${applied.length === 1 ? '' : 's'}`;
+  out.event('info', 'migrate.applied', `${migrator}: applied ${count}`, {
+    migrator,
+    applied,
+    count: applied.length,
+    ...(note && { note }),
+  });
   if (applied.length === 0) {
     out.result(`${out.out.green('✔')} ${migrator}: already up to date, no pending migrations`);
     return;
   }
-  const count = `${applied.length} migration${applied.length === 1 ? '' : 's'}`;
   const lines = [`${out.out.green('✔')} ${migrator}: applied ${count}${note ? ` (${note})` : ''}`];
   for (const name of applied) lines.push(`  ${name}`);
   out.result(lines.join('\n'));

@@ -65,7 +65,9 @@ Examples:
           : [`Migration lock ${ctx.keyLabel} is free, but an earlier holding's work still runs under its tag:`];
         if (holder && work.length > 0) lines.push("  and its holding's work:");
         for (const session of work) lines.push(`    ${describeSession(session)}`);
-        process.stderr.write(out.scrub(`${lines.join('\n')}\n`));
+        if (out.format === 'json') {
+          out.event('info', 'release.target', lines.join('\n'), { pid: holder?.pid, work: work.map((w) => w.pid) });
+        } else process.stderr.write(out.scrub(`${lines.join('\n')}\n`));
       }
       out.warn(DANGER);
 
@@ -95,7 +97,10 @@ Examples:
       const alsoWork =
         others.length > 0 ? ` and its holding's work: ${others.map((pid) => `pid ${pid}`).join(', ')}` : '';
       if (result.released) {
-        out.success(`Released migration lock ${ctx.keyLabel}: terminated pid ${result.pid}${alsoWork}`);
+        out.success(`Released migration lock ${ctx.keyLabel}: terminated pid ${result.pid}${alsoWork}`, {
+          event: 'release.forced',
+          terminated: result.terminated,
+        });
         return;
       }
       if (!holder) {

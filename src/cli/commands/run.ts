@@ -210,7 +210,11 @@ Examples:
             const onLost = () => running.stop();
             lockLost.addEventListener('abort', onLost, { once: true });
             try {
-              return await running.exited;
+              const code = await running.exited;
+              out.event(code === 0 ? 'info' : 'warn', 'run.exited', `${shown} exited with code ${code}`, {
+                exitCode: code,
+              });
+              return code;
             } finally {
               lockLost.removeEventListener('abort', onLost);
             }
