@@ -4,6 +4,7 @@ import type { MigrationLockOptions } from '../lock/options.js';
 import type { Logger } from '../logger.js';
 import type { Holder } from '../status.js';
 import { formatMs } from '../time.js';
+import { describeActivity, describeActivityToFit } from './activity.js';
 import { type Context, parseDurationArg } from './context.js';
 import { InterruptedError, ParentGoneError } from './errors.js';
 import type { Output } from './output.js';
@@ -82,10 +83,12 @@ export function lockOptions(
     const waited = Math.floor((performance.now() - waitStart) / 1000);
     const clock = waited < 60 ? `${waited}s` : `${Math.floor(waited / 60)}m${String(waited % 60).padStart(2, '0')}s`;
     const limit = timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`;
-    // The holder first: the line is cut to the terminal's width, and who holds the lock is what matters.
-    out.status(
-      `${out.err.yellow('⏳')} Held by ${describeHolderShort(holder)}: waiting ${clock}${limit} for the migration lock`,
-    );
+    // The holder first: the line is cut to the terminal's width, and who holds the lock is what matters; then
+    // what it runs, its statement cut so that the waiting clock still shows.
+    const head = `${out.err.yellow('⏳')} Held by ${describeHolderShort(holder)}`;
+    const tail = `: waiting ${clock}${limit} for the migration lock`;
+    const room = (process.stderr.columns || 80) - 1 - `⏳ Held by ${describeHolderShort(holder)}`.length - tail.length;
+    out.status(`${head}${describeActivityToFit(holder, room)}${tail}`);
   };
 
   const stopTicker = () => {
@@ -127,7 +130,7 @@ export function lockOptions(
         holder = info.holder;
         if (!out.live) {
           out.info(
-            `Waiting for migration lock ${keyLabel}, held by ${describeSession(info.holder)} (waited ${formatMs(info.waitedMs)}${timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`})`,
+            `Waiting for migration lock ${keyLabel}, held by ${describeSession(info.holder)}${describeActivity(info.holder)} (waited ${formatMs(info.waitedMs)}${timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`})`,
           );
           return;
         }
