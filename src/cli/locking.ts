@@ -35,6 +35,12 @@ export function describeSession(holder: Holder | null): string {
   return text;
 }
 
+/** ", running for 3m12s: CREATE INDEX … (building index: scanning table, 61 %)" after a session's description. */
+function runningOf(holder: Holder | null): string {
+  const activity = describeActivity(holder);
+  return activity && holder?.state === 'active' ? `, running${activity}` : activity;
+}
+
 /**
  * The holder in few characters: a pg-migration-lock holder's OS process and host, from its tag or name
  * (`pid 3651 on web-1 (backend pid 3662)`), else its backend pid and application_name.
@@ -130,7 +136,7 @@ export function lockOptions(
         holder = info.holder;
         if (!out.live) {
           out.info(
-            `Waiting for migration lock ${keyLabel}, held by ${describeSession(info.holder)}${describeActivity(info.holder)} (waited ${formatMs(info.waitedMs)}${timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`})`,
+            `Waiting for migration lock ${keyLabel}, held by ${describeSession(info.holder)}${runningOf(info.holder)} (waited ${formatMs(info.waitedMs)}${timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`})`,
           );
           return;
         }
