@@ -78,3 +78,44 @@ test('a CREATE INDEX CONCURRENTLY under the lock: its phase and progress on the 
   await holder;
   await withClient(url, (c) => c.query('DROP INDEX IF EXISTS orders_slow'));
 });
+
+test("the holding's tagged work: its running statement and since when", async () => {
+  let workPid = 0;
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const holder = withMigrationLock(
+    url,
+    73,
+    async ({ tag }) => {
+      // fn's extra connection, wearing the holding's tag: the holding's work.
+      await withClient(
+        `${url}${url.includes('?') ? '&' : '?'}application_name=${encodeURIComponent(tag)}`,
+        async (c) => {
+          workPid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+          await Promise.all([c.query('SELECT pg_sleep(1.5)'), released]);
+        },
+      );
+    },
+    { logger: null },
+  );
+  let status = await getLockStatus(url, 73n);
+  await waitFor(
+    async () => {
+      status = await getLockStatus(url, 73n);
+      return status.work.some((w) => w.query === 'SELECT pg_sleep(1.5)');
+    },
+    10_000,
+    'the work to show',
+  );
+  expect(status.work).toEqual([
+    expect.objectContaining({
+      pid: workPid,
+      state: 'active',
+      query: 'SELECT pg_sleep(1.5)',
+      queryStart: expect.any(Date),
+    }),
+  ]);
+  expect(status.work[0]!.progress).toBeUndefined();
+  release();
+  await holder;
+});
