@@ -51,3 +51,13 @@ export function describeActivityToFit(holder: Holder | null, room: number, now =
   const short = `${since}${progress ? ` ${progress}` : ''}`;
   return short.length <= room ? short : since.length <= room ? since : '';
 }
+
+/**
+ * Whose statement to show for a holding: the holder's while it runs one, else its work's (a `run` command's
+ * connection) — `who` then names it (", its work (backend pid 4300)"); undefined when neither runs anything.
+ */
+export function busySession(holder: Holder | null, work: Holder[] = []): { session: Holder; who: string } | undefined {
+  if (holder?.state === 'active' && describeActivity(holder)) return { session: holder, who: '' };
+  const busy = work.find((session) => session.state === 'active' && describeActivity(session));
+  return busy ? { session: busy, who: `, its work (backend pid ${busy.pid})` } : undefined;
+}

@@ -127,3 +127,30 @@ test('pending --wait says what the holder runs', async () => {
     await holder.stop();
   }
 });
+
+test("run: the holder idle, its CMD's statement shows as its work's, in the waiting line and pending --wait", async () => {
+  const script =
+    "const pg=require('pg');const c=new pg.Client(process.env.DATABASE_URL);" +
+    "c.connect().then(()=>{console.log('ready');return c.query('SELECT pg_sleep(60)')}).catch(()=>{})";
+  const holder = start(['run', '--', process.execPath, '-e', script], { env });
+  try {
+    await holder.waitForOutput(/ready/);
+    await waitFor(
+      async () => (await getLockStatus(url, DEFAULT_LOCK_KEY)).work.some((w) => w.query === 'SELECT pg_sleep(60)'),
+      10_000,
+      "CMD's statement",
+    );
+    const waited = await cli(['run', '--timeout', '1s', '--', 'true'], { env });
+    expect(waited.stderr).toMatch(/, its work \(backend pid \d+\), running for \S+: SELECT pg_sleep\(60\) \(waited/);
+    const waiting = start(['pending', 'drizzle', '--migrations-folder', fixture('drizzle'), '--wait'], { env });
+    try {
+      await waiting.waitForOutput(/held by .*, its work \(backend pid \d+\) for \S+: SELECT pg_sleep\(60\)/);
+    } finally {
+      waiting.child.kill('SIGTERM');
+      await waiting.exited;
+    }
+  } finally {
+    holder.child.kill('SIGTERM');
+    await holder.exited;
+  }
+});

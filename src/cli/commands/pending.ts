@@ -3,7 +3,7 @@ import { connectionConfig } from '../../driver/pg.js';
 import { watchReleases } from '../../lock/wait.js';
 import { getLockStatus } from '../../status.js';
 import { formatMs, nap } from '../../time.js';
-import { describeActivity } from '../activity.js';
+import { busySession, describeActivity } from '../activity.js';
 import { announceTarget, type Context, createContext, parseDurationArg } from '../context.js';
 import { CliError, EXIT, InterruptedError, ParentGoneError, UsageError } from '../errors.js';
 import {
@@ -139,11 +139,13 @@ async function waitUntilNone(
   // What the holder runs, said again when it changes (another statement, another phase): where the deploy is.
   let lastSeen = '';
   const sayHolder = async () => {
-    const holder = (await getLockStatus(connectionConfig(check.database), key).catch(() => undefined))?.holder;
-    const activity = describeActivity(holder ?? null);
-    const seen = holder && activity ? `${holder.pid} ${holder.query} ${holder.progress?.phase}` : '';
-    if (seen && seen !== lastSeen) {
-      out.info(`Migration lock ${keyLabel} held by ${describeHolderShort(holder ?? null)}${activity}`);
+    const status = await getLockStatus(connectionConfig(check.database), key).catch(() => undefined);
+    const busy = status && busySession(status.holder, status.work);
+    const seen = busy ? `${busy.session.pid} ${busy.session.query} ${busy.session.progress?.phase}` : '';
+    if (busy && seen !== lastSeen) {
+      out.info(
+        `Migration lock ${keyLabel} held by ${describeHolderShort(status.holder)}${busy.who}${describeActivity(busy.session)}`,
+      );
     }
     lastSeen = seen;
   };
