@@ -14,6 +14,7 @@ const HOLDER: Holder = {
   backendStart: null,
   state: 'idle',
   query: null,
+  queryStart: null,
 };
 
 /** Virtual time: a nap advances the clock by its length at once, unless a payload ends it first. */

@@ -4,6 +4,7 @@ import type { MigrationLockOptions } from '../lock/options.js';
 import type { Logger } from '../logger.js';
 import type { Holder } from '../status.js';
 import { formatMs } from '../time.js';
+import { busySession, describeActivity, describeActivityToFit } from './activity.js';
 import { type Context, parseDurationArg } from './context.js';
 import { InterruptedError, ParentGoneError } from './errors.js';
 import type { Output } from './output.js';
@@ -32,6 +33,16 @@ export function describeSession(holder: Holder | null): string {
   if (holder.clientAddr) text += ` from ${holder.clientAddr}`;
   if (holder.backendStart) text += `, connected ${ago(holder.backendStart)}`;
   return text;
+}
+
+/**
+ * ", running for 3m12s: CREATE INDEX … (building index: scanning table, 61 %)" after a holder's description (its
+ * work's statement when the holder itself is idle: a `run` command's), or its state (", idle in transaction for 5s").
+ */
+function runningOf(holder: Holder | null, work: Holder[]): string {
+  const busy = busySession(holder, work);
+  if (busy) return `${busy.who}, running${describeActivity(busy.session)}`;
+  return describeActivity(holder);
 }
 
 /**
@@ -76,15 +87,22 @@ export function lockOptions(
   let locked = false;
   let waitStart = 0;
   let holder: Holder | null = null;
+  let work: Holder[] = [];
   let ticker: NodeJS.Timeout | undefined;
 
   const render = () => {
     const waited = Math.floor((performance.now() - waitStart) / 1000);
     const clock = waited < 60 ? `${waited}s` : `${Math.floor(waited / 60)}m${String(waited % 60).padStart(2, '0')}s`;
     const limit = timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`;
-    // The holder first: the line is cut to the terminal's width, and who holds the lock is what matters.
+    // The holder first: the line is cut to the terminal's width, and who holds the lock is what matters; then
+    // what it runs, its statement cut so that the waiting clock still shows.
+    const busy = busySession(holder, work);
+    const who = `${describeHolderShort(holder)}${busy?.who ?? ''}`;
+    const tail = `: waiting ${clock}${limit} for the migration lock`;
+    const room = (process.stderr.columns || 80) - 1 - `⏳ Held by ${who}`.length - tail.length;
+    const activity = describeActivityToFit(busy?.session ?? holder, room);
     out.status(
-      `${out.err.yellow('⏳')} Held by ${describeHolderShort(holder)}: waiting ${clock}${limit} for the migration lock`,
+      `${out.err.yellow('⏳')} Held by ${activity || !busy ? who : describeHolderShort(holder)}${activity}${tail}`,
     );
   };
 
@@ -125,9 +143,10 @@ export function lockOptions(
     hooks: {
       onWaiting(info) {
         holder = info.holder;
+        work = info.work;
         if (!out.live) {
           out.info(
-            `Waiting for migration lock ${keyLabel}, held by ${describeSession(info.holder)} (waited ${formatMs(info.waitedMs)}${timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`})`,
+            `Waiting for migration lock ${keyLabel}, held by ${describeSession(info.holder)}${runningOf(info.holder, info.work)} (waited ${formatMs(info.waitedMs)}${timeoutMs === undefined ? '' : ` of ${formatMs(timeoutMs)}`})`,
           );
           return;
         }

@@ -28,6 +28,11 @@ export interface WaitingInfo {
   key: bigint;
   /** The session holding the lock, when visible. */
   holder: Holder | null;
+  /**
+   * The holding's work: other sessions wearing its tag (a `run` command's connections, fn's extra ones), each
+   * with what it runs (`query`, `queryStart`, `progress`): where the holder's statements run when it is idle.
+   */
+  work: Holder[];
   /** How long this call has waited so far, in milliseconds. */
   waitedMs: number;
 }

@@ -12,7 +12,7 @@ import {
   type SavedSettings,
   timeoutsOffSql,
 } from '../sql/settings.js';
-import { queryLockStatus } from '../sql/status.js';
+import { type Holder, queryLockStatus } from '../sql/status.js';
 import { channelOf, passWakeUpSql, registerSql, unregisterSql } from '../sql/waiters.js';
 import type { Clock } from '../time.js';
 import { fenceStale } from './fence.js';
@@ -83,6 +83,7 @@ export async function take(
   let registered = false;
   let unlisten: (() => Promise<void>) | undefined;
   let acquired = false;
+  let work: Holder[] = [];
   const waiter = new Waiter<Poll>({
     key,
     options: opts,
@@ -103,7 +104,13 @@ export async function take(
         checkSameSession(session, key, pid, row.pid);
         return row.locked ? row : undefined;
       },
-      holder: async (prefix) => (await queryLockStatus(query, key, prefix)).holder,
+      holder: async (prefix) => {
+        const status = await queryLockStatus(query, key, prefix);
+        // Work that only wears the tag is none of the holding's.
+        work = status.work.filter((session) => session.canMigrate !== false);
+        return status.holder;
+      },
+      work: () => work,
       passWakeUp: async () => {
         await query(passWakeUpSql(key));
       },

@@ -28,6 +28,8 @@ export interface WaitWire<A> {
   tryLock(prefix: string): Promise<A | undefined>;
   /** Who holds the lock now. */
   holder(prefix: string): Promise<Holder | null>;
+  /** The holding's work (sessions wearing its tag) seen by the last `holder()`. */
+  work?(): Holder[];
   /** This waiter was picked by a release but leaves without the lock: wake the next one. */
   passWakeUp(): Promise<void>;
 }
@@ -167,7 +169,8 @@ export class Waiter<A> {
     log?.(
       `Waiting for migration lock ${this.#label}, held by ${describeHolder(this.holder)} (waited ${formatMs(waitedMs)})`,
     );
-    callSafely(options.logger, 'onWaiting', options.hooks.onWaiting, { key, holder: this.holder, waitedMs });
+    const work = wire.work?.() ?? [];
+    callSafely(options.logger, 'onWaiting', options.hooks.onWaiting, { key, holder: this.holder, work, waitedMs });
     this.#nextReportAt = waitedMs + options.reportEveryMs;
   }
 }

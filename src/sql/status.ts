@@ -4,6 +4,7 @@
 import type { Query } from '../driver/index.js';
 import { canMigrateSql, isTagOf, keyOfTag } from './fencing.js';
 import { keyParts, lockRowsOf } from './keys.js';
+import { type Progress, progressOf, progressSql } from './progress.js';
 import { waitingSince } from './waiters.js';
 
 /** A session seen in `pg_locks` + `pg_stat_activity`. */
@@ -17,6 +18,13 @@ export interface Holder {
   state: string | null;
   /** The session's current or last query (PostgreSQL shows it only to the same role or pg_read_all_stats). */
   query: string | null;
+  /** When that query began (`pg_stat_activity.query_start`), when visible. */
+  queryStart: Date | null;
+  /**
+   * For the holder and its `work`: the progress of the command it runs, for the commands with a
+   * `pg_stat_progress_*` view (CREATE INDEX [CONCURRENTLY], VACUUM, ANALYZE, CLUSTER, COPY on PostgreSQL 14+).
+   */
+  progress?: Progress;
   /** For waiters: how long this session has been waiting, in milliseconds, when known. */
   waitingMs?: number;
   /**
@@ -46,7 +54,7 @@ export interface LockStatus {
 // One round trip. The lock row (objsubid 1) gives the holder and plain blocked waiters; the two-key
 // shared row (objsubid 2) on the same classid/objid is the registry our pollers join; sessions carrying a
 // tag of the key (objsubid 0 here) are the holdings' work. `waitstart` exists from PostgreSQL 14 on;
-// reading it through to_jsonb keeps older servers working.
+// reading it through to_jsonb keeps older servers working. The progress views are joined for the holder and the work only.
 const statusSql = (key: bigint) => `
 WITH rows AS (
   SELECT l.pid, l.granted, l.objsubid, (to_jsonb(l) ->> 'waitstart')::timestamptz AS waitstart, NULL::bool AS can_migrate
@@ -56,12 +64,15 @@ WITH rows AS (
     AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid IN (1, 2)
   UNION ALL
   SELECT t.pid, true, 0, NULL, ${canMigrateSql('t.usesysid')} FROM (SELECT a.pid, a.usesysid FROM pg_stat_activity a
-    WHERE a.datname = current_database() AND ${isTagOf(key, 'a.application_name')} AND a.pid <> pg_backend_pid() OFFSET 0) t)
+    WHERE a.datname = current_database() AND ${isTagOf(key, 'a.application_name')} AND a.pid <> pg_backend_pid() OFFSET 0) t),
+progress (pid, command, phase, done, total) AS (${progressSql})
 SELECT r.pid, r.granted, r.objsubid, r.can_migrate, a.application_name, host(a.client_addr) AS client_addr,
-       a.backend_start, a.state, a.query, pg_is_in_recovery() AS standby,
+       a.backend_start, a.state, a.query, a.query_start, pg_is_in_recovery() AS standby,
+       p.command AS progress_command, p.phase AS progress_phase, p.done AS progress_done, p.total AS progress_total,
        (extract(epoch FROM clock_timestamp()) * 1000)::float8 AS now_ms,
        (extract(epoch FROM clock_timestamp() - r.waitstart) * 1000)::float8 AS blocked_ms
 FROM rows r LEFT JOIN pg_stat_activity a ON a.pid = r.pid
+  LEFT JOIN LATERAL (SELECT * FROM progress p WHERE p.pid = r.pid AND r.granted AND r.objsubid IN (0, 1) LIMIT 1) p ON true
 ORDER BY r.objsubid = 0, r.objsubid, r.granted DESC, a.backend_start`;
 
 interface StatusRow {
@@ -75,6 +86,11 @@ interface StatusRow {
   backend_start: Date | null;
   state: string | null;
   query: string | null;
+  query_start: Date | null;
+  progress_command: string | null;
+  progress_phase: string | null;
+  progress_done: number | null;
+  progress_total: number | null;
   now_ms: number;
   blocked_ms: number | null;
 }
@@ -90,13 +106,14 @@ export async function queryLockStatus(query: Query, key: bigint, prefix = ''): P
     backendStart: row.backend_start,
     state: row.state,
     query: row.query,
+    queryStart: row.query_start,
   });
   const holderRow = rows.find((row) => row.objsubid === 1 && row.granted);
   const waiters = new Map<number, Holder>();
   const work: Holder[] = [];
   for (const row of rows) {
     if (row === holderRow || row.pid === holderRow?.pid || waiters.has(row.pid)) continue;
-    if (row.objsubid === 0) work.push({ ...toHolder(row), canMigrate: row.can_migrate === true });
+    if (row.objsubid === 0) work.push(withProgress({ ...toHolder(row), canMigrate: row.can_migrate === true }, row));
     else if (row.objsubid === 1 && !row.granted) {
       waiters.set(row.pid, { ...toHolder(row), waitingMs: Math.max(0, Math.round(row.blocked_ms ?? 0)) });
     } else if (row.objsubid === 2 && row.granted) {
@@ -106,11 +123,17 @@ export async function queryLockStatus(query: Query, key: bigint, prefix = ''): P
       waiters.set(row.pid, waiter);
     }
   }
-  const holder = holderRow ? toHolder(holderRow) : null;
+  const holder = holderRow ? withProgress(toHolder(holderRow), holderRow) : null;
   // No row at all says nothing of the server: ask it then (a free lock on a primary, the common case, pays a round trip).
   const standby =
     rows[0]?.standby ?? (await query<{ standby: boolean }>('SELECT pg_is_in_recovery() AS standby'))[0]!.standby;
   return { key, locked: holder !== null, holder, waiters: [...waiters.values()], work, standby };
+}
+
+/** The holder (or work) with its command's progress, when a progress view lists it. */
+function withProgress(holder: Holder, row: StatusRow): Holder {
+  const progress = progressOf(row);
+  return progress ? { ...holder, progress } : holder;
 }
 
 /**

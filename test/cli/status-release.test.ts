@@ -134,9 +134,11 @@ describe('status', () => {
         'clientAddr',
         'pid',
         'query',
+        'queryStart',
         'state',
       ]);
       expect(new Date(json.holder.backendStart).toISOString()).toBe(json.holder.backendStart);
+      expect(new Date(json.holder.queryStart).toISOString()).toBe(json.holder.queryStart);
       expect(json.waiters).toHaveLength(1);
       expect(json.waiters[0].applicationName).toMatch(/^pg-migration-lock:/);
       expect(json.waiters[0].waitingMs).toBeTypeOf('number');

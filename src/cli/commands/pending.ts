@@ -1,7 +1,9 @@
 import { type Command, Option } from 'commander';
 import { connectionConfig } from '../../driver/pg.js';
 import { watchReleases } from '../../lock/wait.js';
+import { getLockStatus } from '../../status.js';
 import { formatMs, nap } from '../../time.js';
+import { busySession, describeActivity } from '../activity.js';
 import { announceTarget, type Context, createContext, parseDurationArg } from '../context.js';
 import { CliError, EXIT, InterruptedError, ParentGoneError, UsageError } from '../errors.js';
 import {
@@ -11,7 +13,7 @@ import {
   type PendingFleetFlags,
   pendingFleet,
 } from '../fleet-pending.js';
-import { trapSignals, watchParent } from '../locking.js';
+import { describeHolderShort, trapSignals, watchParent } from '../locking.js';
 import { MIGRATORS } from '../migrators/index.js';
 import type { CliMigrator, PendingCheck } from '../migrators/types.js';
 import type { Output } from '../output.js';
@@ -134,11 +136,25 @@ async function waitUntilNone(
   );
   let names = first;
   let watch: { close(): Promise<void> } | undefined;
+  // What the holder runs, said again when it changes (another statement, another phase): where the deploy is.
+  let lastSeen = '';
+  const sayHolder = async () => {
+    const status = await getLockStatus(connectionConfig(check.database), key).catch(() => undefined);
+    const busy = status && busySession(status.holder, status.work);
+    const seen = busy ? `${busy.session.pid} ${busy.session.query} ${busy.session.progress?.phase}` : '';
+    if (busy && seen !== lastSeen) {
+      out.info(
+        `Migration lock ${keyLabel} held by ${describeHolderShort(status.holder)}${busy.who}${describeActivity(busy.session)}`,
+      );
+    }
+    lastSeen = seen;
+  };
   try {
     watch = await watchReleases(connectionConfig(check.database), key, stir);
     // A release between the first check and the watch would not wake us: check once more now.
     stirred = false;
     names = await check.check();
+    if (names.length > 0) await sayHolder();
     while (names.length > 0) {
       if (parentGone) throw new ParentGoneError();
       if (interrupted) throw new InterruptedError(interrupted);
@@ -161,6 +177,7 @@ async function waitUntilNone(
       const before = names.length;
       names = await check.check();
       if (names.length > 0 && names.length !== before) out.info(`Still waiting for ${count(names)}`);
+      if (names.length > 0) await sayHolder();
     }
     out.info(`Waited ${formatMs(elapsed())} for the migrations to be applied`);
     return names;

@@ -3,6 +3,7 @@ import { describeKey } from '../../key.js';
 import { isLockAttempt } from '../../sql/waiters.js';
 import { findMigrationLocks, getLockStatus, type Holder, type LockStatus } from '../../status.js';
 import { formatMs } from '../../time.js';
+import { describeActivity, describeProgress } from '../activity.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
 import { ago, describeSession, holderProcess } from '../locking.js';
 import type { Output } from '../output.js';
@@ -79,7 +80,8 @@ export function formatStatus(out: Output, status: LockStatus, keyLabel: string, 
         session.canMigrate === false
           ? c.dim(" (not a holding's work: its role cannot change this database, so fencing leaves it alone)")
           : '';
-      lines.push(`    ${describeSession(session)}${session.state ? `, ${session.state}` : ''}${forged}`);
+      const activity = session.state === 'active' ? describeActivity(session) : '';
+      lines.push(`    ${describeSession(session)}${session.state ? `, ${session.state}` : ''}${activity}${forged}`);
     }
   }
   lines.push(`  ${'waiters'.padEnd(LABEL)}${status.waiters.length === 0 ? c.dim('none') : status.waiters.length}`);
@@ -109,6 +111,19 @@ export function formatHolder(out: Output, holder: Holder): string[] {
   // For an idle session pg_stat_activity shows the last query, often the lock acquisition itself.
   if (holder.query)
     rows.push(row(holder.state === 'active' ? 'query' : 'last query', describeQuery(out, holder.query)));
+  if (holder.queryStart && holder.query && !isLockAttempt(holder.query)) {
+    rows.push(
+      row(
+        holder.state === 'active' ? 'since' : 'ran at',
+        `${holder.queryStart.toISOString()} (${ago(holder.queryStart)})`,
+      ),
+    );
+  }
+  if (holder.progress) {
+    const { command, done, total } = holder.progress;
+    const counts = done !== null && total !== null ? ` [${done} of ${total}]` : '';
+    rows.push(row('progress', `${command} ${describeProgress(holder)}${counts}`));
+  }
   return rows;
 }
 
