@@ -21,7 +21,7 @@ import {
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { ormFor, ormOptions } from '../fixtures/mikro-orm/orm.mjs';
 import { createTestDatabase, lockRows, waitFor, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectExclusiveHoldings, report } from './race-report.js';
+import { expectAllSucceeded, expectCicRace, expectExclusiveHoldings, report } from './race-report.js';
 
 const REPLICAS = 8;
 // MikroORM replicas are heavy to start (about a second of CPU each): the secondary races use fewer.
@@ -130,23 +130,7 @@ test(`${FEW} replicas on the up-to-date database: none takes or waits for the lo
 });
 
 test('CREATE INDEX CONCURRENTLY (a non-transactional migration, allOrNothing: false) with the waiters polling, never blocking it', async () => {
-  // As race-report's expectCicRace, with the replicas starting together (a start line), so some surely wait.
-  const outcome = await race({
-    migrator: 'mikro-orm',
-    mode: 'locked',
-    replicas: 4,
-    databaseUrl: cicUrl,
-    args: () => ['migrations-cic', 'barrier=4'],
-  });
-  report('mikro-orm', 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
-  expectExclusiveHoldings(outcome);
-  expectAllSucceeded(outcome);
-  expect(outcome.results.filter((r) => r.result?.waited).length).toBeGreaterThan(0);
-  expect(await appliedMigrations(cicUrl, 'mikro-orm')).toEqual({ total: 2, distinct: 2 });
-  await withClient(cicUrl, async (client) => {
-    const index = await client.query(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'gadgets_name_idx'::regclass`);
-    expect(index.rows).toEqual([{ indisvalid: true }]);
-  });
+  await expectCicRace('mikro-orm', cicUrl, { replicas: 4, barrier: true });
 });
 
 test("pending() lists exactly what up() then applies; MikroORM's options pass through; up to date, no lock", async () => {

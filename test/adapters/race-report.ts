@@ -86,10 +86,16 @@ export async function expectUpToDateRace(migrator: Migrator, databaseUrl: string
 /**
  * 6 replicas race on two migrations, the second a `CREATE INDEX CONCURRENTLY` outside a transaction
  * (`migrations-cic`): all succeed, some waited while it ran (queued; they then found nothing left to do,
- * or took the lock), and the index is valid.
+ * or took the lock), and the index is valid. With `barrier`, the replicas start together (a start line, for
+ * fixtures that take one), so some surely wait however slowly the processes start.
  */
-export async function expectCicRace(migrator: Migrator, databaseUrl: string): Promise<void> {
-  const outcome = await race({ migrator, mode: 'locked', replicas: 6, databaseUrl, args: () => ['migrations-cic'] });
+export async function expectCicRace(
+  migrator: Migrator,
+  databaseUrl: string,
+  { replicas = 6, barrier = false }: { replicas?: number; barrier?: boolean } = {},
+): Promise<void> {
+  const args = () => ['migrations-cic', ...(barrier ? [`barrier=${replicas}`] : [])];
+  const outcome = await race({ migrator, mode: 'locked', replicas, databaseUrl, args });
   report(migrator, 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
   expectExclusiveHoldings(outcome);
   expectAllSucceeded(outcome);

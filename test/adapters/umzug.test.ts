@@ -21,7 +21,7 @@ import {
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { sequelizeFor, umzugFor } from '../fixtures/umzug/umzug.mjs';
 import { createTestDatabase, lockRows, waitFor, withClient } from '../helpers.js';
-import { expectAllSucceeded, expectExclusiveHoldings, report } from './race-report.js';
+import { expectAllSucceeded, expectCicRace, expectExclusiveHoldings, report } from './race-report.js';
 
 const REPLICAS = 8;
 const MIGRATIONS = ['001_create_accounts.cjs', '002_slow_step.cjs', '003_double_balance.cjs'];
@@ -130,23 +130,7 @@ test(`${REPLICAS} replicas on the up-to-date database: none takes or waits for t
 });
 
 test('CREATE INDEX CONCURRENTLY with the waiters polling, never blocking it', async () => {
-  // As race-report's expectCicRace, with the replicas starting together (a start line), so some surely wait.
-  const outcome = await race({
-    migrator: 'umzug',
-    mode: 'locked',
-    replicas: 6,
-    databaseUrl: cicUrl,
-    args: () => ['migrations-cic', 'barrier=6'],
-  });
-  report('umzug', 'locked', outcome, ' (CREATE INDEX CONCURRENTLY)');
-  expectExclusiveHoldings(outcome);
-  expectAllSucceeded(outcome);
-  expect(outcome.results.filter((r) => r.result?.waited).length).toBeGreaterThan(0);
-  expect(await appliedMigrations(cicUrl, 'umzug')).toEqual({ total: 2, distinct: 2 });
-  await withClient(cicUrl, async (client) => {
-    const index = await client.query(`SELECT indisvalid FROM pg_index WHERE indexrelid = 'gadgets_name_idx'::regclass`);
-    expect(index.rows).toEqual([{ indisvalid: true }]);
-  });
+  await expectCicRace('umzug', cicUrl, { replicas: 6, barrier: true });
 });
 
 test('pending() lists exactly what up() then applies; up to date, up() returns [] without touching the held lock', async () => {
