@@ -4,6 +4,7 @@
 // Times are process.hrtime (CLOCK_MONOTONIC), comparable across processes on one machine.
 //
 //   replica.mjs migrate <migrator> <mode> <url> <dir>   after `go`: migrate once, report, exit (1 on failure)
+//   replica.mjs migrate-now <migrator> <mode> <url> <dir>   the same at once, start-up included (a real replica)
 //   replica.mjs lock <url>                    per line `<strategy> <holdMs>`: connect, take the lock, hold, report
 //   replica.mjs waiters <url> <count> <strategy>   after `go`: <count> sessions take the lock in turn, zero work
 import { createInterface } from 'node:readline';
@@ -25,12 +26,14 @@ const report = (result) =>
 
 const [role, ...args] = process.argv.slice(2);
 
-if (role === 'migrate') {
+if (role === 'migrate' || role === 'migrate-now') {
   const [migrator, mode, url, dir] = args;
   const { modes, close } = await MIGRATORS[migrator].open(url, dir);
   if (!modes[mode]) throw new Error(`${migrator} has no mode ${mode}`);
-  console.log('ready');
-  await nextLine();
+  if (role === 'migrate') {
+    console.log('ready');
+    await nextLine();
+  }
   doneReading();
   const start = now();
   let error;

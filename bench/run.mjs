@@ -17,6 +17,8 @@ import { SECTIONS } from './sections.mjs';
 
 const usage = `Usage: npm run bench [-- --smoke] [-- --only ${Object.keys(SECTIONS).join(',')}] [-- --repeats N] [-- --out FILE]
   --repeats N         steady state: runs of each mode per N, the median counts (default 1)
+  --replicas N,M      steady state and convergence: these replica counts instead of the defaults
+  --migrators A,B     only these migrators (default: every one installed)
   BENCH_DATABASE_URL  use this server instead of an embedded one (databases bench_* are created and dropped)
   BENCH_SMOKE=1       same as --smoke: a tiny run (CI)
   BENCH_RESULTS=FILE  where to write the JSON (default bench/results.json)`;
@@ -28,6 +30,8 @@ try {
       smoke: { type: 'boolean', default: process.env.BENCH_SMOKE === '1' },
       only: { type: 'string' },
       repeats: { type: 'string' },
+      replicas: { type: 'string' },
+      migrators: { type: 'string' },
       out: { type: 'string', default: process.env.BENCH_RESULTS },
       help: { type: 'boolean', short: 'h' },
     },
@@ -103,6 +107,19 @@ if (values.repeats !== undefined) {
     process.exit(2);
   }
 }
+if (values.replicas !== undefined) {
+  config.replicas = values.replicas.split(',').map(Number);
+  if (!config.replicas.every((n) => Number.isInteger(n) && n >= 1)) {
+    console.error(`--replicas takes whole numbers ≥ 1, comma-separated, got ${values.replicas}\n${usage}`);
+    process.exit(2);
+  }
+}
+const chosen = values.migrators?.split(',').map((s) => s.trim());
+const strange = chosen?.filter((name) => !MIGRATORS[name]) ?? [];
+if (strange.length) {
+  console.error(`Unknown migrator ${strange.join(', ')} (known: ${Object.keys(MIGRATORS).join(', ')})\n${usage}`);
+  process.exit(2);
+}
 const out = values.out ?? fileURLToPath(new URL('results.json', import.meta.url));
 
 const server = await startPostgres({ url: process.env.BENCH_DATABASE_URL });
@@ -115,7 +132,7 @@ const problems = [];
 const ctx = {
   config,
   tmp,
-  migrators: Object.keys(MIGRATORS).filter((name) => available(MIGRATORS[name])),
+  migrators: Object.keys(MIGRATORS).filter((name) => available(MIGRATORS[name]) && (chosen?.includes(name) ?? true)),
   sets: {},
   noopWall: {},
   log: (message) => process.stderr.write(`  ${message}\n`),

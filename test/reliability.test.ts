@@ -81,12 +81,18 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
     const checkedOn: unknown[] = [];
     // It polls only every 10 s too: a periodic try that lands just as the holder lets go would take the
     // lock (rightly: fn's migrator then finds nothing), which is not what this test is about.
-    const skipping = withMigrationLockUnless(url, 92n, () => 'ran', { ...quiet, pollIntervalMs: 10_000 }, {
-      isDone: async ({ client }) => {
-        checkedOn.push(client);
-        return done;
+    const skipping = withMigrationLockUnless(
+      url,
+      92n,
+      () => 'ran',
+      { ...quiet, pollIntervalMs: 10_000 },
+      {
+        isDone: async ({ client }) => {
+          checkedOn.push(client);
+          return done;
+        },
       },
-    });
+    );
     // The plain waiter polls only every 10 s: it can start quickly only if the wake-up reaches it.
     let plainStartedAt = 0;
     const plain = withMigrationLock(url, 92n, () => (plainStartedAt = performance.now()), {

@@ -60,7 +60,7 @@ export async function take(
       { session, watch, pid, waitedMs, at: performance.now(), tag, saved, registered, unlisten },
       {
         stale: row.stale,
-        timeoutsOff: timeoutsOff || row.stale,
+        timeoutsOff,
         restoreAll,
       },
     );
@@ -195,9 +195,11 @@ async function handOver(
 ): Promise<Held> {
   try {
     if (stale) {
+      // Our fencing statements must not be cancelled by the role's timeouts, which fn gets back after.
+      if (!timeoutsOff) await query(timeoutsOffSql);
       await fenceStale(query, setup.key, held.tag, setup.options, label(setup));
     }
-    if (timeoutsOff) await query(putBackSql(restoreTimeoutsSql(held.saved)));
+    if (stale || timeoutsOff) await query(putBackSql(restoreTimeoutsSql(held.saved)));
   } catch (err) {
     await held.unlisten?.().catch(() => {});
     await query(unlockSql(setup.key, held.registered, restoreAll)).catch(() => {});

@@ -82,15 +82,14 @@ function taggedSql(key: bigint, exceptTag: string, terminate: boolean): string {
 }
 
 /**
- * Whether any backend wears another holding's tag of `key`: for the statements that take the lock, which must stay
- * small (they run at every acquisition and every poll). Only when it says so are the backends read whole, with
- * whether each can be a holding's work (see {@link taggedBackends}), which costs catalog scans.
+ * Whether any backend may wear another holding's tag of `key`: the test the statements that take the lock make at
+ * every acquisition, so it is the cheapest that cannot miss one (a prefix match, no regular expression, no
+ * catalog lookup). A yes is rare, and may be wrong (a backend of another database, or a name that only starts like
+ * a tag): only then are the backends read whole and checked (see {@link taggedBackends}).
  */
-export const anyTaggedSql = (key: bigint, tag: string) =>
+export const mayBeTaggedSql = (key: bigint, tag: string) =>
   `EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
-    WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid <> pg_backend_pid()
-      AND a.application_name LIKE ${literal(`${TAG_PREFIX}${key}:%`)} AND ${isTagOf(key, 'a.application_name')}
-      AND a.application_name <> ${literal(tag)})`;
+    WHERE a.application_name LIKE ${literal(`${TAG_PREFIX}${key}:%`)} AND a.application_name <> ${literal(tag)})`;
 
 /**
  * Terminates the backends carrying exactly `tag` (a holding's own work, when it lost its session), unless their

@@ -2,7 +2,7 @@
 // try on a session (refusals, settings, the tag, an earlier holding's work), a waiter's try, the unlock.
 
 import type { Query } from '../driver/index.js';
-import { anyTaggedSql } from './fencing.js';
+import { mayBeTaggedSql } from './fencing.js';
 import { keyParts, literal, lockRowsOf, sqlKey } from './keys.js';
 import {
   CALL_SETTINGS,
@@ -46,21 +46,32 @@ export async function firstTry(query: Query, key: bigint, tag: string): Promise<
 /**
  * The first statement on a session, one round trip: read the settings in force (OFFSET 0 keeps that subquery
  * from being merged into the outer ones, which set them), refuse a session that already holds the key, sits in a
- * transaction or is on a standby, try the lock, set the call's settings, and when it is taken, tag the session and look
- * for another holding's work still running.
+ * transaction or is on a standby, try the lock, set the call's settings, and when it is taken, tag the session and
+ * ask whether anything else wears a tag of the key (see {@link mayBeTaggedSql}). It runs at every uncontended
+ * acquisition, so it is kept cheap to plan: no views, and one nested level per thing that must happen before the next.
  */
 function firstTrySql(key: bigint, tag: string): string {
-  return `/* pg-migration-lock: taking ${key} */ SELECT t.locked, t.held, t.in_tx, t.standby, t.pid, t.version, t.saved, t.stale,
-    CASE WHEN NOT (t.held OR t.in_tx OR t.standby) THEN concat(${set(CALL_SETTINGS)},
-      CASE WHEN NOT t.locked OR t.stale THEN ${set(OUR_STATEMENTS)} END) END AS settings,
-    CASE WHEN t.locked THEN set_config('application_name', ${literal(tag)}, false) END AS tagged
-  FROM (SELECT l.*, l.locked AND ${anyTaggedSql(key, tag)} AS stale
-    FROM (SELECT s.*, CASE WHEN s.held OR s.in_tx OR s.standby THEN false ELSE pg_try_advisory_lock(${sqlKey(key)}) END AS locked
-      FROM (SELECT EXISTS (SELECT 1 FROM pg_locks WHERE ${lockRowsOf(key, 1)} AND granted AND pid = pg_backend_pid()) AS held,
-              ${inBlock} AS in_tx, pg_is_in_recovery() AS standby, pg_backend_pid() AS pid, version() AS version,
-              json_build_object(${SAVED.map((name) => `'${name}', current_setting('${name}', true)`).join(', ')})::text AS saved
-            OFFSET 0) s OFFSET 0) l OFFSET 0) t`;
+  return `/* pg-migration-lock: taking ${key} */ SELECT l.locked, l.held, l.in_tx, l.standby, l.pid, l.version, l.saved,
+    CASE WHEN l.locked THEN ${mayBeTaggedSql(key, tag)} ELSE false END AS stale,
+    CASE WHEN NOT (l.held OR l.in_tx OR l.standby) THEN concat(${set(CALL_SETTINGS)},
+      CASE WHEN NOT l.locked THEN ${set(OUR_STATEMENTS)} END) END AS settings,
+    CASE WHEN l.locked THEN set_config('application_name', ${literal(tag)}, false) END AS tagged
+  FROM (SELECT s.*, CASE WHEN s.held OR s.in_tx OR s.standby THEN false ELSE pg_try_advisory_lock(${sqlKey(key)}) END AS locked
+    FROM (SELECT ${heldHereSql(key)} AS held, ${inBlock} AS in_tx, pg_is_in_recovery() AS standby,
+            pg_backend_pid() AS pid, version() AS version,
+            json_build_object(${SAVED.map((name) => `'${name}', current_setting('${name}', true)`).join(', ')})::text AS saved
+          OFFSET 0) s OFFSET 0) l`;
 }
+
+/**
+ * Whether this session already holds `key`: pg_lock_status() itself rather than the pg_locks view (cheaper to
+ * plan), and no database filter: a backend's advisory locks are all in its own database.
+ */
+const heldHereSql = (key: bigint) => {
+  const { classid, objid } = keyParts(key);
+  return `EXISTS (SELECT FROM pg_lock_status() h WHERE h.pid = pg_backend_pid() AND h.locktype = 'advisory'
+      AND h.objsubid = 1 AND h.classid = ${classid} AND h.objid = ${objid} AND h.granted)`;
+};
 
 /** What a waiter's poll answers, decoded (see {@link poll}). */
 export interface Poll {
@@ -81,13 +92,15 @@ export async function poll(
   return { ...row, stale: row.stale === true };
 }
 
-/** A waiter's try: when it takes the lock, it tags the session, looks for stale work and (if none) puts the timeouts back. */
+/**
+ * A waiter's try: when it takes the lock, it tags the session, asks whether anything else wears a tag of the key,
+ * and puts the statement timeouts back (fencing, in the rare case it has work to do, turns them off again).
+ */
 function pollSql(key: bigint, tag: string, saved: SavedSettings): string {
-  return `SELECT t.locked, t.pid, t.stale,
-    CASE WHEN t.locked THEN set_config('application_name', ${literal(tag)}, false) END AS tagged,
-    CASE WHEN t.locked AND NOT t.stale THEN ${restoreTimeoutsSql(saved)} END AS ready
-  FROM (SELECT l.*, l.locked AND ${anyTaggedSql(key, tag)} AS stale
-    FROM (SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked, pg_backend_pid() AS pid OFFSET 0) l OFFSET 0) t`;
+  return `SELECT l.locked, l.pid, CASE WHEN l.locked THEN ${mayBeTaggedSql(key, tag)} ELSE false END AS stale,
+    CASE WHEN l.locked THEN set_config('application_name', ${literal(tag)}, false) END AS tagged,
+    CASE WHEN l.locked THEN ${restoreTimeoutsSql(saved)} END AS ready
+  FROM (SELECT pg_try_advisory_lock(${sqlKey(key)}) AS locked, pg_backend_pid() AS pid OFFSET 0) l`;
 }
 
 export interface UnlockRow {

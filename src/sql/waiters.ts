@@ -26,11 +26,13 @@ export function unregisterSql(key: bigint, restoreSql = "''"): string {
 // try-lock on the registry key succeeds, and is dropped at once) is the common, uncontended case: then
 // neither the pg_locks scan (which reads every lock of the server) nor the NOTIFY runs. A NOTIFY makes
 // its transaction take a transaction id, and so a commit record the server must flush to disk.
+// pg_lock_status() rather than the pg_locks view: this statement runs at every release, and the view costs more
+// to plan than the rest of it.
 export function wakeNextWaiterSql(key: bigint): string {
   const { hi, lo } = keyParts(key);
   return `(SELECT pg_notify('${channelOf(key)}', next.pid) FROM (SELECT
       CASE WHEN pg_try_advisory_lock(${hi}, ${lo}) THEN (SELECT NULL::text FROM pg_advisory_unlock(${hi}, ${lo}))
-      ELSE (SELECT pid::text FROM pg_locks WHERE ${lockRowsOf(key, 2)} AND granted AND pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END
+      ELSE (SELECT l.pid::text FROM pg_lock_status() l WHERE ${lockRowsOf(key, 2, 'l')} AND l.granted AND l.pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END
     AS pid OFFSET 0) next WHERE next.pid IS NOT NULL)`;
 }
 

@@ -253,12 +253,26 @@ const cmdDatabaseName = () =>
  * client port it reports must be this socket's own (over a Unix socket, the port in the socket's name must be the
  * server's). Through a pooler it sees the pooler's connection instead.
  */
+/**
+ * `portsSeen`, tried again when the role's own statement_timeout cancels it (a timeout of a millisecond on a
+ * busy server can): this connection is only asked, never changed, so the timeout is left as the role set it.
+ */
+async function portsSeenRetried(query: ReturnType<typeof pgQuery>): ReturnType<typeof portsSeen> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await portsSeen(query);
+    } catch (err) {
+      if ((err as { code?: string }).code !== '57014' || attempt >= 10) throw err;
+    }
+  }
+}
+
 async function reachesServerDirectly(database: pg.ClientConfig): Promise<{ direct: boolean; why: string }> {
   const client = new pg.Client(connectionConfig(database));
   client.on('error', () => {});
   await client.connect();
   try {
-    const seen = await portsSeen(pgQuery(client));
+    const seen = await portsSeenRetried(pgQuery(client));
     const socket = (client as unknown as { connection?: { stream?: Socket } }).connection?.stream;
     const own = socket?.localPort;
     if (own !== undefined) {
