@@ -182,6 +182,21 @@ describe('client forms', () => {
       );
     });
   });
+  test("a client's own connection: the two statements of each call are prepared once, and an app's DISCARD ALL between calls costs nothing", async () => {
+    await withClient(url, async (client) => {
+      const prepared = async () =>
+        (await client.query("SELECT count(*)::int AS n FROM pg_prepared_statements WHERE name LIKE 'pgml\\_%'")).rows[0]
+          .n;
+      for (let i = 0; i < 3; i++) expect(await withMigrationLock(client, 27n, () => i, quiet)).toBe(i);
+      // The statement that takes the lock and the one that releases it: two, however many calls.
+      expect(await prepared()).toBe(2);
+      // The app discards them (pg still believes they are prepared): the next calls take the lock all the same.
+      await client.query('DISCARD ALL');
+      for (let i = 0; i < 2; i++) expect(await withMigrationLock(client, 27n, () => 'after', quiet)).toBe('after');
+      expect(await lockRows(url, 27n)).toEqual([]);
+      expect((await client.query("SELECT current_setting('application_name') AS app")).rows[0].app).toBe('');
+    });
+  });
 });
 
 describe('results and errors', () => {

@@ -11,6 +11,16 @@ import { createTestDatabase, lockRows, waitFor, withClient } from './helpers.js'
 const url = await createTestDatabase();
 /** How many sessions wait for `key` in this database (other test files wait for keys of their own). */
 const waiters = async (key: bigint) => (await getLockStatus(url, key)).waiters.length;
+/** Waiters of `key` idle after a try (their last statement a poll): they move next on a wake-up or their poll. */
+const napping = (key: bigint) =>
+  withClient(url, async (client) => {
+    const { rows } = await client.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE state = 'idle'
+         AND query LIKE $1 AND query LIKE '%pg_try_advisory_lock(%'`,
+      [`/* pg-migration-lock: waiting for ${key} since %`],
+    );
+    return rows[0].n as number;
+  });
 const quiet = { logger: null };
 const SETTINGS = `SELECT current_setting('tcp_keepalives_idle') AS idle, current_setting('tcp_keepalives_interval') AS interval,
   current_setting('tcp_keepalives_count') AS count, current_setting('tcp_user_timeout') AS user_timeout,
@@ -99,7 +109,9 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       ...quiet,
       pollIntervalMs: 10_000,
     });
-    await waitFor(async () => (await waiters(92n)) === 2);
+    // Both napping after a try: a release that came between one's registration and its first try would let that
+    // try take the lock (rightly), which is not what this test is about.
+    await waitFor(async () => (await waiters(92n)) === 2 && (await napping(92n)) === 2);
     done = true;
     const releasedAt = performance.now();
     release();

@@ -4,12 +4,13 @@ import type pg from 'pg';
 import { isConninfo, parseConninfo } from './conninfo.js';
 import { isPgClient, isPgPool, isUnconnected, pgSource } from './pg.js';
 import { isPostgresJs, postgresJsSource } from './postgres-js.js';
-import type { ClientSource, Session, SessionOptions, SessionSource } from './types.js';
+import type { ClientSource, Prepared, Session, SessionOptions, SessionSource } from './types.js';
 
 export type {
   ClientSource,
   PostgresJsReservedSql,
   PostgresJsSql,
+  Prepared,
   Query,
   ReservedOf,
   Session,
@@ -183,4 +184,22 @@ export async function withSession<T>(
 
 export function isSessionSource(value: unknown): value is SessionSource {
   return typeof (value as SessionSource | null)?.open === 'function' && 'reopenable' in (value as object);
+}
+
+/**
+ * Runs `statement` on `session`: prepared where its driver can, else as one plain statement with its values
+ * written in (a driver may treat a statement with parameters differently: postgres.js 3 hooks a connection's close
+ * only through a statement without them).
+ */
+export const runPrepared = <R = Record<string, unknown>>(session: Session, statement: Prepared): Promise<R[]> =>
+  session.prepared ? session.prepared<R>(statement) : session.query<R>(inlined(statement));
+
+/** A prepared statement's text with its values written in as literals. */
+function inlined({ text, values }: Prepared): string {
+  return text.replace(/\$(\d+)/g, (_, n: string) => {
+    const value = values[Number(n) - 1];
+    if (value === null || value === undefined) return 'NULL';
+    if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+    return `'${String(value).replace(/'/g, "''")}'`;
+  });
 }

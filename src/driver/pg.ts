@@ -2,7 +2,7 @@
 import { hostname } from 'node:os';
 import pg from 'pg';
 import { asUrl } from './conninfo.js';
-import type { Query, Session, SessionOptions, SessionSource } from './types.js';
+import type { Prepared, Query, Session, SessionOptions, SessionSource } from './types.js';
 
 export function isPgPool(source: object): source is pg.Pool {
   return typeof (source as pg.Pool).connect === 'function' && typeof (source as pg.Pool).totalCount === 'number';
@@ -59,6 +59,11 @@ export function pgSource(
   };
 }
 
+// 26000: no such prepared statement; 42P05: one of that name exists already (a pooler's server connection).
+const STALE_PREPARED = new Set(['26000', '42P05']);
+/** Clients on which a prepared statement of ours went missing: they get plain statements. */
+const unprepared = new WeakSet<object>();
+
 /** A pg client as a Session; `release` follows `kind` (close ours, return a pooled one, leave the caller's). */
 export function pgSession(client: pg.ClientBase, kind: Session['kind']): Session {
   const destroy = () => socketOf(client)?.destroy();
@@ -68,6 +73,19 @@ export function pgSession(client: pg.ClientBase, kind: Session['kind']): Session
     kind,
     endpoint: { host: params.host, port: params.port },
     query: async <R>(sql: string, values?: unknown[]) => (await client.query(sql, values)).rows as R[],
+    async prepared<R>({ name, text, values }: Prepared) {
+      if (!unprepared.has(client)) {
+        try {
+          return (await client.query({ name, text, values })).rows as R[];
+        } catch (err) {
+          if (!STALE_PREPARED.has((err as { code?: string }).code ?? '')) throw err;
+          // The server's statements are not what pg remembers preparing (the app ran DISCARD ALL, or a
+          // transaction-mode pooler moved us to another server connection): plain statements from now on.
+          unprepared.add(client);
+        }
+      }
+      return (await client.query(text, values)).rows as R[];
+    },
     async listen(channel, onPayload) {
       const onNotification = (message: pg.Notification) => {
         if (message.channel === channel) onPayload(message.payload ?? '');

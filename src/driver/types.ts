@@ -33,6 +33,16 @@ export type ClientSource = pg.Pool | pg.ClientBase | string | pg.ClientConfig | 
 export type Query = <R = Record<string, unknown>>(sql: string, params?: unknown[]) => Promise<R[]>;
 
 /**
+ * A statement whose text never changes, only its values: the ones that run at every acquisition and release.
+ * `name` is derived from the text, so a driver may prepare it once per connection and skip parsing and planning.
+ */
+export interface Prepared {
+  readonly name: string;
+  readonly text: string;
+  readonly values: unknown[];
+}
+
+/**
  * One database session, whatever the driver. This is the only seam between the lock and a driver:
  * the lock speaks SQL text through it, and never touches a driver's own API.
  */
@@ -42,6 +52,8 @@ export interface Session {
   /** `own`: we opened it (and close it); `pooled`: checked out of a pool; `borrowed`: the caller's. */
   readonly kind: 'own' | 'pooled' | 'borrowed';
   readonly query: Query;
+  /** Runs a {@link Prepared} statement, prepared once on this connection where the driver can; else like `query`. */
+  prepared?<R = Record<string, unknown>>(statement: Prepared): Promise<R[]>;
   /**
    * Delivers the payloads of NOTIFY on `channel` until the returned function is called. Absent where
    * the driver cannot deliver notifications to this session: waiters then only poll.

@@ -1,17 +1,11 @@
 // Releasing after fn: unlock, wake the next waiter, put the session's settings back and give it back, all
 // bounded, so a call never hangs on a dead network; and tell a lost lock from a failed unlock.
 
+import { runPrepared } from '../driver/index.js';
 import { MigrationLockLostError } from '../errors.js';
 import { callSafely, errorMessage, type Logger } from '../logger.js';
-import { strandedLockSql, type UnlockRow, unlockSql } from '../sql/lock.js';
-import {
-  blockProbeSql,
-  inBlockSql,
-  restoreAllSql,
-  rollbackSql,
-  type SavedSettings,
-  timeoutsOffSql,
-} from '../sql/settings.js';
+import { strandedLockSql, type UnlockRow, unlockStatement } from '../sql/lock.js';
+import { blockProbeSql, inBlockSql, rollbackSql, type SavedSettings, timeoutsOffSql } from '../sql/settings.js';
 import type { Held } from './holding.js';
 import type { ResolvedOptions } from './options.js';
 import { poolerAdvice } from './server-checks.js';
@@ -93,7 +87,7 @@ async function unlockAfter(held: Held, key: bigint, logger: Logger): Promise<Unl
   await endLeftTransaction(held, logger);
   // Our own session too, though it is closed next: through a session pooler (PgBouncer) the server connection
   // lives on, and must not keep the holding's tag (which a next holder would fence) until the pooler resets it.
-  const sql = unlockSql(key, held.registered, restoreAllSql(held.saved));
+  const unlock = unlockStatement(key, held.registered, held.saved);
   let row: UnlockRow | undefined;
   let cancelled = false;
   // A statement_timeout (the role's, put back for fn) must not cancel the unlock halfway: the unlock takes effect
@@ -102,7 +96,7 @@ async function unlockAfter(held: Held, key: bigint, logger: Logger): Promise<Unl
   let timeoutsOff = !hasStatementTimeout(held.saved) || (await turnTimeoutsOff(session));
   for (let attempt = 1; !row; attempt++) {
     try {
-      [row] = await session.query<UnlockRow>(sql);
+      [row] = await runPrepared<UnlockRow>(session, unlock);
     } catch (err) {
       // query_canceled: fn's own statement_timeout (put back for fn) cancelled the unlock. Turn it off and
       // unlock again; a timeout of a millisecond can cancel that shorter statement too on a busy server, so

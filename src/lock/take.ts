@@ -1,9 +1,17 @@
 // Taking the lock on one session: the first try (refusing sessions that cannot lock), the wait if
 // it is held, and, once taken, fencing off an earlier holding's work before handing the session over.
 import { isConnectionLoss } from '../driver/errors.js';
-import type { Query, Session } from '../driver/index.js';
+import { type Query, runPrepared, type Session } from '../driver/index.js';
 import { describeHolder, MigrationLockBusyError } from '../errors.js';
-import { type FirstTry, firstTry as firstTryOn, type Poll, poll, unlockSql, versionSql } from '../sql/lock.js';
+import {
+  type FirstTry,
+  firstTry as firstTryOn,
+  type Poll,
+  poll,
+  type RunPrepared,
+  unlockStatement,
+  versionSql,
+} from '../sql/lock.js';
 import {
   blockProbeSql,
   putBackSql,
@@ -40,6 +48,7 @@ export async function take(
 ): Promise<Held | typeof SKIPPED> {
   const { key, options: opts, tag, unless } = setup;
   const query: Query = (sql, params) => bounded(session, session.query(sql, params));
+  const run: RunPrepared = (statement) => bounded(session, runPrepared(session, statement));
   const view = { client: session.client, query: session.query };
   const isDone = unless && (() => unless.isDone(view).catch((error) => Promise.reject(new IsDoneFailure(error))));
   // Checked on every session, a reopened one too: a release may have come while we were disconnected.
@@ -49,7 +58,7 @@ export async function take(
   const inBlock = session.kind === 'borrowed' ? session.inTransaction?.() : false;
   if (inBlock) throw inTransaction(key);
   if (inBlock === undefined) await query(blockProbeSql);
-  const { first, timeoutsOff } = await firstTry(session, query, key, tag, watch);
+  const { first, timeoutsOff } = await firstTry(session, query, run, key, tag, watch);
   markHealthy();
   const { pid, saved } = first;
   const restoreAll = session.kind === 'own' ? "''" : restoreAllSql(saved);
@@ -61,7 +70,6 @@ export async function take(
       {
         stale: row.stale,
         timeoutsOff,
-        restoreAll,
       },
     );
   if (first.locked) return took(first, 0, false);
@@ -145,6 +153,7 @@ export async function take(
 async function firstTry(
   session: Session,
   query: Query,
+  run: RunPrepared,
   key: bigint,
   tag: string,
   watch: Watch,
@@ -154,7 +163,7 @@ async function firstTry(
   let first: FirstTry;
   for (let cancelled = 0; ; ) {
     try {
-      first = await firstTryOn(query, key, tag);
+      first = await firstTryOn(run, key, tag);
       break;
     } catch (err) {
       // query_canceled by the role's statement_timeout, before we could turn it off: turn it off (that
@@ -191,7 +200,7 @@ async function handOver(
   setup: AcquireSetup,
   query: Query,
   held: Held,
-  { stale, timeoutsOff, restoreAll }: { stale: boolean; timeoutsOff: boolean; restoreAll: string },
+  { stale, timeoutsOff }: { stale: boolean; timeoutsOff: boolean },
 ): Promise<Held> {
   try {
     if (stale) {
@@ -202,7 +211,10 @@ async function handOver(
     if (stale || timeoutsOff) await query(putBackSql(restoreTimeoutsSql(held.saved)));
   } catch (err) {
     await held.unlisten?.().catch(() => {});
-    await query(unlockSql(setup.key, held.registered, restoreAll)).catch(() => {});
+    const restore = held.session.kind === 'own' ? undefined : held.saved;
+    await bounded(held.session, runPrepared(held.session, unlockStatement(setup.key, held.registered, restore))).catch(
+      () => {},
+    );
     throw err;
   }
   return held;

@@ -6,6 +6,9 @@ import type { Query } from '../driver/index.js';
 import { literal } from './keys.js';
 
 const TAG_PREFIX = 'pg-migration-lock:';
+// Asked once: os.hostname() is a system call, and a tag is made at every acquisition.
+let hostName: string | undefined;
+const host = () => (hostName ??= hostname());
 // PostgreSQL keeps the first 63 bytes of an application_name, and shows anything but printable ASCII as '?'.
 const NAME_BYTES = 63;
 
@@ -13,7 +16,7 @@ const NAME_BYTES = 63;
  * A new holding's tag: `pg-migration-lock:<key>:<token>`, the token six random characters, then `.` and the
  * holder's name (`applicationName`, else `<pid>@<host>`), cut to what PostgreSQL keeps of an application_name.
  */
-export function newTag(key: bigint, name = `${process.pid}@${hostname()}`): string {
+export function newTag(key: bigint, name = `${process.pid}@${host()}`): string {
   const token = [...randomBytes(6)].map((byte) => (byte % 36).toString(36)).join('');
   const tag = `${TAG_PREFIX}${key}:${token}.${name.replace(/[^\x20-\x7e]/g, '?')}`;
   return tag.slice(0, NAME_BYTES);
@@ -84,12 +87,15 @@ function taggedSql(key: bigint, exceptTag: string, terminate: boolean): string {
 /**
  * Whether any backend may wear another holding's tag of `key`: the test the statements that take the lock make at
  * every acquisition, so it is the cheapest that cannot miss one (a prefix match, no regular expression, no
- * catalog lookup). A yes is rare, and may be wrong (a backend of another database, or a name that only starts like
+ * catalog lookup). `pattern` and `tag` are SQL expressions (literals, or a prepared statement's parameters). A yes is rare, and may be wrong (a backend of another database, or a name that only starts like
  * a tag): only then are the backends read whole and checked (see {@link taggedBackends}).
  */
-export const mayBeTaggedSql = (key: bigint, tag: string) =>
+export const mayBeTaggedSql = (pattern: string, tag: string) =>
   `EXISTS (SELECT FROM pg_stat_get_activity(NULL) a
-    WHERE a.application_name LIKE ${literal(`${TAG_PREFIX}${key}:%`)} AND a.application_name <> ${literal(tag)})`;
+    WHERE a.application_name LIKE ${pattern} AND a.application_name <> ${tag} AND a.pid <> pg_backend_pid())`;
+
+/** The LIKE pattern every tag of `key` matches (and, rarely, a name that only looks like one). */
+export const tagPattern = (key: bigint) => `${TAG_PREFIX}${key}:%`;
 
 /**
  * Terminates the backends carrying exactly `tag` (a holding's own work, when it lost its session), unless their

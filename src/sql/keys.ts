@@ -20,6 +20,11 @@ export function keyParts(key: bigint): { classid: number; objid: number; hi: num
 /** The `pg_locks` rows of `key` in this database: `objsubid` 1 is the lock, 2 the waiters' registry. */
 export function lockRowsOf(key: bigint, objsubid: 1 | 2, alias = ''): string {
   const { classid, objid } = keyParts(key);
+  return advisoryRows(String(classid), String(objid), objsubid, alias);
+}
+
+/** {@link lockRowsOf} with the key's halves given as SQL expressions (a prepared statement's parameters). */
+export function advisoryRows(classid: string, objid: string, objsubid: 1 | 2, alias = ''): string {
   const c = alias ? `${alias}.` : '';
   return `${c}locktype = 'advisory' AND ${c}objsubid = ${objsubid} AND ${c}classid = ${classid} AND ${c}objid = ${objid}
     AND ${c}database = (SELECT oid FROM pg_database WHERE datname = current_database())`;

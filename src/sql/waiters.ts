@@ -1,6 +1,6 @@
 // The waiters: their registry (a shared advisory lock beside the key's), the channel a release wakes them on,
 // and the breadcrumb their statements carry, which says since when each waits.
-import { keyParts, lockRowsOf } from './keys.js';
+import { advisoryRows, keyParts, lockRowsOf } from './keys.js';
 
 /** The channel a release NOTIFYs on, and waiters LISTEN to. */
 export const channelOf = (key: bigint) => `pg_migration_lock_${key}`;
@@ -29,10 +29,15 @@ export function unregisterSql(key: bigint, restoreSql = "''"): string {
 // pg_lock_status() rather than the pg_locks view: this statement runs at every release, and the view costs more
 // to plan than the rest of it.
 export function wakeNextWaiterSql(key: bigint): string {
-  const { hi, lo } = keyParts(key);
-  return `(SELECT pg_notify('${channelOf(key)}', next.pid) FROM (SELECT
+  const { hi, lo, classid, objid } = keyParts(key);
+  return wakeNext(`'${channelOf(key)}'`, String(hi), String(lo), String(classid), String(objid));
+}
+
+/** {@link wakeNextWaiterSql} with its parts as SQL expressions (the parameters of the prepared unlock). */
+export function wakeNext(channel: string, hi: string, lo: string, classid: string, objid: string): string {
+  return `(SELECT pg_notify(${channel}, next.pid) FROM (SELECT
       CASE WHEN pg_try_advisory_lock(${hi}, ${lo}) THEN (SELECT NULL::text FROM pg_advisory_unlock(${hi}, ${lo}))
-      ELSE (SELECT l.pid::text FROM pg_lock_status() l WHERE ${lockRowsOf(key, 2, 'l')} AND l.granted AND l.pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END
+      ELSE (SELECT l.pid::text FROM pg_lock_status() l WHERE ${advisoryRows(classid, objid, 2, 'l')} AND l.granted AND l.pid <> pg_backend_pid() ORDER BY random() LIMIT 1) END
     AS pid OFFSET 0) next WHERE next.pid IS NOT NULL)`;
 }
 
@@ -64,4 +69,4 @@ export function waitingSince(query: string | null): number | undefined {
 }
 
 /** A session's last query was one of ours taking a lock (pg_stat_activity cuts long queries: the head says it). */
-export const isLockAttempt = (query: string) => /^\/\* pg-migration-lock: (taking|waiting for) -?\d+/.test(query);
+export const isLockAttempt = (query: string) => /^\/\* pg-migration-lock: (taking|waiting for)\b/.test(query);
