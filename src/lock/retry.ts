@@ -76,7 +76,7 @@ export async function withLockRetries<T>(r: Retrying, run: () => T | Promise<T>)
   if (lockTimeoutMs === undefined && lockRetries === 0) return run();
   const backoff = new Backoff(100, 5_000);
   // A look every quarter of the timeout catches a wait that lasts the whole timeout about four times.
-  const lookout = await LookOut.start(r, Math.min(1_000, Math.max(25, (lockTimeoutMs ?? 2_000) / 4)));
+  const lookout = LookOut.start(r, Math.min(1_000, Math.max(25, (lockTimeoutMs ?? 2_000) / 4)));
   try {
     for (let tries = 1; ; tries++) {
       if (lockTimeoutMs !== undefined) await setLockTimeout(r.session.query, lockTimeoutMs);
@@ -137,32 +137,22 @@ const OPEN_BOUND_MS = 2_000;
 /**
  * A second session that looks, while fn runs, for sessions blocking a lock wait of the holding's work: once a
  * statement is cancelled by lock_timeout, pg_blocking_pids no longer shows who blocked it. Only for a source
- * that can open another session (a pool, a URL, a postgres.js sql); the caller's own client cannot.
+ * that can open another session (a pool, a URL, a postgres.js sql); the caller's own client cannot. It is opened
+ * beside the first try, which does not wait for it.
  */
 class LookOut {
   seen: Blocker[] = [];
-  #stopped = new AbortController();
+  readonly #stopped = new AbortController();
 
   private constructor(
-    private readonly session: Session,
-    private readonly tag: string,
-    private readonly logger: Logger,
+    private readonly r: Retrying,
+    private readonly everyMs: number,
   ) {}
 
-  static async start(r: Retrying, everyMs: number): Promise<LookOut | undefined> {
+  static start(r: Retrying, everyMs: number): LookOut | undefined {
     if (!r.source.reopenable) return undefined;
-    const opening = r.source.open();
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), OPEN_BOUND_MS)));
-    const session = await Promise.race([opening.catch(() => undefined), late]).finally(() => clearTimeout(timer));
-    if (!session) {
-      // Given back whenever it comes.
-      void opening.then((s) => s.release()).catch(() => {});
-      r.options.logger.debug?.('No session to look for blockers with: they are guessed after a lock timeout');
-      return undefined;
-    }
-    const lookout = new LookOut(session, r.tag, r.options.logger);
-    void lookout.#loop(everyMs);
+    const lookout = new LookOut(r, everyMs);
+    void lookout.#run();
     return lookout;
   }
 
@@ -170,22 +160,33 @@ class LookOut {
     this.seen = [];
   }
 
-  async #loop(everyMs: number): Promise<void> {
-    const stopped = this.#stopped.signal;
-    try {
-      while (!stopped.aborted) {
-        const blockers = await blockersOfTag(this.session.query, this.tag);
-        if (blockers.length > 0) this.seen = blockers;
-        await nap(everyMs, stopped).done;
-      }
-      await this.session.release();
-    } catch (err) {
-      this.logger.debug?.(`Stopped looking for blockers: ${errorMessage(err)}`);
-      await this.session.release(true).catch(() => {});
-    }
-  }
-
   stop(): void {
     this.#stopped.abort();
+  }
+
+  async #run(): Promise<void> {
+    const { logger } = this.r.options;
+    const stopped = this.#stopped.signal;
+    const opening = this.r.source.open();
+    const bound = nap(OPEN_BOUND_MS, stopped);
+    const session = await Promise.race([opening.catch(() => undefined), bound.done.then(() => undefined)]);
+    bound.wake();
+    if (!session || stopped.aborted) {
+      // Given back whenever it comes.
+      void opening.then((late) => late.release()).catch(() => {});
+      if (!stopped.aborted) logger.debug?.('No session to look for blockers with: they are guessed after a timeout');
+      return;
+    }
+    try {
+      while (!stopped.aborted) {
+        const blockers = await blockersOfTag(session.query, this.r.tag);
+        if (blockers.length > 0) this.seen = blockers;
+        await nap(this.everyMs, stopped).done;
+      }
+      await session.release();
+    } catch (err) {
+      logger.debug?.(`Stopped looking for blockers: ${errorMessage(err)}`);
+      await session.release(true).catch(() => {});
+    }
   }
 }

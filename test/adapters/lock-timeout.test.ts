@@ -9,7 +9,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import { FileMigrationProvider } from 'kysely/migration';
 import pg from 'pg';
 import { DataSource } from 'typeorm';
-import { Umzug } from 'umzug';
+import { memoryStorage, Umzug } from 'umzug';
 import { describe, expect, test } from 'vitest';
 import { migrate as drizzleMigrate } from '../../adapters/drizzle.js';
 import { latest } from '../../adapters/knex.js';
@@ -133,12 +133,17 @@ describe('a migration blocked behind a reader, with lockTimeoutMs 500', () => {
 describe('umzug and MikroORM take the options', () => {
   test('umzug: checked up front, and a run with them applies', async () => {
     let ran = 0;
-    const umzug = new Umzug({ migrations: [{ name: 'one', up: async () => void ran++ }], logger: undefined });
+    const umzug = new Umzug({
+      migrations: [{ name: 'one', up: async () => void ran++ }],
+      storage: memoryStorage(),
+      logger: undefined,
+    });
     await expect(umzugUp(umzug, umzugUrl, { lock: { lockRetries: -1 } })).rejects.toThrow(RangeError);
     await expect(umzugUp(umzug, umzugUrl, { lock: { lockTimeoutMs: 'soon' as never } })).rejects.toThrow(TypeError);
     expect(ran).toBe(0);
     const done = await umzugUp(umzug, umzugUrl, { lock: { logger: null, lockTimeoutMs: 500, lockRetries: 2 } });
     expect(done.map((m) => m.name)).toEqual(['one']);
+    expect(ran).toBe(1);
   });
 
   test('MikroORM: checked up front, and a run with them applies', async () => {
