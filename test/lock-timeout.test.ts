@@ -1,6 +1,7 @@
 // lockTimeoutMs + lockRetries on withMigrationLock: a migration blocked behind a long transaction gives up its table
 // lock wait instead of stalling the app's queries, is tried again with the lock held, and names who blocked it.
 import pg from 'pg';
+import postgres from 'postgres';
 import { describe, expect, test } from 'vitest';
 import { type Logger, MigrationBlockedError, withMigrationLock } from '../src/index.js';
 import { isLockTimeout } from '../src/lock/retry.js';
@@ -192,6 +193,43 @@ describe('what is not a lock wait', () => {
     );
     expect(value).toBe('100ms');
     expect(tries).toBe(1);
+  });
+
+  test('postgres.js: the reserved session gets the lock_timeout, and a retry finds the blocker', async () => {
+    await prepare(url);
+    const sql = postgres(url, { max: 3, onnotice: () => {} });
+    const { logger, lines } = recording();
+    let tries = 0;
+    try {
+      const result = await blockedMigration(
+        url,
+        () =>
+          withMigrationLock(
+            sql,
+            KEY,
+            async ({ client }) => {
+              tries++;
+              const [shown] = (await client.unsafe('SHOW lock_timeout')) as unknown as { lock_timeout: string }[];
+              await client.unsafe('BEGIN');
+              await client.unsafe('ALTER TABLE app_data ADD COLUMN extra int');
+              await client.unsafe('INSERT INTO lt_runs DEFAULT VALUES');
+              await client.unsafe('COMMIT');
+              return shown!.lock_timeout;
+            },
+            { logger, lockTimeoutMs: 300, lockRetries: 30 },
+          ),
+        { holdMs: 1500 },
+      );
+      expect(result.error).toBeUndefined();
+      expect(result.value).toBe('300ms');
+      expect(tries).toBeGreaterThanOrEqual(2);
+      expect(lines.find((line) => line.includes('trying again'))).toContain(
+        `pid ${result.readerPid} (application_name long-reader)`,
+      );
+      expect((await applied(url)).runs).toHaveLength(1);
+    } finally {
+      await sql.end();
+    }
   });
 
   test('another failure is not tried again', async () => {

@@ -85,12 +85,14 @@ export async function withLockRetries<T>(r: Retrying, run: () => T | Promise<T>)
         return await run();
       } catch (err) {
         if (!isLockTimeout(err) || r.lost.aborted) throw err;
+        // What the failed try left open or aborted is rolled back first: nothing else runs in an aborted block.
+        if (!(await endLeftTransaction(r.session, logger))) throw err;
         const blockers = await whoBlocked(r, lookout);
         const timeout = lockTimeoutMs === undefined ? 'its lock_timeout' : `lock_timeout ${formatMs(lockTimeoutMs)}`;
         const blocked = `waited longer than ${timeout} for a table lock, held by ${describeBlockers(blockers)}`;
         if (tries > lockRetries) {
           throw new MigrationBlockedError(
-            `Migration under lock ${r.label} gave up after ${tries} ${tries === 1 ? 'try' : 'tries'}: a statement of each ${blocked}. what each try was doing rolled back with its transaction; run it again once that session is done, or end it`,
+            `Migration under lock ${r.label} gave up after ${tries} ${tries === 1 ? 'try' : 'tries'}: a statement of each ${blocked}. What a try was doing when it timed out rolled back with its transaction; run it again once that session is done, or end it`,
             r.key,
             tries,
             blockers,
@@ -101,7 +103,6 @@ export async function withLockRetries<T>(r: Retrying, run: () => T | Promise<T>)
         logger.warn(
           `Migration under lock ${r.label}, try ${tries} of ${lockRetries + 1}: a statement ${blocked} (${errorMessage(err)}); trying again in ${formatMs(delay)}, the migration lock held`,
         );
-        await endLeftTransaction(r.session, logger);
         await nap(delay, r.lost).done;
         // A lost session ends the call (runLocked reports it), not another try.
         if (r.lost.aborted) throw err;
@@ -116,7 +117,6 @@ export async function withLockRetries<T>(r: Retrying, run: () => T | Promise<T>)
 async function whoBlocked(r: Retrying, lookout: LookOut | undefined): Promise<Blocker[]> {
   if (lookout && lookout.seen.length > 0) return lookout.seen;
   try {
-    if (await inTransactionBlock(r.session)) await r.session.query(rollbackSql);
     return await likelyBlockers(r.session.query, r.tag);
   } catch (err) {
     r.options.logger.debug?.(`Could not look for the sessions that blocked the migration: ${errorMessage(err)}`);
@@ -124,11 +124,20 @@ async function whoBlocked(r: Retrying, lookout: LookOut | undefined): Promise<Bl
   }
 }
 
-/** A try's transaction that fn left open or aborted: rolled back, or the next try could not even start. */
-async function endLeftTransaction(session: Session, logger: Logger): Promise<void> {
-  if (!(await inTransactionBlock(session))) return;
-  logger.debug?.('The failed try left a transaction open on the lock session: rolling it back before the next try');
-  await session.query(rollbackSql);
+/**
+ * A failed try's transaction that fn left open or aborted: rolled back, or the next try could not even start.
+ * Resolves false when the session could not be asked or rolled back (it is then no place for another try).
+ */
+async function endLeftTransaction(session: Session, logger: Logger): Promise<boolean> {
+  try {
+    if (!(await inTransactionBlock(session))) return true;
+    logger.debug?.('The failed try left a transaction open on the lock session: rolling it back');
+    await session.query(rollbackSql);
+    return true;
+  } catch (err) {
+    logger.debug?.(`Could not end the failed try's transaction: ${errorMessage(err)}`);
+    return false;
+  }
 }
 
 // How long a look-out session may take to open (a pool with no connection free): past it, none is used.
