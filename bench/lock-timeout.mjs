@@ -98,7 +98,7 @@ export async function lockTimeout(ctx) {
     ],
     rows,
     notes: [
-      `A reader holds the table in an open transaction for ${fmtMs(holdMs)}; the app runs SELECT count(*) on it every 50 ms; the migration adds a column (lockRetries 100 with the option). Without a lock timeout the ALTER waits for the reader, and every app query queues behind it.`,
+      `A reader holds the table in an open transaction until ${fmtMs(holdMs)} after the migration first waits for it; the app runs SELECT count(*) on it every 50 ms; the migration adds a column (lockRetries 100 with the option). Without a lock timeout the ALTER waits for the reader, and every app query queues behind it.`,
     ],
     targets,
     data,
