@@ -20,6 +20,7 @@ import type { KeyedLockOptions } from '../src/keyed.js';
 import { type SessionView, SKIPPED, type Unless } from '../src/lock/holding.js';
 import { withMigrationLockUnless } from '../src/lock/lock.js';
 import { LOCK_OPTION_NAMES, type LockContext, type MigrationLockOptions, resolveOptions } from '../src/lock/options.js';
+import { isLockTimeout } from '../src/lock/retry.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
 import { checkOptionNames } from '../src/option-names.js';
 import { MIGRATOR, traceMigrate } from './kit/telemetry.js';
@@ -92,6 +93,14 @@ export function lockedRun<C, T>(
   // The migrator named for the lock's own spans and metrics (a symbol-keyed option: see MIGRATOR).
   const options = { ...lock.options, [MIGRATOR]: lock.tool };
   return withMigrationLockUnless(source, lock.key, traceMigrate(lock.key, lock.tool, migrate), options, unless);
+}
+
+/**
+ * For a migrator that returns its errors (kysely's `{ error }`): a lock timeout among them rejects instead, so that
+ * the core tries the run again (`lockRetries`); any other result is returned as it is.
+ */
+export function rejectingLockTimeout<R extends { error?: unknown }>(result: R): R | Promise<never> {
+  return isLockTimeout(result.error) ? Promise.reject(result.error) : result;
 }
 
 /**

@@ -11,6 +11,7 @@ import {
   lockedRun,
   namingMigration,
   type Query,
+  rejectingLockTimeout,
   SKIPPED,
   schemaEntry,
   targetPool,
@@ -197,15 +198,16 @@ export class Migrator {
   ): Promise<MigrationResultSet> {
     const modules = await importKysely();
     try {
-      // One connection of db for the whole run: the lock is taken on it, and kysely's Migrator is given a
-      // Kysely bound to it, so its own lock, its transactions and the migrations all run on that session.
+      // One connection of db for the whole run: the lock is taken on it, and kysely's Migrator is given a Kysely
+      // bound to it, so its own lock, its transactions and the migrations all run on that session. kysely returns
+      // its errors: a lock timeout is rejected, so that the core tries the run again (lockRetries).
       const result = await this.#props.db.connection().execute((conn) =>
         lockedRun(
           kyselySessionSource(conn, modules),
           this.#lock,
           async () => {
             await fleetBefore.get(this)?.(kyselyQuery(conn, modules));
-            return migrate(new modules.Migrator({ ...this.#props, db: conn }));
+            return rejectingLockTimeout(await migrate(new modules.Migrator({ ...this.#props, db: conn })));
           },
           // Checked on the lock session before queueing, and while waiting every RECHECK_EVERY_MS (this session
           // cannot hear releases): with nothing pending, no lock is taken. kysely checks again under the lock, so

@@ -1,4 +1,4 @@
-// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,bare,chaos]
+// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,bare,chaos,lock-timeout]
 // The performance suite: against a throwaway embedded PostgreSQL (or BENCH_DATABASE_URL), prints one
 // Markdown table per section, then every target with its measured value, and writes all figures as JSON
 // (bench/results.json, or BENCH_RESULTS / --out). BENCH_SMOKE=1 is --smoke: tiny N, few iterations.
@@ -75,6 +75,9 @@ const config = values.smoke
       fleetSleepSeconds: 0.05,
       fleetSerialSample: 2,
       bareReplicas: 3,
+      lockTimeoutHoldMs: 1500,
+      lockTimeoutMs: 200,
+      lockTimeoutRunners: ['withMigrationLock'],
     }
   : {
       migrations: 60,
@@ -99,6 +102,9 @@ const config = values.smoke
       fleetSleepSeconds: 0.2,
       fleetSerialSample: 10,
       bareReplicas: 8,
+      lockTimeoutHoldMs: 6000,
+      lockTimeoutMs: 500,
+      lockTimeoutRunners: ['withMigrationLock', 'knex'],
     };
 if (values.repeats !== undefined) {
   config.repeats = Number(values.repeats);

@@ -7,6 +7,7 @@ import { bare } from './bare.mjs';
 import { chaos } from './chaos.mjs';
 import { fleet } from './fleet.mjs';
 import { BENCH_KEY, fmtMs, fmtS, median, msBetween, now, percentile, sleep, startReplica, within } from './lib.mjs';
+import { lockTimeout } from './lock-timeout.mjs';
 import { MIGRATORS } from './migrators.mjs';
 
 const slug = (name) => name.replaceAll(/[^a-z0-9]+/g, '_');
@@ -746,4 +747,8 @@ export const SECTIONS = {
     run: bare,
   },
   chaos: { title: 'Chaos: faults to the holder of `run` replicas, and whether their work ever overlapped', run: chaos },
+  'lock-timeout': {
+    title: "Lock timeouts: the app's worst query while a migration is blocked behind a long transaction",
+    run: lockTimeout,
+  },
 };

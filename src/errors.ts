@@ -1,3 +1,4 @@
+import type { Blocker } from './sql/blockers.js';
 import type { Holder } from './status.js';
 
 /** Base class of every error this library throws about the lock itself. */
@@ -31,6 +32,25 @@ export class MigrationLockTimeoutError extends MigrationLockError {
 
 /** The session holding the lock was lost while `fn` ran; `cause` is the connection's own error. */
 export class MigrationLockLostError extends MigrationLockError {}
+
+/**
+ * `lockTimeoutMs`/`lockRetries`: every try of `fn` failed on a lock timeout (SQLSTATE 55P03), the last one too.
+ * `cause` is the last try's own error; `blockers` the sessions that held the table lock it waited for.
+ */
+export class MigrationBlockedError extends MigrationLockError {
+  /** How many times `fn` was called. */
+  readonly tries: number;
+  /** Who blocked the last try (see `Blocker.seen`); empty when none could be found. */
+  readonly blockers: Blocker[];
+  /** The SQLSTATE of the last try's error, so code that looks for 55P03 still finds it. */
+  readonly code = '55P03';
+
+  constructor(message: string, key: bigint, tries: number, blockers: Blocker[], options?: { cause?: unknown }) {
+    super(message, key, null, options);
+    this.tries = tries;
+    this.blockers = blockers;
+  }
+}
 
 /** "backend pid 123 (application_name app-name)": how messages name a holder, its two names labelled. */
 export function describeHolder(holder: Holder | null): string {

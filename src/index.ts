@@ -1,5 +1,6 @@
 export type { ClientSource } from './driver/index.js';
 export {
+  MigrationBlockedError,
   MigrationLockBusyError,
   MigrationLockError,
   MigrationLockLostError,
@@ -35,6 +36,7 @@ export type {
   WaitingInfo,
 } from './lock/options.js';
 export type { Logger } from './logger.js';
+export type { Blocker } from './sql/blockers.js';
 export {
   getLockStatus,
   type Holder,

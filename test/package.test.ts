@@ -22,6 +22,7 @@ test('require() works and loads no migrator', () => {
   expect(exports).toEqual([
     'DEFAULT_LOCK_KEY',
     'KNOWN_KEYS',
+    'MigrationBlockedError',
     'MigrationLockBusyError',
     'MigrationLockError',
     'MigrationLockLostError',

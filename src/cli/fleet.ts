@@ -10,6 +10,7 @@ import { errorMessage } from '../logger.js';
 import { asUrlOrUsage, clientConfig, databaseUrl, type GlobalOptions, parseConnectionString } from './context.js';
 import { CliError, EXIT, InterruptedError, signalExitCode, UsageError } from './errors.js';
 import { Progress, plural, summarize } from './fleet-report.js';
+import { lockTimeoutOptions } from './lock-timeout.js';
 import { type LockFlags, trapSignals, watchParent } from './locking.js';
 import type { Output } from './output.js';
 
@@ -130,7 +131,7 @@ export async function runFleet(
         else running.set(event.target.name, event.target);
         progress.on(event);
       },
-      lock: { timeoutMs: flags.timeout },
+      lock: { timeoutMs: flags.timeout, ...lockTimeoutOptions(flags) },
       logger: {
         info() {},
         // The fleet's own line for a failed target repeats what the progress line says.

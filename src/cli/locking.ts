@@ -7,9 +7,10 @@ import { formatMs } from '../time.js';
 import { busySession, describeActivity, describeActivityToFit } from './activity.js';
 import { type Context, parseDurationArg } from './context.js';
 import { InterruptedError, ParentGoneError } from './errors.js';
+import { type LockTimeoutFlags, lockTimeoutOptions } from './lock-timeout.js';
 import type { Output } from './output.js';
 
-export interface LockFlags {
+export interface LockFlags extends LockTimeoutFlags {
   /** Milliseconds, parsed from a duration. */
   timeout?: number;
   wait: boolean;
@@ -135,6 +136,7 @@ export function lockOptions(
   const options: MigrationLockOptions = {
     wait: flags.wait,
     timeoutMs,
+    ...lockTimeoutOptions(flags),
     signal: abort.signal,
     // On a terminal the holder shown in the live line is refreshed every 2 s; CI logs get a line every 10 s.
     reportEveryMs: out.live ? 2000 : 10_000,

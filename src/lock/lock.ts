@@ -22,6 +22,7 @@ import { fenceOwn } from './fence.js';
 import { type Held, SKIPPED, type Unless } from './holding.js';
 import { type LockContext, type MigrationLockOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { release } from './release.js';
+import { withLockRetries } from './retry.js';
 
 export { SKIPPED, type Unless } from './holding.js';
 
@@ -211,7 +212,8 @@ async function runLocked<T>(
         return tag;
       },
     };
-    value = await holding.within(() => inHolding(tag, () => fn(ctx)));
+    const retrying = { session, source, tag, key, label, options: opts, lost: controller.signal };
+    value = await holding.within(() => inHolding(tag, () => withLockRetries(retrying, () => fn(ctx))));
   } catch (err) {
     fnFailed = true;
     fnError = err;

@@ -1,7 +1,7 @@
 // The options of a lock call and what its hooks receive: types, defaults, and the up-front checks that
 // turn bad options into a TypeError before anything touches the database.
 import type pg from 'pg';
-import type { MigrationLockLostError } from '../errors.js';
+import type { MigrationBlockedError, MigrationLockLostError } from '../errors.js';
 import { type Logger, resolveLogger } from '../logger.js';
 import { checkOptionNames } from '../option-names.js';
 import type { Holder } from '../sql/status.js';
@@ -116,13 +116,39 @@ export interface MigrationLockOptions {
    * @default the key, and whose it is for a key of the key table: `-4853655304891776800 (default key)`
    */
   keyLabel?: string;
+  /**
+   * While `fn` runs, the lock session's `lock_timeout`: a statement of the migration waits at most this long for
+   * a table lock (an `ALTER TABLE` behind a long transaction), instead of making every app query on that table
+   * queue behind it. It bounds lock waits only: a long statement that is not waiting for a lock is not affected.
+   * Other connections `fn` migrates on need it too: give them `-c lock_timeout=<ms>` (the CLI's `run` does, in
+   * PGOPTIONS). A whole number of milliseconds from 1 to 2147483647.
+   * @default undefined (the session's own lock_timeout, usually none)
+   */
+  lockTimeoutMs?: number;
+  /**
+   * When `fn` fails on a lock timeout (SQLSTATE 55P03, looked for through `cause` chains and the wrappers of
+   * knex, TypeORM, Sequelize, MikroORM, drizzle and umzug), call it again, up to this many more times, the
+   * advisory lock held throughout, after a back-off of min(5 s, 100 ms × 2^(n−1)) × a random 0.8 to 1.2 before
+   * retry n. Each failed try is logged at warn with the session that blocked it; after the last, the call rejects
+   * with a {@link MigrationBlockedError} naming it. `fn` must be safe to call again: a migrator's run is (what
+   * failed rolled back with its transaction; what committed is no longer pending).
+   * @default 5 with `lockTimeoutMs`, else 0
+   */
+  lockRetries?: number;
 }
 
-export type ResolvedOptions = Required<Pick<MigrationLockOptions, 'wait' | 'reportEveryMs' | 'pollIntervalMs'>> &
-  Pick<MigrationLockOptions, 'timeoutMs' | 'applicationName' | 'signal' | 'keyLabel'> & {
+export type ResolvedOptions = Required<
+  Pick<MigrationLockOptions, 'wait' | 'reportEveryMs' | 'pollIntervalMs' | 'lockRetries'>
+> &
+  Pick<MigrationLockOptions, 'timeoutMs' | 'applicationName' | 'signal' | 'keyLabel' | 'lockTimeoutMs'> & {
     logger: Logger;
     hooks: LockHooks;
   };
+
+/** `lockRetries` when `lockTimeoutMs` is given without it. */
+export const DEFAULT_LOCK_RETRIES = 5;
+// lock_timeout is an int4 of milliseconds.
+const MAX_LOCK_TIMEOUT_MS = 2_147_483_647;
 
 /** Every option of a lock call: anything else in an options object is a typo, refused by {@link resolveOptions}. */
 export const LOCK_OPTION_NAMES: readonly string[] = [
@@ -135,6 +161,8 @@ export const LOCK_OPTION_NAMES: readonly string[] = [
   'signal',
   'pollIntervalMs',
   'keyLabel',
+  'lockTimeoutMs',
+  'lockRetries',
 ] satisfies (keyof MigrationLockOptions)[];
 const HOOK_NAMES = [
   'onWaiting',
@@ -173,6 +201,9 @@ export function resolveOptions(options: MigrationLockOptions, also: readonly str
   if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
     throw new TypeError('Expected `signal` to be an AbortSignal');
   }
+  const { lockTimeoutMs, lockRetries = lockTimeoutMs === undefined ? 0 : DEFAULT_LOCK_RETRIES } = options;
+  checkCount('lockTimeoutMs', lockTimeoutMs, 1, MAX_LOCK_TIMEOUT_MS, true);
+  checkCount('lockRetries', lockRetries, 0, 1_000, false);
   return {
     wait,
     timeoutMs,
@@ -183,7 +214,18 @@ export function resolveOptions(options: MigrationLockOptions, also: readonly str
     applicationName: options.applicationName,
     signal: options.signal,
     keyLabel: options.keyLabel,
+    lockTimeoutMs,
+    lockRetries,
   };
+}
+
+/** A whole-number option: a TypeError when it is not a number, a RangeError when it is not a whole one in range. */
+function checkCount(name: string, value: unknown, min: number, max: number, optional: boolean): void {
+  if (value === undefined && optional) return;
+  if (typeof value !== 'number') throw new TypeError(`Expected \`${name}\` to be a number, got ${typeof value}`);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new RangeError(`Expected \`${name}\` to be a whole number from ${min} to ${max}, got ${value}`);
+  }
 }
 
 /** A duration option in milliseconds: a finite number of at least `min` (or absent, when optional). */

@@ -139,8 +139,8 @@ async function turnTimeoutsOff(session: Held['session'], tries = 10): Promise<bo
   return false;
 }
 
-/** Rolls back a transaction block fn left open (or aborted) on the lock session, with a warning saying so. */
-async function endLeftTransaction({ session }: Held, logger: Logger): Promise<void> {
+/** Whether the session sits in a transaction block (open or aborted). */
+export async function inTransactionBlock(session: Held['session']): Promise<boolean> {
   // The driver may know from the server's last ReadyForQuery; if not, the server is asked (one more round trip).
   let open = session.inTransaction?.();
   if (open === undefined) {
@@ -152,7 +152,12 @@ async function endLeftTransaction({ session }: Held, logger: Logger): Promise<vo
     if (!open)
       [{ in_block: open }] = (await session.query<{ in_block: boolean }>(inBlockSql)) as [{ in_block: boolean }];
   }
-  if (!open) return;
+  return open;
+}
+
+/** Rolls back a transaction block fn left open (or aborted) on the lock session, with a warning saying so. */
+async function endLeftTransaction({ session }: Held, logger: Logger): Promise<void> {
+  if (!(await inTransactionBlock(session))) return;
   logger.warn(
     'fn left a transaction open on the lock session: rolling it back, since its work was not committed under the lock (a COMMIT after the unlock would be outside it); commit inside fn',
   );

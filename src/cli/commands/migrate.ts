@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { createContext } from '../context.js';
 import { signalExitCode } from '../errors.js';
 import { addFleetFlags, type FleetFlags, isFleet, runFleet } from '../fleet.js';
+import { addLockTimeoutFlags } from '../lock-timeout.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import { MIGRATORS } from '../migrators/index.js';
 import type { Applied, CliMigrator } from '../migrators/types.js';
@@ -21,6 +22,7 @@ Examples:
   $ pg-migration-lock migrate knex --knexfile knexfile.cjs --env production
   $ pg-migration-lock migrate node-pg-migrate -m migrations -t pgmigrations
   $ pg-migration-lock migrate drizzle --migrations-folder ./drizzle --timeout 5m
+  $ pg-migration-lock migrate knex --lock-timeout 2s --lock-retries 10
   $ pg-migration-lock migrate typeorm -d dist/data-source.js
 
 A fleet (many databases or tenant schemas), each target under a lock of its own, a few at a time:
@@ -49,7 +51,9 @@ A fleet (many databases or tenant schemas), each target under a lock of its own,
   for (const migrator of MIGRATORS) {
     const { description, after } = migrator.help.migrate;
     const command = migrator.flags(migrate.command(migrator.name).description(description), 'migrate');
-    addFleetFlags(addLockFlags(command.addHelpText('after', after))).action(action(migrator));
+    addFleetFlags(addLockTimeoutFlags(addLockFlags(command.addHelpText('after', after)), false)).action(
+      action(migrator),
+    );
   }
 
   return migrate;

@@ -13,6 +13,13 @@ import { errorMessage } from '../../logger.js';
 import { portsSeen } from '../../sql/fencing.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
 import { CliError, InterruptedError, signalExitCode } from '../errors.js';
+import {
+  addLockTimeoutFlags,
+  type CmdLockTimeout,
+  cmdLockTimeout,
+  cmdLockTimeoutOf,
+  withLockTimeout,
+} from '../lock-timeout.js';
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import type { Output } from '../output.js';
 import type { ReaperMessage } from '../reaper.js';
@@ -41,16 +48,22 @@ interface Cmd {
  * Starts CMD, under a reaper that kills CMD's group if this process dies. With `tag`, CMD gets the holding's tag as
  * `PGAPPNAME` (and as `application_name` in a `DATABASE_URL` it reads), so the next holder can stop its statements.
  */
-function startCmd(file: string, args: string[], tag: string | undefined, shown: string): Cmd {
+function startCmd(file: string, args: string[], tag: string | undefined, shown: string, lt: CmdLockTimeout): Cmd {
   const env: NodeJS.ProcessEnv = { ...process.env };
   if (tag !== undefined) {
     env.PGAPPNAME = tag;
     if (env.DATABASE_URL) env.DATABASE_URL = withSearchParam(asUrl(env.DATABASE_URL), 'application_name', tag);
   }
+  if (lt.ms !== undefined) env.PGOPTIONS = withLockTimeout(env.PGOPTIONS, lt.ms);
   const reaper = spawn(process.execPath, [REAPER, file, ...args], {
-    stdio: ['inherit', 'inherit', 'inherit', 'pipe'],
+    // With a lock timeout, CMD's stderr is passed through here, to tell a failure by lock timeout (lock-timeout.ts).
+    stdio: ['inherit', 'inherit', lt.scan ? 'pipe' : 'inherit', 'pipe'],
     detached: true,
     env,
+  });
+  reaper.stderr?.on('data', (chunk: Buffer) => {
+    process.stderr.write(chunk);
+    lt.scan?.feed(chunk);
   });
   const group = reaper.pid!;
   const signal = (sig: NodeJS.Signals) => {
@@ -143,7 +156,7 @@ function spawnError(err: NodeJS.ErrnoException, file: string, shown: string): Cl
 }
 
 export function registerRun(program: Command, out: Output): Command {
-  return addLockFlags(
+  const run = addLockFlags(
     program
       .command('run')
       .summary('hold the lock while a command runs (any migrator)')
@@ -151,7 +164,8 @@ export function registerRun(program: Command, out: Output): Command {
         "Take the lock, run CMD with the same stdio, and release the lock when it exits. Exits with CMD’s exit code (128+n if a signal killed it). SIGINT and SIGTERM are forwarded to CMD, once. CMD gets the holding's fencing tag as PGAPPNAME (and as application_name in DATABASE_URL), so the next holder terminates whatever statement of it is still running before it starts. If the lock session is lost while CMD runs, CMD is stopped (and its tagged statements terminated) and the command fails (exit 1). If this process is killed, CMD's process group is killed with it. If the process that started this one goes away (an npx wrapper or CI runner killed), CMD gets SIGTERM (SIGKILL after 10 s) and the lock is released. A CMD that cannot be run exits 127 (not found) or 126 (not executable), without taking the lock.",
       )
       .argument('<cmd...>', 'the command and its arguments (put them after --)'),
-  )
+  );
+  return addLockTimeoutFlags(run, true)
     .passThroughOptions()
     .addHelpText(
       'after',
@@ -159,7 +173,8 @@ export function registerRun(program: Command, out: Output): Command {
 Examples:
   $ pg-migration-lock run -- npx prisma migrate deploy
   $ pg-migration-lock run --timeout 5m -- dbmate up
-  $ pg-migration-lock run --name billing --no-wait -- npx sequelize-cli db:migrate`,
+  $ pg-migration-lock run --name billing --no-wait -- npx sequelize-cli db:migrate
+  $ pg-migration-lock run --lock-timeout 2s --lock-retries 10 -- npx prisma migrate deploy`,
     )
     .action(async (argv: string[], flags: LockFlags, command: Command) => {
       const ctx = createContext(command, out);
@@ -203,7 +218,8 @@ Examples:
               );
             }
             lockLost.throwIfAborted();
-            const running = startCmd(file, args, direct ? tag : undefined, shown);
+            const lt = cmdLockTimeoutOf(flags);
+            const running = startCmd(file, args, direct ? tag : undefined, shown, lt);
             cmd = running;
             // The core reports the loss as it happens, and terminates CMD's tagged statements; the final error
             // says what became of CMD.
@@ -214,6 +230,8 @@ Examples:
               out.event(code === 0 ? 'info' : 'warn', 'run.exited', `${shown} exited with code ${code}`, {
                 exitCode: code,
               });
+              // Failed on a lock timeout: the core runs CMD again (or names the blocker after the last try).
+              if (code !== 0 && lt.scan?.matched) throw cmdLockTimeout(shown, code);
               return code;
             } finally {
               lockLost.removeEventListener('abort', onLost);
