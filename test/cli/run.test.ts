@@ -169,14 +169,15 @@ describe('when another process holds the lock', () => {
     async () => {
       const holder = await holdLock(url, DEFAULT_LOCK_KEY);
       try {
-        const cmd = startOnTerminal(run('--timeout', '1500ms', '--', 'true'), { env });
+        // 3 s: the redraw at 1 s has two seconds to come on a busy machine.
+        const cmd = startOnTerminal(run('--timeout', '3s', '--', 'true'), { env });
         const { code, stdout } = await cmd.exited;
         expect(code).toBe(75);
         expect(stdout).toContain(
-          `\r\x1b[2K⏳ Held by backend pid ${holder.pid} (application_name cli-test-holder): waiting 0s of 1.5s for the migration lock`,
+          `\r\x1b[2K⏳ Held by backend pid ${holder.pid} (application_name cli-test-holder): waiting 0s of 3.0s for the migration lock`,
         );
         expect(stdout).toContain(
-          `\r\x1b[2K⏳ Held by backend pid ${holder.pid} (application_name cli-test-holder): waiting 1s of 1.5s for the migration lock`,
+          `\r\x1b[2K⏳ Held by backend pid ${holder.pid} (application_name cli-test-holder): waiting 1s of 3.0s for the migration lock`,
         );
         expect(stdout).toContain('error: Timed out');
       } finally {

@@ -4,13 +4,11 @@ import type { Socket } from 'node:net';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
-import pg from 'pg';
 import { asUrl } from '../../driver/conninfo.js';
-import { connectionConfig, pgQuery, withSearchParam } from '../../driver/pg.js';
+import { withSearchParam } from '../../driver/pg.js';
 import { MigrationLockLostError } from '../../errors.js';
 import { withMigrationLock } from '../../lock/lock.js';
 import { errorMessage } from '../../logger.js';
-import { portsSeen } from '../../sql/fencing.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
 import { CliError, InterruptedError, signalExitCode } from '../errors.js';
 import {
@@ -23,6 +21,7 @@ import {
 import { addLockFlags, type LockFlags, lockOptions } from '../locking.js';
 import type { Output } from '../output.js';
 import type { ReaperMessage } from '../reaper.js';
+import { cmdDatabase, cmdDatabaseName, reachesServerDirectly } from './cmd-database.js';
 
 /**
  * How long CMD gets to exit after SIGTERM when the lock is lost or the CLI's parent is gone, before SIGKILL:
@@ -250,65 +249,4 @@ Examples:
         lock.dispose();
       }
     });
-}
-
-/** Where CMD connects, as far as this process can tell: its DATABASE_URL, else the PG* variables, else the lock's URL. */
-function cmdDatabase(lockUrl: string): pg.ClientConfig {
-  const { DATABASE_URL, PGHOST, PGPORT } = process.env;
-  if (DATABASE_URL) return { connectionString: asUrl(DATABASE_URL) };
-  return PGHOST || PGPORT ? {} : { connectionString: lockUrl };
-}
-const cmdDatabaseName = () =>
-  process.env.DATABASE_URL
-    ? 'DATABASE_URL'
-    : process.env.PGHOST || process.env.PGPORT
-      ? 'PGHOST/PGPORT'
-      : '--database-url';
-
-/**
- * Whether connections to `database` reach the PostgreSQL server itself, not a pooler or proxy in front of it
- * (PgBouncer, Supavisor, PgDog, RDS Proxy, a port forward): the server must see this very connection, that is, the
- * client port it reports must be this socket's own (over a Unix socket, the port in the socket's name must be the
- * server's). Through a pooler it sees the pooler's connection instead.
- */
-/**
- * `portsSeen`, tried again when the role's own statement_timeout cancels it (a timeout of a millisecond on a
- * busy server can): this connection is only asked, never changed, so the timeout is left as the role set it.
- */
-async function portsSeenRetried(query: ReturnType<typeof pgQuery>): ReturnType<typeof portsSeen> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await portsSeen(query);
-    } catch (err) {
-      if ((err as { code?: string }).code !== '57014' || attempt >= 10) throw err;
-    }
-  }
-}
-
-async function reachesServerDirectly(database: pg.ClientConfig): Promise<{ direct: boolean; why: string }> {
-  const client = new pg.Client(connectionConfig(database));
-  client.on('error', () => {});
-  await client.connect();
-  try {
-    const seen = await portsSeenRetried(pgQuery(client));
-    const socket = (client as unknown as { connection?: { stream?: Socket } }).connection?.stream;
-    const own = socket?.localPort;
-    if (own !== undefined) {
-      return seen.clientPort === own
-        ? { direct: true, why: '' }
-        : {
-            direct: false,
-            why: `is reached through a pooler or proxy: the server sees client port ${seen.clientPort}, not this connection's ${own}`,
-          };
-    }
-    const port = (client as unknown as { port?: number }).port;
-    return String(port) === seen.port
-      ? { direct: true, why: '' }
-      : {
-          direct: false,
-          why: `is reached through a pooler: its socket is for port ${port}, the server's is ${seen.port}`,
-        };
-  } finally {
-    await client.end().catch(() => {});
-  }
 }
