@@ -112,15 +112,21 @@ export function runtimeTests(runtime: Runtime, skip: boolean) {
     async () => {
       const orphan = spawn('orphan', form, '14');
       const work = Number((await waitFor(() => /work (\d+)/.exec(orphan.output()), 15_000, 'the tagged work'))![1]);
+      const sleeping = () =>
+        withClient(url, async (c) => {
+          const sql = "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'";
+          return (await c.query(sql, [work])).rows.length;
+        });
+      // Killed once the work's statement runs (an idle backend would end with its client's socket).
+      await waitFor(sleeping, 10_000, 'the work to sleep');
       orphan.child.kill('SIGKILL');
       await orphan.exited;
       // The work goes on sleeping after its process died: only fencing ends it.
-      const alive = () =>
-        withClient(url, async (c) => (await c.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [work])).rowCount);
-      expect(await alive()).toBe(1);
+      expect(await sleeping(), orphan.output()).toBe(1);
       const next = spawn('hold', form, '14');
       await acquiredPid(next);
-      expect(await alive()).toBe(0);
+      expect(next.output()).toMatch(new RegExp(`terminated pid ${work}; starting`));
+      expect(await sleeping()).toBe(0);
       next.child.stdin?.write('end\n');
       expect((await next.exited).stdout).toMatch(/settled value/);
     },

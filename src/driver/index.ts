@@ -12,6 +12,8 @@ export type {
   BunSql,
   BunSqlReserved,
   ClientSource,
+  PgCompatibleClient,
+  PgCompatiblePool,
   PostgresJsReservedSql,
   PostgresJsSql,
   Query,
