@@ -4,7 +4,18 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { expect, test } from 'vitest';
-import { createTestDatabase, lockRows, skipUnlessRequired, spawnProcess, waitFor, withClient } from './helpers.js';
+import { DEFAULT_LOCK_KEY } from '../src/index.js';
+import { expectMigratedOnLockSession } from './adapters/race-report.js';
+import { appliedMigrations } from './fixtures/adapters/race.mjs';
+import {
+  createTestDatabase,
+  fixture,
+  lockRows,
+  skipUnlessRequired,
+  spawnProcess,
+  waitFor,
+  withClient,
+} from './helpers.js';
 import { runtimeTests, WORKER } from './runtimes.js';
 
 const BUN = fileURLToPath(new URL('../node_modules/.bin/bun', import.meta.url));
@@ -100,3 +111,18 @@ test.skipIf(skip)('the CLI under Bun killed by SIGKILL: its reaper kills CMD, an
   await waitFor(gone, 10_000, 'CMD to be killed');
   await waitFor(async () => (await lockRows(url, 22n)).length === 0, 10_000, 'the lock to be freed');
 });
+
+test.skipIf(skip)(
+  "drizzle's bun-sql migrator through pg-migration-lock/drizzle: 4 Bun processes apply each migration once, on the lock session",
+  async () => {
+    const url = await createTestDatabase();
+    const replicas = Array.from({ length: 4 }, () => bun([fixture('drizzle/race-bun-sql.mjs')], { DATABASE_URL: url }));
+    const exits = await Promise.all(replicas.map((replica) => replica.exited));
+    expect(exits.map((e) => [e.code, e.stderr])).toEqual(exits.map(() => [0, '']));
+    const results = exits.map((e) => JSON.parse(/^RESULT (.*)$/m.exec(e.stdout)![1]!) as { locked: boolean });
+    // The first holder applies all three; the others find nothing left, before or after waiting.
+    expect(results.filter((r) => r.locked).length).toBeGreaterThanOrEqual(1);
+    expect(await appliedMigrations(url, 'drizzle')).toEqual({ total: 3, distinct: 3 });
+    await expectMigratedOnLockSession(url, DEFAULT_LOCK_KEY);
+  },
+);
