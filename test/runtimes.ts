@@ -73,39 +73,61 @@ export function runtimeTests(runtime: Runtime, skip: boolean) {
     },
   );
 
-  test.skipIf(skip)(
-    `${form}: a waiter whose session is terminated reconnects and waits on; LISTEN wakes it at the release (it polls every 60 s)`,
-    async () => {
-      let release = () => {};
-      const released = new Promise<void>((resolve) => (release = resolve));
-      const holding = withMigrationLock(url, 13n, () => released, { logger: null });
-      await waitFor(async () => (await lockRows(url, 13n)).length === 1);
-      await resetSectionTables(url);
-      const waiter = spawn('section', form, '13', { PGML_POLL_MS: '60000' });
-      const first = await waitFor(async () => (await getLockStatus(url, 13n)).waiters[0]?.pid, 15_000, 'the waiter');
-      await terminate(url, first!);
-      await waitFor(
-        () => /warn Lost the connection while waiting for migration lock 13 .*reconnecting in/.test(waiter.output()),
-        15_000,
-        'the reconnect',
-      );
-      const second = await waitFor(
-        async () => (await getLockStatus(url, 13n)).waiters[0]?.pid,
-        15_000,
-        'the waiter again',
-      );
-      expect(second).not.toBe(first);
+  /** Holds key `key` in this process until the returned function is called (and resolves when released). */
+  const holdHere = async (key: bigint) => {
+    let release = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const holding = withMigrationLock(url, key, () => released, { logger: null });
+    await waitFor(async () => (await lockRows(url, key)).length === 1);
+    return () => {
       release();
-      await holding;
-      // Far sooner than its next poll: the release's NOTIFY reached it on its new session.
-      const exited = await Promise.race([
-        waiter.exited,
-        new Promise<undefined>((r) => setTimeout(() => r(undefined), 20_000)),
-      ]);
-      expect(exited?.stdout.trim().split('\n').at(-1)).toBe('settled ran');
+      return holding;
+    };
+  };
+  const waiterPid = (key: bigint, what: string) =>
+    waitFor(async () => (await getLockStatus(url, key)).waiters[0]?.pid, 15_000, what);
+
+  test.skipIf(skip)(
+    `${form}: a waiter whose session is terminated reconnects, waits on, and runs after the release`,
+    async () => {
+      const release = await holdHere(13n);
+      await resetSectionTables(url);
+      const waiter = spawn('section', form, '13');
+      const first = await waiterPid(13n, 'the waiter');
+      await terminate(url, first!);
+      const reconnect = /warn Lost the connection while waiting for migration lock 13 .*reconnecting in/;
+      await waitFor(() => reconnect.test(waiter.output()), 15_000, 'the reconnect');
+      expect(await waiterPid(13n, 'the waiter again')).not.toBe(first);
+      await release();
+      expect((await waiter.exited).stdout.trim().split('\n').at(-1)).toBe('settled ran');
       await expectSerialSections(url, 1);
     },
   );
+
+  test.skipIf(skip)(`${form}: LISTEN wakes a waiter at the release (it polls only every 60 s)`, async () => {
+    const release = await holdHere(16n);
+    await resetSectionTables(url);
+    const waiter = spawn('section', form, '16', { PGML_POLL_MS: '60000' });
+    const pid = await waiterPid(16n, 'the waiter');
+    // Released once the waiter has tried and sleeps (its session idle after a try), not before its first try.
+    await waitFor(
+      () =>
+        withClient(url, async (c) => {
+          const sql = `SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'idle' AND query LIKE '%pg_try_advisory_lock(%'`;
+          return (await c.query(sql, [pid])).rows.length === 1;
+        }),
+      15_000,
+      'the waiter to sleep',
+    );
+    await release();
+    // Far sooner than its next try: the release's NOTIFY reached it.
+    const exited = await Promise.race([
+      waiter.exited,
+      new Promise<undefined>((r) => setTimeout(() => r(undefined), 20_000)),
+    ]);
+    if (!exited) waiter.child.kill();
+    expect(exited?.stdout.trim().split('\n').at(-1)).toBe('settled ran');
+  });
 
   test.skipIf(skip)(
     `${form}: a new holder terminates the tagged work an orphaned (SIGKILLed) holding left running`,
