@@ -6,7 +6,7 @@
 // reserved sql has `reserve` too (postgres.js would take it for a pool), its transaction sql has `reserve` and
 // no `release`, its errors carry the SQLSTATE in `errno`, and it tells of a closed connection only through the
 // pool's `onclose` option, for any connection of the pool, without saying which.
-import { endsSession } from './errors.js';
+import { codeOf, endsSession } from './errors.js';
 import type { BunSql, BunSqlReserved, Session, SessionSource } from './types.js';
 
 /** An instance of the running Bun's `SQL` (root, reserved or transaction sql); always false under Node. */
@@ -79,13 +79,14 @@ function onPoolClose(sql: BunSqlReserved, onClose: () => void): () => void {
 /**
  * A server's error with its SQLSTATE as `code`, as pg and postgres.js give it (Bun says ERR_POSTGRES_SERVER_ERROR
  * there, and the SQLSTATE in `errno`): the lock reads codes such as 57014 (its own cancel) from our statements'
- * errors. Only our own statements' errors are changed; fn's are the caller's, as Bun made them.
+ * errors. Only our own statements' errors are changed (a closed connection may answer ours with the very error
+ * it gave fn, though).
  */
 function withSqlState(error: unknown): unknown {
-  const e = error as { code?: unknown; errno?: unknown } | null;
-  if (e?.code === 'ERR_POSTGRES_SERVER_ERROR' && typeof e.errno === 'string') {
+  const sqlState = codeOf(error);
+  if (error !== null && typeof error === 'object' && sqlState !== (error as { code?: unknown }).code) {
     try {
-      Object.defineProperty(e, 'code', { value: e.errno, configurable: true, writable: true, enumerable: true });
+      Object.defineProperty(error, 'code', { value: sqlState, configurable: true, writable: true, enumerable: true });
     } catch {
       // A frozen error keeps Bun's code; errors.ts reads errno then.
     }

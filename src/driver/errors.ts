@@ -12,12 +12,13 @@ const LOST =
 export const UNANSWERED = 'ERR_PG_MIGRATION_LOCK_UNANSWERED';
 
 /**
- * The error's code: its SQLSTATE for a server's error. Bun SQL puts that in `errno`, under the code
- * ERR_POSTGRES_SERVER_ERROR.
+ * The error's code: its SQLSTATE for a server's error. Bun SQL puts that in `errno` (1.4; `sqlState` in its
+ * types), under the code ERR_POSTGRES_SERVER_ERROR.
  */
-const codeOf = (err: unknown) => {
-  const { code, errno } = (err ?? {}) as { code?: unknown; errno?: unknown };
-  return code === 'ERR_POSTGRES_SERVER_ERROR' && typeof errno === 'string' ? errno : code;
+export const codeOf = (err: unknown) => {
+  const { code, errno, sqlState } = (err ?? {}) as { code?: unknown; errno?: unknown; sqlState?: unknown };
+  if (code !== 'ERR_POSTGRES_SERVER_ERROR') return code;
+  return typeof sqlState === 'string' ? sqlState : typeof errno === 'string' ? errno : code;
 };
 const messageOf = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
