@@ -4,6 +4,7 @@ import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrat
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
 import { importDrizzle, onReserved, type ReadMigrationFiles } from './drizzle/drivers.js';
+import { type BunSql, isBunSql } from './kit/drivers.js';
 import {
   type CheckedLock,
   type ClientSource,
@@ -47,6 +48,9 @@ export type DrizzlePostgresJsDatabase = PgDatabase<PgQueryResultHKT, Record<stri
   $client: PostgresJsSql;
 };
 
+/** A drizzle `bun-sql` database (`drizzle({ client: sql })` from 'drizzle-orm/bun-sql', under Bun), typed by its shape. */
+export type DrizzleBunSqlDatabase = PgDatabase<PgQueryResultHKT, Record<string, unknown>> & { $client: BunSql };
+
 /**
  * drizzle's `migrate(db, config)` (node-postgres or postgres-js) under a PostgreSQL advisory lock: replicas
  * that start at once apply each migration once, one after the other. The migration runs through a drizzle instance over
@@ -54,7 +58,8 @@ export type DrizzlePostgresJsDatabase = PgDatabase<PgQueryResultHKT, Record<stri
  * connections), so lock and migration share fate.
  *
  * @param db a drizzle `node-postgres` database, over a `pg.Pool` or a connected `pg.Client`, or a drizzle
- *   `postgres-js` database over a postgres.js `sql` (one connection is reserved for the migration).
+ *   `postgres-js` database over a postgres.js `sql` (one connection is reserved for the migration), or under Bun a
+ *   drizzle `bun-sql` database over Bun's `SQL` (likewise).
  * @param config drizzle's migrate config plus `lock`.
  * @param lock the lock options, if you prefer them out of `config`; they win over `config.lock`.
  *
@@ -64,7 +69,7 @@ export type DrizzlePostgresJsDatabase = PgDatabase<PgQueryResultHKT, Record<stri
  * await migrate(db, { migrationsFolder: './drizzle' });
  */
 export async function migrate(
-  db: Parameters<typeof drizzleMigrate>[0] | DrizzlePostgresJsDatabase,
+  db: Parameters<typeof drizzleMigrate>[0] | DrizzlePostgresJsDatabase | DrizzleBunSqlDatabase,
   config: DrizzleMigrateConfig,
   lock?: DrizzleLockOptions,
 ): Promise<void> {
@@ -119,7 +124,7 @@ async function migrateLocked(
  * const tags = await pending(db, { migrationsFolder: './drizzle' }); // e.g. ['0007_add_orders']
  */
 export async function pending(
-  db: Parameters<typeof drizzleMigrate>[0] | DrizzlePostgresJsDatabase,
+  db: Parameters<typeof drizzleMigrate>[0] | DrizzlePostgresJsDatabase | DrizzleBunSqlDatabase,
   config: DrizzleMigrateConfig,
 ): Promise<string[]> {
   const target = drizzleTarget(db);
@@ -171,6 +176,17 @@ function clientTarget(client: unknown, logger: DrizzleLogger | undefined) {
   const withLogger = logger ? { logger } : {};
   type MigrateOn = (session: unknown, config: Parameters<typeof drizzleMigrate>[1]) => Promise<void>;
   type Loaded = { migrateOn: MigrateOn; readMigrationFiles: ReadMigrationFiles };
+  if (isBunSql(client)) {
+    // drizzle's bun-sql migrator runs on the reserved connection as it is (Bun's reserved SQL has `begin`).
+    return {
+      source: client as ClientSource,
+      load: async (): Promise<Loaded> => {
+        const { drizzle, run, readMigrationFiles } = await importDrizzle('bun-sql');
+        const migrateOn: MigrateOn = (session, config) => run(drizzle({ client: session, ...withLogger }), config);
+        return { migrateOn, readMigrationFiles };
+      },
+    };
+  }
   if (isPostgresJs(client) && typeof (client as Partial<PostgresJsSql>).reserve === 'function') {
     const sql = client as PostgresJsSql & { options: object };
     return {
@@ -198,7 +214,7 @@ function clientTarget(client: unknown, logger: DrizzleLogger | undefined) {
     };
   }
   throw new TypeError(
-    "pg-migration-lock/drizzle: expected a drizzle node-postgres database (drizzle(pool) or drizzle({ client }) from 'drizzle-orm/node-postgres') or a drizzle postgres-js database (drizzle(sql) from 'drizzle-orm/postgres-js')",
+    "pg-migration-lock/drizzle: expected a drizzle node-postgres database (drizzle(pool) or drizzle({ client }) from 'drizzle-orm/node-postgres') or a drizzle postgres-js database (drizzle(sql) from 'drizzle-orm/postgres-js'), or under Bun a drizzle bun-sql database (drizzle({ client: sql }) from 'drizzle-orm/bun-sql')",
   );
 }
 

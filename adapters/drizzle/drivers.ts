@@ -1,4 +1,4 @@
-// drizzle's two drivers (node-postgres, postgres.js) and their migrators, loaded only when used, and a reserved
+// drizzle's three drivers (node-postgres, postgres.js, Bun's SQL) and their migrators, loaded only when used, and a reserved
 // postgres.js connection dressed as the client drizzle's postgres-js session expects.
 import { importPeer, type PostgresJsReservedSql } from '../kit.js';
 
@@ -34,7 +34,7 @@ export function onReserved(reserved: PostgresJsReservedSql, options: object) {
 }
 
 /** drizzle's driver and migrator for `driver`, loaded only now: importing this adapter loads neither. */
-export async function importDrizzle<D extends 'node-postgres' | 'postgres-js'>(driver: D) {
+export async function importDrizzle<D extends 'node-postgres' | 'postgres-js' | 'bun-sql'>(driver: D) {
   const [[{ drizzle }, { migrate: run }], { readMigrationFiles }] = await Promise.all([
     driver === 'postgres-js'
       ? importPeer('drizzle', 'postgres', () =>
@@ -42,9 +42,13 @@ export async function importDrizzle<D extends 'node-postgres' | 'postgres-js'>(d
             Promise.all([import('drizzle-orm/postgres-js'), import('drizzle-orm/postgres-js/migrator')]),
           ),
         )
-      : importPeer('drizzle', 'drizzle-orm', () =>
-          Promise.all([import('drizzle-orm/node-postgres'), import('drizzle-orm/node-postgres/migrator')]),
-        ),
+      : driver === 'bun-sql'
+        ? importPeer('drizzle', 'drizzle-orm', () =>
+            Promise.all([import('drizzle-orm/bun-sql'), import('drizzle-orm/bun-sql/migrator')]),
+          )
+        : importPeer('drizzle', 'drizzle-orm', () =>
+            Promise.all([import('drizzle-orm/node-postgres'), import('drizzle-orm/node-postgres/migrator')]),
+          ),
     importPeer('drizzle', 'drizzle-orm', () => import('drizzle-orm/migrator')),
   ]);
   // Each driver's migrator takes its own driver's db: the caller picked the pair.
@@ -52,13 +56,22 @@ export async function importDrizzle<D extends 'node-postgres' | 'postgres-js'>(d
     drizzle,
     run,
     readMigrationFiles: readMigrationFiles as ReadMigrationFiles,
-  } as unknown as (D extends 'postgres-js' ? PostgresJsDrizzle : NodePgDrizzle) & {
+  } as unknown as (D extends 'postgres-js'
+    ? PostgresJsDrizzle
+    : D extends 'bun-sql'
+      ? BunSqlDrizzle
+      : NodePgDrizzle) & {
     readMigrationFiles: ReadMigrationFiles;
   };
 }
 type PostgresJsDrizzle = {
   drizzle: typeof import('drizzle-orm/postgres-js').drizzle;
   run: typeof import('drizzle-orm/postgres-js/migrator').migrate;
+};
+// Typed by its shape: drizzle's bun-sql types need Bun's own, which users on Node do not have.
+type BunSqlDrizzle = {
+  drizzle: (config: { client: unknown; logger?: unknown }) => unknown;
+  run: (db: unknown, config: { migrationsFolder: string }) => Promise<void>;
 };
 type NodePgDrizzle = {
   drizzle: typeof import('drizzle-orm/node-postgres').drizzle;

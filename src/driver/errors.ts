@@ -1,17 +1,25 @@
 // The one place that says what a driver's error means for the lock: a connection that broke, a server
-// that is not there yet, or a failure to connect at all. pg and postgres.js errors alike.
+// that is not there yet, or a failure to connect at all. pg, postgres.js and Bun SQL errors alike.
 
 // SQLSTATE classes and codes of a connection that broke or a server that is not there (yet): 08 connection
 // exception, 57P01–57P05 admin/crash shutdown, "cannot connect now", a dropped database and idle_session_timeout, 25P03
 // idle_in_transaction_session_timeout, 53300 too many connections; Node's errno codes (ECONNRESET…);
-// postgres.js' own codes for a connection that closed, was cut, or could not connect in time.
+// postgres.js' own codes for a connection that closed, was cut, or could not connect in time; Bun SQL's.
 const LOST =
-  /^(08...|57P0[1-5]|25P03|53300|E[A-Z]+|CONNECTION_(CLOSED|DESTROYED|ENDED)|CONNECT_TIMEOUT|ERR_PG_MIGRATION_LOCK_UNANSWERED)$/;
+  /^(08...|57P0[1-5]|25P03|53300|E[A-Z]+|CONNECTION_(CLOSED|DESTROYED|ENDED)|CONNECT_TIMEOUT|ERR_PG_MIGRATION_LOCK_UNANSWERED|ERR_POSTGRES_(CONNECTION_(CLOSED|TIMEOUT|REFUSED)|IDLE_TIMEOUT|LIFETIME_TIMEOUT))$/;
 
 /** The code our own "the session did not answer in time" error carries: it counts as a lost connection. */
 export const UNANSWERED = 'ERR_PG_MIGRATION_LOCK_UNANSWERED';
 
-const codeOf = (err: unknown) => (err as { code?: unknown } | null)?.code;
+/**
+ * The error's code: its SQLSTATE for a server's error. Bun SQL puts that in `errno` (1.4; `sqlState` in its
+ * types), under the code ERR_POSTGRES_SERVER_ERROR.
+ */
+export const codeOf = (err: unknown) => {
+  const { code, errno, sqlState } = (err ?? {}) as { code?: unknown; errno?: unknown; sqlState?: unknown };
+  if (code !== 'ERR_POSTGRES_SERVER_ERROR') return code;
+  return typeof sqlState === 'string' ? sqlState : typeof errno === 'string' ? errno : code;
+};
 const messageOf = (err: unknown) => (err instanceof Error ? err.message : String(err));
 
 /**
@@ -33,8 +41,9 @@ export function isServerStartingUp(err: unknown): boolean {
 
 // Errors raised while opening a connection: network errno codes, SQLSTATE classes 08 (connection
 // exception), 28 (authentication), 3D000 (no such database), 57P03 (server starting up).
+// (and Bun SQL's own codes for a refused, timed-out or failed connect or authentication).
 const CONNECT =
-  /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|08...|28...|3D000|57P03)$/;
+  /^(ECONNREFUSED|ECONNRESET|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|08...|28...|3D000|57P03|ERR_POSTGRES_(CONNECTION_(REFUSED|TIMEOUT)|TLS_.*|AUTHENTICATION_.*|UNSUPPORTED_AUTHENTICATION_METHOD))$/;
 
 /** The error says we could not connect (unreachable, refused, authentication, no such database, TLS). */
 export function isConnectFailure(err: unknown): boolean {

@@ -1,13 +1,19 @@
 // Which driver a client source belongs to: checks its shape without touching the network (bad input fails
 // before any query, naming what was passed), then hands it to that driver's session source.
 import type pg from 'pg';
+import { bunSqlSource, checkBunSql, isBunSql } from './bun-sql.js';
 import { isConninfo, parseConninfo } from './conninfo.js';
+import { isNeonHttp, NEON_HTTP_REFUSED } from './neon.js';
 import { isPgClient, isPgPool, isUnconnected, pgSource } from './pg.js';
 import { isPostgresJs, postgresJsSource } from './postgres-js.js';
 import type { ClientSource, Prepared, Session, SessionOptions, SessionSource } from './types.js';
 
 export type {
+  BunSql,
+  BunSqlReserved,
   ClientSource,
+  PgCompatibleClient,
+  PgCompatiblePool,
   PostgresJsReservedSql,
   PostgresJsSql,
   Prepared,
@@ -19,7 +25,7 @@ export type {
 } from './types.js';
 
 const EXPECTED =
-  'a pg.Pool, a connected pg.Client, a connection string (a URL or libpq keyword/value), a pg client config or a postgres.js sql';
+  'a pg.Pool, a connected pg.Client, a connection string (a URL or libpq keyword/value), a pg client config, a postgres.js sql or a Bun SQL';
 const EXAMPLE_URL = 'postgres://user:password@host:5432/database';
 
 // What a plain pg client config may hold (pg's ClientConfig and ConnectionParameters): anything else in a
@@ -72,6 +78,9 @@ export function checkSource(source: unknown): asserts source is ClientSource {
     checkConnectionString(source);
     return;
   }
+  // Bun's SQL looks like a postgres.js sql, and Neon's HTTP function too: both are told apart first.
+  if (isBunSql(source)) return checkBunSql(source);
+  if (isNeonHttp(source)) throw new TypeError(NEON_HTTP_REFUSED);
   if (isPostgresJs(source)) return;
   if (source === null || typeof source !== 'object' || Array.isArray(source)) {
     throw new TypeError(`Expected \`client\` to be ${EXPECTED}, got ${describe(source)}`);
@@ -161,6 +170,7 @@ function checkConnectionString(text: string): void {
 /** Where sessions of `source` come from. Validates its shape first, without touching the network. */
 export function sessionSource(source: unknown, options: SessionOptions = {}): SessionSource {
   checkSource(source);
+  if (isBunSql(source)) return bunSqlSource(source);
   return isPostgresJs(source) ? postgresJsSource(source) : pgSource(source as pg.Pool | pg.ClientConfig, options);
 }
 

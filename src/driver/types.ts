@@ -18,6 +18,40 @@ export interface PostgresJsSql {
   listen(channel: string, onnotify: (payload: string) => void): PromiseLike<{ unlisten(): PromiseLike<unknown> }>;
 }
 
+/** What we use of a Bun SQL connection (`new SQL(url)` from 'bun', or `await sql.reserve()`). Structural: no 'bun' types needed. */
+export interface BunSqlReserved {
+  unsafe(query: string, parameters?: unknown[]): PromiseLike<unknown>;
+  release(): void;
+  /** On a reserved sql: closes its one connection. */
+  close?(): PromiseLike<unknown>;
+  options?: { hostname?: string; port?: number; adapter?: string; onclose?: unknown };
+}
+
+/** What we use of a Bun `SQL` instance: `reserve()` for the lock session, `listen()` for the waiters' wake-ups. */
+export interface BunSql {
+  unsafe(query: string, parameters?: unknown[]): PromiseLike<unknown>;
+  reserve(): Promise<BunSqlReserved>;
+  listen(channel: string, onnotify: (payload: string) => void): PromiseLike<{ unlisten(): PromiseLike<unknown> }>;
+  options?: BunSqlReserved['options'];
+}
+
+/**
+ * A node-postgres pool or connected client from a package with its own copy of pg's code and types (Neon's
+ * serverless `Pool` and `Client`): told apart at run time as pg's own are (./pg.ts), and `fn` gets its client.
+ */
+export interface PgCompatiblePool {
+  connect(): Promise<object>;
+  query(...args: never[]): unknown;
+  readonly totalCount: number;
+}
+/** See {@link PgCompatiblePool}. */
+export interface PgCompatibleClient {
+  connect(): unknown;
+  query(...args: never[]): unknown;
+  end(): unknown;
+  on(event: 'error', listener: (error: Error) => void): unknown;
+}
+
 /** The client `fn` gets for a postgres.js source: the reserved sql (the caller's own, when they passed a reserved one). */
 export type ReservedOf<S> = S extends { reserve(): Promise<infer R> } ? R : S;
 
@@ -25,9 +59,20 @@ export type ReservedOf<S> = S extends { reserve(): Promise<infer R> } ? R : S;
  * Where a session comes from: a `pg.Pool` (one connection checked out per call), a connected
  * `pg.Client` or pool client (used as-is, never ended by us), a connection string / `pg` client
  * config (we open one connection and close it after), a postgres.js `sql` (one connection reserved
- * per call) or a reserved postgres.js `sql` (used as-is, never released by us).
+ * per call) or a reserved postgres.js `sql` (used as-is, never released by us), and the same for Bun's `SQL`;
+ * Neon's serverless `Pool` and `Client` as pg's.
  */
-export type ClientSource = pg.Pool | pg.ClientBase | string | pg.ClientConfig | PostgresJsSql | PostgresJsReservedSql;
+export type ClientSource =
+  | pg.Pool
+  | pg.ClientBase
+  | string
+  | pg.ClientConfig
+  | PostgresJsSql
+  | PostgresJsReservedSql
+  | BunSql
+  | BunSqlReserved
+  | PgCompatiblePool
+  | PgCompatibleClient;
 
 /** Runs one statement on a session and resolves its rows. */
 export type Query = <R = Record<string, unknown>>(sql: string, params?: unknown[]) => Promise<R[]>;
