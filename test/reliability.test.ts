@@ -195,7 +195,7 @@ describe('servers and poolers that cannot lock', () => {
     );
     expect(
       poolerAdvice({ endpoint: { host: 'ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech', port: 5432 } }),
-    ).toMatch(/Neon's pooled endpoint/);
+    ).toMatch(/Neon's pooled endpoint .*: use its direct host, ep-cool-darkness-123456\.us-east-2\.aws\.neon\.tech\./);
     expect(poolerAdvice({ endpoint: { host: 'db.example.com', port: 5432 } })).toMatch(/PgBouncer pool_mode = session/);
   });
 });

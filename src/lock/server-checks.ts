@@ -31,7 +31,7 @@ export function poolerAdvice(session: Pick<Session, 'endpoint'>): string {
     port === 6543
       ? " Port 6543 is Supabase's transaction pooler: use the session pooler (port 5432) or the direct host."
       : /-pooler\./.test(host)
-        ? ' A "-pooler" host is Neon\'s pooled endpoint: use the host without "-pooler".'
+        ? ` A "-pooler" host is Neon's pooled endpoint (PgBouncer in transaction mode): use its direct host, ${host.replace('-pooler.', '.')}.`
         : /\.proxy-[a-z0-9]+\..*rds\.amazonaws\.com$/.test(host)
           ? ' This looks like an RDS Proxy endpoint: connect to the database instance endpoint.'
           : '';
