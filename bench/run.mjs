@@ -19,6 +19,7 @@ const usage = `Usage: npm run bench [-- --smoke] [-- --only ${Object.keys(SECTIO
   --repeats N         steady state: runs of each mode per N, the median counts (default 1)
   --replicas N,M      steady state and convergence: these replica counts instead of the defaults
   --migrators A,B     only these migrators (default: every one installed)
+  --strategies A,B    hand-off: only these waiting strategies (library, postgres-js, blocking, poll:<ms>)
   BENCH_DATABASE_URL  use this server instead of an embedded one (databases bench_* are created and dropped)
   BENCH_SMOKE=1       same as --smoke: a tiny run (CI)
   BENCH_RESULTS=FILE  where to write the JSON (default bench/results.json)`;
@@ -32,6 +33,7 @@ try {
       repeats: { type: 'string' },
       replicas: { type: 'string' },
       migrators: { type: 'string' },
+      strategies: { type: 'string' },
       out: { type: 'string', default: process.env.BENCH_RESULTS },
       help: { type: 'boolean', short: 'h' },
     },
@@ -120,6 +122,7 @@ if (values.replicas !== undefined) {
     process.exit(2);
   }
 }
+if (values.strategies !== undefined) config.strategies = values.strategies.split(',').map((s) => s.trim());
 const chosen = values.migrators?.split(',').map((s) => s.trim());
 const strange = chosen?.filter((name) => !MIGRATORS[name]) ?? [];
 if (strange.length) {
