@@ -100,7 +100,24 @@ export function lockedRun<C, T>(
  * the core tries the run again (`lockRetries`); any other result is returned as it is.
  */
 export function rejectingLockTimeout<R extends { error?: unknown }>(result: R): R | Promise<never> {
-  return isLockTimeout(result.error) ? Promise.reject(result.error) : result;
+  return isLockTimeout(result.error) ? Promise.reject(new LockTimeoutResult(result)) : result;
+}
+
+/** A migrator's result that failed on a lock timeout, as a rejection (its `cause` the timeout), keeping the result. */
+class LockTimeoutResult<R extends { error?: unknown }> extends Error {
+  constructor(readonly result: R) {
+    super('The migrator returned a lock timeout', { cause: result.error });
+  }
+}
+
+/**
+ * What a call of {@link rejectingLockTimeout}'s migrator resolves to after all: its last result (with the error
+ * that ended the tries, when retries ran out), else `{ error }`.
+ */
+export function resultOfFailure<R extends { error?: unknown }>(error: unknown): R | { error: unknown } {
+  const failed = error instanceof LockTimeoutResult ? error : (error as { cause?: unknown } | null)?.cause;
+  if (!(failed instanceof LockTimeoutResult)) return { error };
+  return failed === error ? (failed.result as R) : { ...(failed.result as R), error };
 }
 
 /**

@@ -12,6 +12,7 @@ import {
   namingMigration,
   type Query,
   rejectingLockTimeout,
+  resultOfFailure,
   SKIPPED,
   schemaEntry,
   targetPool,
@@ -198,9 +199,8 @@ export class Migrator {
   ): Promise<MigrationResultSet> {
     const modules = await importKysely();
     try {
-      // One connection of db for the whole run: the lock is taken on it, and kysely's Migrator is given a Kysely
-      // bound to it, so its own lock, its transactions and the migrations all run on that session. kysely returns
-      // its errors: a lock timeout is rejected, so that the core tries the run again (lockRetries).
+      // One connection of db for the run: the lock, kysely's own lock, its transactions and the migrations all run
+      // on it. kysely returns its errors: a lock timeout is rejected, so that the core tries again (lockRetries).
       const result = await this.#props.db.connection().execute((conn) =>
         lockedRun(
           kyselySessionSource(conn, modules),
@@ -219,8 +219,8 @@ export class Migrator {
       );
       return result === SKIPPED ? { results: [] } : result;
     } catch (error) {
-      // kysely's migrate methods never throw: they return { error }. So do these, for lock errors too.
-      return { error };
+      // kysely's migrate methods never throw: they return { error } (with results). So do these, for lock errors too.
+      return resultOfFailure<MigrationResultSet>(error);
     }
   }
 }

@@ -92,7 +92,7 @@ describe('a migration blocked behind a reader', () => {
         url,
         () =>
           withMigrationLock(
-            pool,
+            url,
             KEY,
             async ({ client }) => {
               tries++;
@@ -115,7 +115,7 @@ describe('a migration blocked behind a reader', () => {
       expect(runs[0]!.getTime()).toBeGreaterThanOrEqual(new Date(result.readerEndedAt).getTime());
       const retried = lines.filter((line) => line.startsWith('warn ') && line.includes('trying again'));
       expect(retried).toHaveLength(tries - 1);
-      // Seen while it blocked (the pool lets a second session look), by pid, name and statement.
+      // Seen while it blocked (a URL lets a second session of our own look; never a pool's), by pid, name and statement.
       expect(retried[0]).toContain(`try 1 of 31: a statement waited longer than lock_timeout 500ms for a table lock`);
       expect(retried[0]).toContain(
         `held by pid ${result.readerPid} (application_name long-reader), idle in transaction`,

@@ -296,6 +296,23 @@ describe.each(drivers)('$name', ({ postgres, major, keys, nodeArgs }) => {
       expect(await sql`SELECT 1 AS one`).toEqual([{ one: 1 }]);
     });
 
+    test('keys whose halves are the int4 minimum (statements with values written in) take and release cleanly', async () => {
+      const sql = connect({ max: 1 });
+      // The lowest bigint, and keys whose high or low 32 bits are 0x80000000: -2147483648 as a bare literal
+      // followed by ::int would read as minus an out-of-range int.
+      for (const key of [-(2n ** 63n), 2n ** 31n, -(2n ** 31n)]) {
+        const warnings: string[] = [];
+        const logger = {
+          info() {},
+          warn: (m: string) => void warnings.push(m),
+          error: (m: string) => void warnings.push(m),
+        };
+        expect(await withMigrationLock(sql, key, () => 'ran', { logger })).toBe('ran');
+        expect(warnings).toEqual([]);
+        expect(await lockRows(url, key)).toEqual([]);
+      }
+    });
+
     test('getLockStatus and releaseLock take a postgres.js sql', async () => {
       const sql = connect({ max: 2 });
       const holder = worker(['hold', url, String(k(11))]);

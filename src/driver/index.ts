@@ -204,12 +204,15 @@ export function isSessionSource(value: unknown): value is SessionSource {
 export const runPrepared = <R = Record<string, unknown>>(session: Session, statement: Prepared): Promise<R[]> =>
   session.prepared ? session.prepared<R>(statement) : session.query<R>(inlined(statement));
 
-/** A prepared statement's text with its values written in as literals. */
+/**
+ * A prepared statement's text with its values written in as literals. Every value is quoted: a bare
+ * `-2147483648::int` would read as minus an out-of-range int. E'' strings mean the same whatever
+ * standard_conforming_strings says.
+ */
 function inlined({ text, values }: Prepared): string {
   return text.replace(/\$(\d+)/g, (_, n: string) => {
     const value = values[Number(n) - 1];
     if (value === null || value === undefined) return 'NULL';
-    if (typeof value === 'number' || typeof value === 'boolean') return String(value);
-    return `'${String(value).replace(/'/g, "''")}'`;
+    return `E'${String(value).replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
   });
 }

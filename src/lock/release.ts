@@ -128,7 +128,7 @@ const hasStatementTimeout = (saved: SavedSettings) => !['0', '', undefined, null
  * Turns the statement timeouts off; a timeout of a millisecond can cancel that short statement too on a busy
  * server, so it is tried up to `tries` times. Resolves whether they are off.
  */
-async function turnTimeoutsOff(session: Held['session'], tries = 10): Promise<boolean> {
+export async function turnTimeoutsOff(session: Held['session'], tries = 10): Promise<boolean> {
   for (let attempt = 1; attempt <= tries; attempt++) {
     const off = await session.query(timeoutsOffSql).then(
       () => true,

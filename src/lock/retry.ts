@@ -1,7 +1,8 @@
 // Lock timeouts and retries while fn runs (lockTimeoutMs, lockRetries): the lock session gets lock_timeout, so a
 // migration's statement that waits for a table lock gives up instead of queueing the app's queries behind it; a
 // try that failed so is logged with who blocked it and tried again after a back-off, the advisory lock held.
-import type { Session, SessionSource } from '../driver/index.js';
+import { codeOf } from '../driver/errors.js';
+import type { Query, Session, SessionSource } from '../driver/index.js';
 import { MigrationBlockedError } from '../errors.js';
 import { errorMessage, type Logger } from '../logger.js';
 import { type Blocker, blockersOfTag, LOCK_NOT_AVAILABLE, likelyBlockers, setLockTimeout } from '../sql/blockers.js';
@@ -9,6 +10,7 @@ import { rollbackSql } from '../sql/settings.js';
 import { Backoff, formatMs, nap } from '../time.js';
 import type { ResolvedOptions } from './options.js';
 import { inTransactionBlock } from './release.js';
+import { bounded } from './watch.js';
 
 // Where migrators keep the error they wrap: `cause` (drizzle, umzug, ours), `driverError` (TypeORM), `original`
 // and `parent` (Sequelize), `originalError`, `nativeError`, `previous` (MikroORM), `error` (kysely's result).
@@ -21,7 +23,8 @@ const WRAPPED = ['cause', 'driverError', 'original', 'parent', 'originalError', 
 export function isLockTimeout(err: unknown, depth = 0): boolean {
   if (err === null || typeof err !== 'object' || depth > 6) return false;
   const e = err as Record<string, unknown>;
-  if (e.code === LOCK_NOT_AVAILABLE || e.sqlState === LOCK_NOT_AVAILABLE) return true;
+  // codeOf: Bun's SQL keeps the SQLSTATE in `errno`, under a code of its own.
+  if (codeOf(err) === LOCK_NOT_AVAILABLE || e.sqlState === LOCK_NOT_AVAILABLE) return true;
   const inner = [...WRAPPED.map((name) => e[name]), ...(Array.isArray(e.errors) ? e.errors : [])];
   return inner.some((wrapped) => wrapped !== err && isLockTimeout(wrapped, depth + 1));
 }
@@ -79,7 +82,7 @@ export async function withLockRetries<T>(r: Retrying, run: () => T | Promise<T>)
   const lookout = LookOut.start(r, Math.min(1_000, Math.max(25, (lockTimeoutMs ?? 2_000) / 4)));
   try {
     for (let tries = 1; ; tries++) {
-      if (lockTimeoutMs !== undefined) await setLockTimeout(r.session.query, lockTimeoutMs);
+      if (lockTimeoutMs !== undefined) await setLockTimeout(boundedQuery(r.session), lockTimeoutMs);
       lookout?.clear();
       try {
         return await run();
@@ -113,11 +116,17 @@ export async function withLockRetries<T>(r: Retrying, run: () => T | Promise<T>)
   }
 }
 
+/** The session's statements, each bounded like every statement of ours: a dead network must not hang a retry. */
+const boundedQuery =
+  (session: Session): Query =>
+  (sql, params) =>
+    bounded(session, session.query(sql, params));
+
 /** Who blocked the try that just failed: what the look-out saw, else the likely ones, asked on the lock session. */
 async function whoBlocked(r: Retrying, lookout: LookOut | undefined): Promise<Blocker[]> {
   if (lookout && lookout.seen.length > 0) return lookout.seen;
   try {
-    return await likelyBlockers(r.session.query, r.tag);
+    return await likelyBlockers(boundedQuery(r.session), r.tag);
   } catch (err) {
     r.options.logger.debug?.(`Could not look for the sessions that blocked the migration: ${errorMessage(err)}`);
     return [];
@@ -130,9 +139,9 @@ async function whoBlocked(r: Retrying, lookout: LookOut | undefined): Promise<Bl
  */
 async function endLeftTransaction(session: Session, logger: Logger): Promise<boolean> {
   try {
-    if (!(await inTransactionBlock(session))) return true;
+    if (!(await bounded(session, inTransactionBlock(session)))) return true;
     logger.debug?.('The failed try left a transaction open on the lock session: rolling it back');
-    await session.query(rollbackSql);
+    await bounded(session, session.query(rollbackSql));
     return true;
   } catch (err) {
     logger.debug?.(`Could not end the failed try's transaction: ${errorMessage(err)}`);
@@ -146,8 +155,8 @@ const OPEN_BOUND_MS = 2_000;
 /**
  * A second session that looks, while fn runs, for sessions blocking a lock wait of the holding's work: once a
  * statement is cancelled by lock_timeout, pg_blocking_pids no longer shows who blocked it. Only for a source
- * that can open another session (a pool, a URL, a postgres.js sql); the caller's own client cannot. It is opened
- * beside the first try, which does not wait for it.
+ * that opens connections of its own (a URL, a config): never one of a pool, nor the caller's own client. It is
+ * opened beside the first try, which does not wait for it.
  */
 class LookOut {
   seen: Blocker[] = [];
@@ -159,7 +168,9 @@ class LookOut {
   ) {}
 
   static start(r: Retrying, everyMs: number): LookOut | undefined {
-    if (!r.source.reopenable) return undefined;
+    // Not from a pool (pg's or postgres.js'): a second connection held for all of fn could be the one fn or its
+    // migrator waits for. Only a source that opens connections of its own (a URL, a config) gets a look-out.
+    if (!r.source.reopenable || r.session.kind !== 'own') return undefined;
     const lookout = new LookOut(r, everyMs);
     void lookout.#run();
     return lookout;

@@ -25,6 +25,7 @@ import { channelOf, passWakeUpSql, registerSql, unregisterSql } from '../sql/wai
 import type { Clock } from '../time.js';
 import { fenceStale } from './fence.js';
 import { type AcquireSetup, type Held, label, SKIPPED } from './holding.js';
+import { turnTimeoutsOff } from './release.js';
 import { alreadyHeld, checkSameSession, inTransaction, onStandby, refuseUnsupported } from './server-checks.js';
 import { DONE, Waiter } from './wait.js';
 import { bounded, type Watch } from './watch.js';
@@ -205,7 +206,9 @@ async function handOver(
   try {
     if (stale) {
       // Our fencing statements must not be cancelled by the role's timeouts, which fn gets back after.
-      if (!timeoutsOff) await query(timeoutsOffSql);
+      if (!timeoutsOff && !(await bounded(held.session, turnTimeoutsOff(held.session)))) {
+        throw new Error("the role's statement_timeout cancelled turning it off, ten times");
+      }
       await fenceStale(query, setup.key, held.tag, setup.options, label(setup));
     }
     if (stale || timeoutsOff) await query(putBackSql(restoreTimeoutsSql(held.saved)));
