@@ -76,7 +76,7 @@ describe('blocked behind a reader, with --lock-timeout 500ms', () => {
     expect((await applied(migrateUrl)).runs).toHaveLength(1);
   });
 
-  test('run: retries exhausted: exit 1 naming the blocker and the tries; the lock is free, nothing applied', async () => {
+  test("run: retries exhausted: CMD's exit code (1 here), naming the blocker and the tries; the lock is free, nothing applied", async () => {
     await prepare(exhaustedUrl);
     const result = await blockedMigration(
       exhaustedUrl,

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { asUrl } from '../../driver/conninfo.js';
 import { withSearchParam } from '../../driver/pg.js';
-import { MigrationLockLostError } from '../../errors.js';
+import { MigrationBlockedError, MigrationLockLostError } from '../../errors.js';
 import { withMigrationLock } from '../../lock/lock.js';
 import { errorMessage } from '../../logger.js';
 import { announceTarget, clientConfig, createContext, databaseUrl } from '../context.js';
@@ -194,10 +194,9 @@ Examples:
         why: `could not check it: ${errorMessage(err)}`,
       }));
       const lock = lockOptions(ctx, flags, (signal, why) => {
-        if (!cmd) {
-          interrupted ??= signal;
-          return;
-        }
+        // Kept even while CMD runs: between lock-timeout tries there is no CMD, and no next try may start.
+        interrupted ??= signal;
+        if (!cmd) return;
         // CMD decides what a signal means (finish the current migration, roll back…); we wait for it. With
         // the parent gone nobody waits for us, so CMD gets a bounded grace and the lock is freed in time.
         if (why === 'parent-gone') cmd.stop();
@@ -230,7 +229,7 @@ Examples:
                 exitCode: code,
               });
               // Failed on a lock timeout: the core runs CMD again (or names the blocker after the last try).
-              if (code !== 0 && lt.scan?.matched) throw cmdLockTimeout(shown, code);
+              if (code !== 0 && lt.scan?.matched && !interrupted) throw cmdLockTimeout(shown, code);
               return code;
             } finally {
               lockLost.removeEventListener('abort', onLost);
@@ -239,6 +238,10 @@ Examples:
           lock.options,
         );
       } catch (err) {
+        // The last try failed on a lock timeout too: the blocker is named, and CMD's own exit code kept.
+        const cmdCode = (err as { cause?: { exitCode?: unknown } }).cause?.exitCode;
+        if (err instanceof MigrationBlockedError && typeof cmdCode === 'number')
+          throw new CliError(err.message, cmdCode);
         if (err instanceof MigrationLockLostError) {
           throw new CliError(
             `Lost the migration lock while \`${shown}\` ran (${errorMessage(err.cause ?? err)}): it was stopped (SIGTERM), its statements still running on the server were terminated, and what it was doing may be incomplete. Check the database, then run it again.`,
