@@ -6,6 +6,7 @@ export {
   MigrationLockTimeoutError,
 } from './errors.js';
 export { migrateEach } from './fleet/index.js';
+export type { CanaryOutcome, FleetStopReason, MaxFailures } from './fleet/rollout.js';
 export {
   type FleetTarget,
   type FleetTargetInput,
@@ -13,7 +14,9 @@ export {
   fleetKey,
   fleetTarget,
 } from './fleet/target.js';
+export type { AppliedRead } from './sql/fleet-check.js';
 export type {
+  FleetAppliedRule,
   FleetCounts,
   FleetLockOptions,
   FleetMigrator,
