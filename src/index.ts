@@ -14,7 +14,6 @@ export {
   fleetKey,
   fleetTarget,
 } from './fleet/target.js';
-export type { AppliedRead } from './sql/fleet-check.js';
 export type {
   FleetAppliedRule,
   FleetCounts,
@@ -38,6 +37,7 @@ export type {
   WaitingInfo,
 } from './lock/options.js';
 export type { Logger } from './logger.js';
+export type { AppliedRead } from './sql/fleet-check.js';
 export {
   getLockStatus,
   type Holder,

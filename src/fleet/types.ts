@@ -56,7 +56,7 @@ export interface FleetAppliedRule {
    * optional table) is up to date as the migrator would find it. True only when certain: anything else
    * (something pending, rows the migrator would reject) goes to `run`, which decides as always.
    */
-  upToDate(values: readonly (readonly string[] | undefined)[]): boolean;
+  upToDate(values: readonly (readonly (string | null)[] | undefined)[]): boolean;
 }
 
 /** How a target ended. */

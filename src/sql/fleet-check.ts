@@ -36,14 +36,14 @@ export async function tablesIn(
 }
 
 /**
- * The values of `read.column` in each `(schema, read)` asked, in the migrator's order, as text: one statement (a
+ * The values of `read.column` in each `(schema, read)` asked, in the migrator's order, as text (NULL as null): one statement (a
  * UNION ALL of one array per table) for the whole batch. Every table asked must exist (see {@link tablesIn}).
  * Resolves to `values[i]` for `asks[i]`.
  */
 export async function appliedIn(
   query: Query,
   asks: readonly { schema: string; read: AppliedRead }[],
-): Promise<string[][]> {
+): Promise<(string | null)[][]> {
   if (asks.length === 0) return [];
   const parts = asks.map(({ schema, read }, i) => {
     const order = read.orderBy.map(quoteIdent).join(', ');
@@ -52,8 +52,7 @@ export async function appliedIn(
     return `SELECT ${i} AS i, ARRAY(${select}) AS v`;
   });
   const rows = await query<{ i: number; v: (string | null)[] }>(parts.join('\nUNION ALL\n'));
-  const values: string[][] = new Array(asks.length);
-  // A NULL in a migrator's name column matches no migration: kept as a value no migration is named.
-  for (const { i, v } of rows) values[i] = v.map((value) => value ?? '\u0000null');
+  const values: (string | null)[][] = new Array(asks.length);
+  for (const { i, v } of rows) values[i] = v;
   return values;
 }
