@@ -45,8 +45,8 @@ export class FleetChecks {
     for (const target of targets) {
       const pool = this.pools.for(target);
       if (!pool) continue;
-      let waiting = this.#waiting.get(pool);
-      if (!waiting) this.#waiting.set(pool, (waiting = { unbatched: new Set(), inFlight: 0 }));
+      const waiting = this.#waiting.get(pool) ?? { unbatched: new Set<FleetTarget>(), inFlight: 0 };
+      this.#waiting.set(pool, waiting);
       waiting.unbatched.add(target);
     }
   }
@@ -88,7 +88,8 @@ export class FleetChecks {
 
   async #check(pool: pg.Pool, targets: FleetTarget[]): Promise<boolean[]> {
     try {
-      const rule = await (this.#rule ??= this.#loadRule(targets[0]!));
+      this.#rule ??= this.#loadRule(targets[0]!);
+      const rule = await this.#rule;
       if (!rule) return [];
       return await checkBatch(pool, rule, targets);
     } catch (error) {

@@ -28,8 +28,8 @@ export async function tablesIn(
   );
   const present = new Map<string, Set<string>>();
   for (const { schema, table } of rows) {
-    let set = present.get(schema);
-    if (!set) present.set(schema, (set = new Set()));
+    const set = present.get(schema) ?? new Set<string>();
+    present.set(schema, set);
     set.add(table);
   }
   return present;
