@@ -6,10 +6,12 @@ export type FleetStopReason = 'canary' | 'max-failures' | 'stop-on-error' | 'sig
 /** `maxFailures` as given: a number of targets, or a share of the fleet (`'5%'`). */
 export type MaxFailures = number | `${number}%`;
 
-/** How the canary went: `size` targets to apply alone, how many did, and whether the rest were let through. */
+/** How the canary went: `size` targets to apply alone, how many did, and whether none of them failed. */
 export interface CanaryOutcome {
   size: number;
+  /** Canary targets that applied migrations (fewer than `size` when fewer targets had anything to apply). */
   applied: number;
+  /** No canary target failed (the rest were let through once `size` had applied, or there were no more). */
   passed: boolean;
 }
 
@@ -63,7 +65,7 @@ export class Canary {
 
   outcome(): CanaryOutcome | undefined {
     if (this.size === 0) return undefined;
-    return { size: this.size, applied: this.#applied, passed: this.open && !this.#failed };
+    return { size: this.size, applied: this.#applied, passed: !this.#failed };
   }
 }
 
