@@ -4,7 +4,7 @@ import type pg from 'pg';
 import { pgQuery } from '../driver/pg.js';
 import { errorMessage, type Logger } from '../logger.js';
 import { appliedIn, tablesIn } from '../sql/fleet-check.js';
-import type { FleetPools } from './pools.js';
+import { FleetPools } from './pools.js';
 import type { FleetTarget } from './target.js';
 import type { FleetAppliedRule, FleetMigrator } from './types.js';
 
@@ -136,5 +136,27 @@ async function checkBatch(pool: pg.Pool, rule: FleetAppliedRule, targets: FleetT
     });
   } finally {
     client.release();
+  }
+}
+
+/**
+ * For a dry run (`pending --each-schema`): which of `targets` are up to date for certain, by the batched checks on
+ * pools of its own (at most `concurrency` connections), ended before it resolves. The others are for the
+ * migrator's own `pending`.
+ */
+export async function upToDateTargets(
+  migrator: FleetMigrator,
+  targets: readonly FleetTarget[],
+  concurrency: number,
+  logger: Logger,
+): Promise<boolean[]> {
+  if (!migrator.appliedRule) return targets.map(() => false);
+  const pools = new FleetPools(concurrency, undefined);
+  try {
+    const checks = new FleetChecks(migrator, pools, logger);
+    checks.plan(targets);
+    return await Promise.all(targets.map((target) => checks.upToDate(target)));
+  } finally {
+    await pools.end();
   }
 }
