@@ -1,4 +1,4 @@
-// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,bare,chaos]
+// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,fleetscale,bare,chaos]
 // The performance suite: against a throwaway embedded PostgreSQL (or BENCH_DATABASE_URL), prints one
 // Markdown table per section, then every target with its measured value, and writes all figures as JSON
 // (bench/results.json, or BENCH_RESULTS / --out). BENCH_SMOKE=1 is --smoke: tiny N, few iterations.
@@ -70,6 +70,13 @@ const config = values.smoke
       fleetConcurrency: 2,
       fleetSleepSeconds: 0.05,
       fleetSerialSample: 2,
+      fleetScale: {
+        sizes: [20],
+        checkConcurrency: 4,
+        migrateSchemas: 12,
+        migrateConcurrency: 4,
+        migrateMigrators: ['knex'],
+      },
       bareReplicas: 3,
     }
   : {
@@ -94,6 +101,13 @@ const config = values.smoke
       fleetConcurrency: 8,
       fleetSleepSeconds: 0.2,
       fleetSerialSample: 10,
+      fleetScale: {
+        sizes: [200, 2000, 10_000],
+        checkConcurrency: 8,
+        migrateSchemas: 10_000,
+        migrateConcurrency: 32,
+        migrateMigrators: ['knex'],
+      },
       bareReplicas: 8,
     };
 if (values.repeats !== undefined) {
