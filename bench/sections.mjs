@@ -720,6 +720,7 @@ export const SECTIONS = {
   fleetscale: {
     title: 'Fleets at scale: batched checks of thousands of schemas, migrating 10,000, a canary',
     run: fleetScale,
+    optIn: true,
   },
   bare: {
     title: 'Bare: replicas racing without pg-migration-lock (a demonstration, reported, not asserted)',
