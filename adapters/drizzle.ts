@@ -3,6 +3,7 @@ import type { Logger as DrizzleLogger } from 'drizzle-orm';
 import type { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type pg from 'pg';
+import { drizzleAppliedRule } from './drizzle/applied.js';
 import { importDrizzle, onReserved, type ReadMigrationFiles } from './drizzle/drivers.js';
 import { type BunSql, isBunSql } from './kit/drivers.js';
 import {
@@ -254,6 +255,10 @@ export function fleet(config: DrizzleFleetConfig): FleetMigrator {
     pending: async (pool, target) => {
       const { readMigrationFiles } = await clientTarget(pool, undefined).load();
       return withSession(pool, (session) => toApply(session.query, on(target), readMigrationFiles));
+    },
+    appliedRule: async () => {
+      const { readMigrationFiles } = await importDrizzle('node-postgres');
+      return drizzleAppliedRule(config, readMigrationFiles);
     },
     run: async (pool, target, lock) => {
       // Always a `before` (a no-op on a database target): with one, migrateLocked resolves to the tags applied.

@@ -14,7 +14,7 @@ import {
 import { connectionConfig } from '../src/driver/pg.js';
 import { missingMigrator } from '../src/errors.js';
 import type { FleetTarget } from '../src/fleet/target.js';
-import type { FleetLockOptions, FleetMigrator } from '../src/fleet/types.js';
+import type { FleetAppliedRule, FleetLockOptions, FleetMigrator } from '../src/fleet/types.js';
 import { defaultKeyOf, describeKey, type LockKeyInput, parseKey } from '../src/key.js';
 import type { KeyedLockOptions } from '../src/keyed.js';
 import { type SessionView, SKIPPED, type Unless } from '../src/lock/holding.js';
@@ -33,6 +33,7 @@ import { enterSchema as enterSchemaSql } from '../src/sql/schema.js';
 
 export type {
   ClientSource,
+  FleetAppliedRule,
   FleetLockOptions,
   FleetMigrator,
   FleetTarget,
@@ -252,14 +253,17 @@ export interface FleetParts<R> {
   pending(resource: R, target: FleetTarget): Promise<string[]>;
   /** Migrates under `lock` (checked), resolving to the names applied. */
   run(resource: R, target: FleetTarget, lock: CheckedLock, pool: pg.Pool | undefined): Promise<string[]>;
+  /** What its own pending check compares, for batched checks of schema targets (see `FleetMigrator.appliedRule`). */
+  appliedRule?(target: FleetTarget): Promise<FleetAppliedRule | undefined>;
 }
 
 /** A fleet migrator from an adapter's parts: each call opens its target, and closes it after whatever happens. */
 export function fleetMigrator<R>(parts: FleetParts<R>): FleetMigrator {
-  const { name, key } = parts;
+  const { name, key, appliedRule } = parts;
   return {
     name,
     ...(key !== undefined && { key }),
+    ...(appliedRule && { appliedRule }),
     pending: (target) =>
       usingTarget(
         () => parts.open(target, undefined, undefined),
@@ -273,6 +277,23 @@ export function fleetMigrator<R>(parts: FleetParts<R>): FleetMigrator {
         (resource) => parts.close(resource, pool),
         (resource) => parts.run(resource, target, checked, pool),
       );
+    },
+  };
+}
+
+/**
+ * The rule of migrators that apply each listed migration once and record its name: a schema is up to date when
+ * every name of `names` is in `table`'s `column` (rows naming no listed migration are let be, as TypeORM and
+ * umzug do). `strict`: such rows make the migrator fail instead (knex's "migration directory is corrupt"), so
+ * they leave the schema to it.
+ */
+export function namesRule(names: readonly string[], table: string, column = 'name', strict = false): FleetAppliedRule {
+  const listed = new Set(names);
+  return {
+    reads: [{ table, column, orderBy: [] }],
+    upToDate: ([applied]) => {
+      const done = new Set(applied);
+      return names.every((name) => done.has(name)) && (!strict || applied!.every((name) => listed.has(name!)));
     },
   };
 }

@@ -7,6 +7,7 @@ import {
   checkFleetConfig,
   checkLock,
   type FleetMigrator,
+  type FleetTarget,
   fleetMigrator,
   importPeer,
   type KeyedLockOptions,
@@ -18,7 +19,9 @@ import {
   schemaEntry,
   targetConfig,
   tenantSearchPath,
+  usingTarget,
 } from './kit.js';
+import { knexAppliedRule } from './knex/applied.js';
 import { freeStaleLockRow, inspect } from './knex/tables.js';
 
 /**
@@ -207,9 +210,8 @@ export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
       `pg-migration-lock/knex: a fleet migrates PostgreSQL: expected client 'pg', got ${String(config.client)}`,
     );
   }
-  return fleetMigrator<Knex>({
-    name: 'knex',
-    open: async (target) => {
+  const parts = {
+    open: async (target: FleetTarget) => {
       const { default: knexFactory } = await importPeer('knex', 'knex', () => import('knex'));
       const { schema } = target;
       // knex names the failing file only in its log ("migration file "x" failed"): kept for the target's error.
@@ -234,8 +236,14 @@ export function fleet(config: KnexFleetConfig = {}): FleetMigrator {
       failedFiles.set(db, failed);
       return db;
     },
-    close: (db) => db.destroy(),
+    close: (db: Knex) => db.destroy(),
+  };
+  return fleetMigrator<Knex>({
+    name: 'knex',
+    ...parts,
     pending: (db) => pending(db),
+    // A knex of the config lists the migrations; it never connects (its pool opens on a first query).
+    appliedRule: (target) => usingTarget(() => parts.open(target), parts.close, knexAppliedRule),
     run: async (db, target, lock, pool) => {
       try {
         return (await latestLocked(db, db.client, {}, lock, schemaEntry(target, false), pool))[1];

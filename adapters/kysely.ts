@@ -17,6 +17,7 @@ import {
   schemaEntry,
   targetPool,
 } from './kit.js';
+import { kyselyAppliedRule } from './kysely/applied.js';
 import { importKysely, kyselyQuery, kyselySessionSource, withoutOwnLock } from './kysely/session.js';
 import type {
   KyselyMigrateOptions,
@@ -286,6 +287,7 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
     // Destroying a Kysely ends its pool: not the run's shared one.
     close: async (db, shared) => shared === undefined && (await db.destroy()),
     pending: (db, target) => on(db, target).pending(),
+    appliedRule: () => kyselyAppliedRule(props),
     run: async (db, target, lock) => {
       // The lock is checked already: the Migrator takes it as it is, label included.
       const migrator = on(db, target, { ...lock.options, key: lock.key });

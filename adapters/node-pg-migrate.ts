@@ -19,6 +19,7 @@ import {
   unlockIfHeldSql,
   withSession,
 } from './kit.js';
+import { nodePgMigrateAppliedRule } from './node-pg-migrate/applied.js';
 import { importNodePgMigrate, loggedStatement, toRun } from './node-pg-migrate/runner.js';
 
 /** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x), from the key table. */
@@ -199,6 +200,7 @@ export function fleet(options: NodePgMigrateFleetOptions): FleetMigrator {
     name: 'node-pg-migrate',
     key: ownLock,
     pending: (target) => pending(on(target)),
+    appliedRule: (target) => nodePgMigrateAppliedRule(on(target)),
     run: async (target, lock, pool) => {
       const locking = checkLock(lock, 'node-pg-migrate', ownLock);
       // node-pg-migrate names the migration it runs only in its log: kept (with a logger given) for the error.

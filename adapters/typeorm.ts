@@ -10,6 +10,7 @@ import {
   importPeer,
   type KeyedLockOptions,
   lockedRun,
+  namesRule,
   namingMigration,
   pgQuery,
   type Query,
@@ -256,6 +257,16 @@ export function fleet(
   };
   return {
     name: 'typeorm',
+    // TypeORM's rule (executePendingMigrations): every migration's name in the schema's table, other rows let be.
+    appliedRule: async (target) => {
+      if (!names)
+        await usingTarget(
+          () => open(target),
+          close,
+          async () => {},
+        );
+      return namesRule(names!, options.migrationsTableName ?? 'migrations');
+    },
     pending: (target) =>
       usingTarget(
         () => open(target),

@@ -17,6 +17,7 @@ import {
   type SessionSource,
   SKIPPED,
 } from './kit.js';
+import { umzugAppliedRule } from './umzug/applied.js';
 
 /**
  * The `lock` option of {@link up}: the key, plus every option of `withMigrationLock`.
@@ -279,6 +280,7 @@ export function fleet(
   return {
     name: 'umzug',
     pending: (target) => using(target, (umzug) => pending(umzug)),
+    appliedRule: (target) => using(target, (umzug) => umzugAppliedRule(umzug, target)),
     run: (target, lock, pool) =>
       using(target, async (umzug) => {
         const { schema } = target;

@@ -1,4 +1,4 @@
-// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,bare,chaos,lock-timeout]
+// npm run bench [-- --smoke] [-- --only steady,convergence,handoff,load,uncontended,overhead,fleet,fleetscale,bare,chaos,lock-timeout]
 // The performance suite: against a throwaway embedded PostgreSQL (or BENCH_DATABASE_URL), prints one
 // Markdown table per section, then every target with its measured value, and writes all figures as JSON
 // (bench/results.json, or BENCH_RESULTS / --out). BENCH_SMOKE=1 is --smoke: tiny N, few iterations.
@@ -46,7 +46,10 @@ if (values.help) {
   console.log(usage);
   process.exit(0);
 }
-const only = values.only?.split(',').map((s) => s.trim()) ?? Object.keys(SECTIONS);
+// A section marked `optIn` (fleetscale: tens of minutes at full size) runs in a full run only when named in --only.
+const only =
+  values.only?.split(',').map((s) => s.trim()) ??
+  Object.keys(SECTIONS).filter((name) => values.smoke || !SECTIONS[name].optIn);
 const unknown = only.filter((name) => !SECTIONS[name]);
 if (unknown.length) {
   console.error(`Unknown section ${unknown.join(', ')}\n${usage}`);
@@ -76,6 +79,13 @@ const config = values.smoke
       fleetConcurrency: 2,
       fleetSleepSeconds: 0.05,
       fleetSerialSample: 2,
+      fleetScale: {
+        sizes: [20],
+        checkConcurrency: 4,
+        migrateSchemas: 12,
+        migrateConcurrency: 4,
+        migrateMigrators: ['knex'],
+      },
       bareReplicas: 3,
       lockTimeoutHoldMs: 1500,
       lockTimeoutMs: 200,
@@ -103,6 +113,13 @@ const config = values.smoke
       fleetConcurrency: 8,
       fleetSleepSeconds: 0.2,
       fleetSerialSample: 10,
+      fleetScale: {
+        sizes: [200, 2000, 10_000],
+        checkConcurrency: 8,
+        migrateSchemas: 10_000,
+        migrateConcurrency: 32,
+        migrateMigrators: ['knex'],
+      },
       bareReplicas: 8,
       lockTimeoutHoldMs: 6000,
       lockTimeoutMs: 500,

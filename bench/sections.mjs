@@ -6,6 +6,7 @@ import { withMigrationLock } from 'pg-migration-lock';
 import { bare } from './bare.mjs';
 import { chaos } from './chaos.mjs';
 import { fleet } from './fleet.mjs';
+import { fleetScale } from './fleet-scale.mjs';
 import { BENCH_KEY, fmtMs, fmtS, median, msBetween, now, percentile, sleep, startReplica, within } from './lib.mjs';
 import { lockTimeout } from './lock-timeout.mjs';
 import { MIGRATORS } from './migrators.mjs';
@@ -742,6 +743,11 @@ export const SECTIONS = {
   uncontended: { title: 'Uncontended withMigrationLock on a connected client', run: uncontended },
   overhead: { title: 'Adapter overhead on an up-to-date database, in one process', run: adapterOverhead },
   fleet: { title: 'Fleets: two runs started together on a fleet of tenant schemas', run: fleet },
+  fleetscale: {
+    title: 'Fleets at scale: batched checks of thousands of schemas, migrating 10,000, a canary',
+    run: fleetScale,
+    optIn: true,
+  },
   bare: {
     title: 'Bare: replicas racing without pg-migration-lock (a demonstration, reported, not asserted)',
     run: bare,

@@ -7,6 +7,7 @@ export {
   MigrationLockTimeoutError,
 } from './errors.js';
 export { migrateEach } from './fleet/index.js';
+export type { CanaryOutcome, FleetStopReason, MaxFailures } from './fleet/rollout.js';
 export {
   type FleetTarget,
   type FleetTargetInput,
@@ -15,6 +16,7 @@ export {
   fleetTarget,
 } from './fleet/target.js';
 export type {
+  FleetAppliedRule,
   FleetCounts,
   FleetLockOptions,
   FleetMigrator,
@@ -37,6 +39,7 @@ export type {
 } from './lock/options.js';
 export type { Logger } from './logger.js';
 export type { Blocker } from './sql/blockers.js';
+export type { AppliedRead } from './sql/fleet-check.js';
 export {
   getLockStatus,
   type Holder,

@@ -72,7 +72,7 @@ export async function toRun(client: pg.ClientBase, options: RunnerOption): Promi
  * such modules do not load (they import a ./utils.js it does not ship), so for 8.x its directory listing
  * (getMigrationFilePaths, not exported) is repeated, naming and dating each file with its own `Migration`.
  */
-async function loadMigrationList(options: RunnerOption) {
+export async function loadMigrationList(options: RunnerOption) {
   const { Migration } = await importNodePgMigrate();
   const logger =
     options.logger ??

@@ -1,6 +1,7 @@
 // `pending <migrator> --each-database | --each-schema`: a fleet's dry run. Each target's `pending`, no lock taken,
 // nothing created; a line per target (or JSON), exit 3 when any target has something pending.
 import { type Command, Option } from 'commander';
+import { upToDateTargets } from '../fleet/checks.js';
 import { toFleetTarget } from '../fleet/target.js';
 import type { FleetMigrator } from '../fleet/types.js';
 import { CliError, EXIT, UsageError } from './errors.js';
@@ -77,6 +78,14 @@ export async function pendingFleet(
   const migrator = await makeMigrator();
   const targets = (await readTargets(command, out, flags)).map((spec, i) => toFleetTarget(spec, `target ${i + 1}`));
   const results: PendingResult[] = new Array(targets.length);
+  const concurrency = flags.concurrency ?? 4;
+  // Schemas found up to date by the batched checks (a few statements for many schemas) need no migrator; the
+  // batches' connections are closed before the migrators open theirs.
+  const upToDate = await upToDateTargets(migrator, targets, concurrency, {
+    info() {},
+    warn: (message) => out.warn(message),
+    error: (message) => out.error(message),
+  });
   let next = 0;
   const worker = async () => {
     while (next < targets.length) {
@@ -84,7 +93,7 @@ export async function pendingFleet(
       const target = targets[i]!;
       const base = { target: target.name, database: target.database ?? null, schema: target.schema ?? null };
       try {
-        results[i] = { ...base, pending: await migrator.pending(target) };
+        results[i] = { ...base, pending: upToDate[i] ? [] : await migrator.pending(target) };
       } catch (err) {
         results[i] = { ...base, pending: null, error: failure(err) };
       }
@@ -96,19 +105,19 @@ export async function pendingFleet(
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(flags.concurrency ?? 4, targets.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(concurrency, targets.length) }, worker));
 
   const withPending = results.filter((r) => r.pending !== null && r.pending.length > 0).length;
   const failed = results.filter((r) => r.error !== undefined).length;
-  const upToDate = results.length - withPending - failed;
+  const upToDateCount = results.length - withPending - failed;
   if (flags.json) {
     out.json({
       migrator: migrator.name,
-      counts: { targets: results.length, pending: withPending, upToDate, failed },
+      counts: { targets: results.length, pending: withPending, upToDate: upToDateCount, failed },
       results,
     });
   }
-  const parts = [`${withPending} with pending migrations`, `${upToDate} up to date`];
+  const parts = [`${withPending} with pending migrations`, `${upToDateCount} up to date`];
   if (failed > 0) parts.push(`${failed} failed`);
   out.info(`${migrator.name}: ${plural(results.length, 'target')}: ${parts.join(', ')}`);
   if (failed > 0) throw new CliError(`${failed} of ${plural(results.length, 'target')} could not be checked`);

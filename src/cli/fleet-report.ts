@@ -34,6 +34,14 @@ const SAID: Record<'applied' | 'up-to-date' | 'skipped', (result: FleetResult) =
   skipped: () => 'migrated by another run',
 };
 
+/** Why a run stopped starting targets, as the summary says it. */
+const STOPPED: Record<NonNullable<FleetReport['stoppedBy']>, string> = {
+  canary: 'a canary target failed',
+  'max-failures': 'more targets failed than --max-failures allows',
+  'stop-on-error': '--stop-on-error',
+  signal: 'interrupted',
+};
+
 /** Progress: a live line (done, failed, running, ETA) on a terminal, else a line per finished target. */
 export class Progress {
   readonly #startedAt = performance.now();
@@ -99,6 +107,8 @@ export function summarize(
       ...(stopped && { stopped: stopped.stopped, notStarted: stopped.notStarted ?? null }),
       migrator,
       durationMs: Math.round(report.durationMs),
+      stoppedBy: report.stoppedBy ?? null,
+      ...(report.canary && { canary: report.canary }),
       counts,
       results: results.map((r) => ({
         target: r.target.name,
@@ -120,6 +130,11 @@ export function summarize(
   ];
   if (counts.failed > 0) parts.push(`${counts.failed} failed`);
   if (counts.notRun > 0) parts.push(`${counts.notRun} not run`);
+  const { canary, stoppedBy } = report;
+  if (canary) {
+    parts.push(`canary ${canary.passed ? 'passed' : 'failed'} (${canary.applied} of ${canary.size} applied)`);
+  }
+  if (stoppedBy) parts.push(`stopped: ${STOPPED[stoppedBy]}`);
   const mark = report.ok ? out.out.green('✔') : out.out.red('✖');
   const lines = [
     `${mark} ${migrator}: ${plural(results.length, 'target')} in ${formatMs(report.durationMs)}: ${parts.join(', ')}`,

@@ -4,6 +4,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import pg from 'pg';
 import { isConninfo } from '../driver/conninfo.js';
 import { migrateEach } from '../fleet/index.js';
+import type { MaxFailures } from '../fleet/rollout.js';
 import type { FleetTarget, FleetTargetSpec } from '../fleet/target.js';
 import type { FleetMigrator, FleetReport, FleetResult } from '../fleet/types.js';
 import { errorMessage } from '../logger.js';
@@ -19,6 +20,8 @@ export interface FleetFlags {
   eachSchema?: string;
   concurrency: number;
   stopOnError?: boolean;
+  canary?: number;
+  maxFailures?: MaxFailures;
   json?: boolean;
 }
 
@@ -40,7 +43,31 @@ export function addFleetFlags(command: Command): Command {
         .argParser(parseConcurrency),
     )
     .option('--stop-on-error', 'after a failure, start no further target (the ones running finish)')
+    .addOption(
+      new Option(
+        '--canary <n>',
+        'a staged rollout: the first N targets with something to apply migrate alone; a failure among them stops the run',
+      ).argParser(parseCanary),
+    )
+    .addOption(
+      new Option(
+        '--max-failures <n|p%>',
+        'start no further target once more than N targets (or P% of the fleet) have failed',
+      ).argParser(parseMaxFailures),
+    )
     .option('--json', 'print the report as JSON on stdout');
+}
+
+function parseCanary(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n)) throw new InvalidArgumentError('Expected a whole number >= 0.');
+  return n;
+}
+
+function parseMaxFailures(value: string): MaxFailures {
+  if (/^\d+(\.\d+)?%$/.test(value) && Number.parseFloat(value) <= 100) return value as `${number}%`;
+  if (/^\d+$/.test(value) && Number.isSafeInteger(Number(value))) return Number(value);
+  throw new InvalidArgumentError('Expected a whole number >= 0, or a percentage of the fleet (5%).');
 }
 
 export function parseConcurrency(value: string): number {
@@ -52,10 +79,14 @@ export function parseConcurrency(value: string): number {
 /** Whether the flags ask for a fleet; the fleet-only flags without one are a usage error. */
 export function isFleet(flags: FleetFlags): boolean {
   const fleet = flags.eachDatabase !== undefined || flags.eachSchema !== undefined;
-  if (!fleet && (flags.json || flags.stopOnError)) {
-    throw new UsageError(
-      `${flags.json ? '--json' : '--stop-on-error'} is for a fleet: add --each-database FILE or --each-schema LIST`,
-    );
+  const only = [
+    flags.json && '--json',
+    flags.stopOnError && '--stop-on-error',
+    flags.canary !== undefined && '--canary',
+    flags.maxFailures !== undefined && '--max-failures',
+  ].find(Boolean);
+  if (!fleet && only) {
+    throw new UsageError(`${only} is for a fleet: add --each-database FILE or --each-schema LIST`);
   }
   return fleet;
 }
@@ -121,6 +152,8 @@ export async function runFleet(
     report = await migrateEach(targets, migrator, {
       concurrency: flags.concurrency,
       stopOnError: flags.stopOnError,
+      canary: flags.canary,
+      maxFailures: flags.maxFailures,
       signal: abort.signal,
       onProgress: (event) => {
         total = event.counts.total;

@@ -4,6 +4,7 @@ import { parseKey } from '../key.js';
 import { LOCK_OPTION_NAMES, resolveOptions } from '../lock/options.js';
 import { type Logger, resolveLogger } from '../logger.js';
 import { checkOptionNames } from '../option-names.js';
+import { checkCanary, checkMaxFailures, type MaxFailures } from './rollout.js';
 import type { FleetTargetInput } from './target.js';
 import type { FleetMigrator, FleetTargetLockOptions, MigrateEachOptions } from './types.js';
 
@@ -15,13 +16,25 @@ export interface FleetSetup<M extends FleetMigrator> {
   keyOf: MigrateEachOptions<M>['keyOf'];
   onProgress: MigrateEachOptions<M>['onProgress'];
   stopOnError: boolean;
+  canary: number;
+  maxFailures: MaxFailures | undefined;
   signal: AbortSignal | undefined;
   logger: Logger;
   lock: FleetTargetLockOptions;
 }
 
 const LOCK_OPTIONS = new Set(['timeoutMs', 'reportEveryMs', 'pollIntervalMs', 'applicationName', 'hooks']);
-const OPTIONS = new Set(['concurrency', 'keyOf', 'onProgress', 'stopOnError', 'signal', 'logger', 'lock']);
+const OPTIONS = new Set([
+  'concurrency',
+  'keyOf',
+  'onProgress',
+  'stopOnError',
+  'canary',
+  'maxFailures',
+  'signal',
+  'logger',
+  'lock',
+]);
 
 /** Checks `migrateEach`'s arguments; every problem is a TypeError (a bad `migrator.key` a RangeError). */
 export function checkFleetArguments<M extends FleetMigrator>(
@@ -44,7 +57,16 @@ export function checkFleetArguments<M extends FleetMigrator>(
     throw new TypeError(`Expected \`options\` to be an object, got ${options === null ? 'null' : typeof options}`);
   }
   checkOptionNames(options, [...OPTIONS], 'option of migrateEach');
-  const { concurrency = 4, keyOf, onProgress, stopOnError = false, signal, lock = {} } = options;
+  const {
+    concurrency = 4,
+    keyOf,
+    onProgress,
+    stopOnError = false,
+    canary = 0,
+    maxFailures,
+    signal,
+    lock = {},
+  } = options;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new TypeError(`Expected \`concurrency\` to be a whole number >= 1, got ${String(concurrency)}`);
   }
@@ -59,6 +81,8 @@ export function checkFleetArguments<M extends FleetMigrator>(
   if (typeof stopOnError !== 'boolean') {
     throw new TypeError(`Expected \`stopOnError\` to be a boolean, got ${typeof stopOnError}`);
   }
+  checkCanary(canary);
+  checkMaxFailures(maxFailures);
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw new TypeError('Expected `signal` to be an AbortSignal');
   }
@@ -80,6 +104,8 @@ export function checkFleetArguments<M extends FleetMigrator>(
     keyOf,
     onProgress,
     stopOnError,
+    canary,
+    maxFailures,
     signal,
     logger: resolveLogger(options.logger),
     lock,

@@ -4,9 +4,11 @@ import { describeKey } from '../key.js';
 import { callSafely, errorMessage } from '../logger.js';
 import { KEY_ATTRIBUTE, record, startSpan } from '../telemetry.js';
 import { formatMs } from '../time.js';
+import { FleetChecks } from './checks.js';
 import type { FleetSetup } from './options.js';
 import { FleetPools } from './pools.js';
 import type { Entry, TargetQueue } from './queue.js';
+import { Canary, type FleetStopReason, failureBudget } from './rollout.js';
 import type { FleetCounts, FleetMigrator, FleetProgressEvent, FleetReport, FleetResult } from './types.js';
 
 /** The field of FleetCounts a status is counted in: `up-to-date` → `upToDate`. */
@@ -16,13 +18,23 @@ const counted = (status: string) => status.replace(/-(\w)/g, (_, c: string) => c
 type Without<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 type Outcome = Without<FleetResult, 'target' | 'key' | 'durationMs'>;
 
+/** A target taken just as the run stopped (a canary failed, the failure budget): it ends `not-run`. */
+class NotStarted extends Error {}
+
 export class FleetRun<M extends FleetMigrator> {
   readonly #startedAt = performance.now();
   readonly #deferred: Entry[] = [];
   readonly #pools: FleetPools;
+  readonly #checks: FleetChecks;
+  readonly #canary: Canary;
+  /** The targets running as the canary. */
+  readonly #canaries = new Set<Entry>();
+  /** How many of the queue's entries the batched checks know of (an iterable's are planned as they are read). */
+  #planned = 0;
   readonly counts: FleetCounts;
   #firstTries = 0;
   #stopped = false;
+  #stoppedBy: FleetStopReason | undefined;
   /** Workers waiting for a try to end (it may defer its target). */
   #sleepers: (() => void)[] = [];
 
@@ -34,13 +46,24 @@ export class FleetRun<M extends FleetMigrator> {
     const zero = { done: 0, running: 0, deferred: 0, applied: 0, upToDate: 0, skipped: 0, failed: 0, notRun: 0 };
     this.counts = { total: queue.total, ...zero };
     this.#pools = new FleetPools(setup.concurrency, setup.lock.applicationName);
+    this.#checks = new FleetChecks(migrator, this.#pools, setup.logger);
+    this.#canary = new Canary(setup.canary);
+    this.#plan();
+  }
+
+  /** Hands the targets read so far to the batched checks, in order. */
+  #plan(): void {
+    const { entries } = this.queue;
+    if (this.#planned === entries.length) return;
+    this.#checks.plan(entries.slice(this.#planned).map((entry) => entry.target));
+    this.#planned = entries.length;
   }
 
   async finish(): Promise<FleetReport> {
     const { signal, concurrency, logger } = this.setup;
-    const stop = () => this.#stop();
+    const stop = () => this.#stop('signal');
     signal?.addEventListener('abort', stop, { once: true });
-    if (signal?.aborted) this.#stop();
+    if (signal?.aborted) this.#stop('signal');
     try {
       await Promise.all(Array.from({ length: concurrency }, () => this.#worker()));
     } finally {
@@ -53,13 +76,16 @@ export class FleetRun<M extends FleetMigrator> {
     const { counts } = this;
     const durationMs = performance.now() - this.#startedAt;
     logger.debug?.(
-      `Fleet of ${this.migrator.name}: ${counts.done} targets in ${formatMs(durationMs)}: ${counts.applied} applied, ${counts.upToDate} up to date, ${counts.skipped} skipped, ${counts.failed} failed, ${counts.notRun} not run`,
+      `Fleet of ${this.migrator.name}: ${counts.done} targets in ${formatMs(durationMs)}: ${counts.applied} applied, ${counts.upToDate} up to date, ${counts.skipped} skipped, ${counts.failed} failed, ${counts.notRun} not run${this.#stoppedBy ? ` (stopped: ${this.#stoppedBy})` : ''}`,
     );
+    const canary = this.#canary.outcome();
     return {
       results: entries.map((e) => e.result!),
       counts: { ...counts },
       ok: counts.failed === 0 && counts.notRun === 0,
       durationMs,
+      ...(this.#stoppedBy && counts.notRun > 0 && { stoppedBy: this.#stoppedBy }),
+      ...(canary && { canary }),
     };
   }
 
@@ -69,6 +95,7 @@ export class FleetRun<M extends FleetMigrator> {
       const fresh = await this.queue.next(() => this.#stopped);
       this.counts.total = this.queue.total;
       if (this.queue.error) this.#stop();
+      this.#plan();
       if (fresh) {
         await this.#attempt(fresh, false);
         continue;
@@ -98,11 +125,17 @@ export class FleetRun<M extends FleetMigrator> {
       applied = await span.within(() => this.#try(entry, again));
     } catch (error) {
       this.counts.running--;
-      if (again || !(error instanceof MigrationLockBusyError)) {
-        this.#fail(entry, error);
+      const canary = this.#canaries.delete(entry);
+      if (error instanceof NotStarted) {
+        if (canary) this.#canary.leave('other');
+        this.#settle(entry, { status: 'not-run', applied: [] });
+        span.end();
+      } else if (again || !(error instanceof MigrationLockBusyError)) {
+        this.#fail(entry, error, canary);
         span.set({ 'pg_migration_lock.fleet.status': entry.result?.status });
         span.end(entry.result?.status === 'failed' ? error : undefined);
       } else {
+        if (canary) this.#canary.leave('other');
         span.set({ 'pg_migration_lock.fleet.status': 'deferred' });
         span.end();
         this.#deferred.push(entry);
@@ -119,6 +152,7 @@ export class FleetRun<M extends FleetMigrator> {
       }
     }
     this.counts.running--;
+    if (this.#canaries.delete(entry)) this.#canary.leave(applied.length > 0 ? 'applied' : 'other');
     if (applied.length > 0) this.#settle(entry, { status: 'applied', applied });
     else this.#settle(entry, { status: again ? 'skipped' : 'up-to-date', applied: [] });
     span.set({ 'pg_migration_lock.fleet.status': entry.result?.status, 'pg_migration_lock.applied': applied.length });
@@ -136,7 +170,16 @@ export class FleetRun<M extends FleetMigrator> {
 
   async #try(entry: Entry, wait: boolean): Promise<string[]> {
     const { lock, signal, logger } = this.setup;
-    const startedAt = performance.now();
+    let startedAt = performance.now();
+    // Up to date by the batched check of its database: no lock, no migrator.
+    if (!wait && (await this.#checks.upToDate(entry.target))) {
+      entry.spent += performance.now() - startedAt;
+      return [];
+    }
+    // During the canary, wait for a place in it; the wait is not time spent on the target.
+    if (await this.#canary.enter(() => this.#stopped)) this.#canaries.add(entry);
+    if (this.#stopped) throw new NotStarted();
+    startedAt = performance.now();
     try {
       const keyLabel = `${describeKey(entry.key)} of ${entry.target.name}`;
       const pool = this.#pools.for(entry.target);
@@ -155,15 +198,21 @@ export class FleetRun<M extends FleetMigrator> {
     }
   }
 
-  #fail(entry: Entry, error: unknown): void {
-    const { signal, stopOnError, logger } = this.setup;
+  #fail(entry: Entry, error: unknown, canary: boolean): void {
+    const { signal, stopOnError, logger, maxFailures } = this.setup;
     if (signal?.aborted && error === signal.reason) {
+      if (canary) this.#canary.leave('other');
       this.#settle(entry, { status: 'not-run', applied: [] });
       return;
     }
     logger.warn(`Migrating ${entry.target.name} with ${this.migrator.name} failed: ${errorMessage(error)}`);
+    if (canary) this.#canary.leave('failed');
     this.#settle(entry, { status: 'failed', error });
-    if (stopOnError) this.#stop();
+    if (canary) this.#stop('canary');
+    else if (stopOnError) this.#stop('stop-on-error');
+    else if (this.counts.failed > failureBudget(maxFailures, this.counts.total ?? this.queue.entries.length)) {
+      this.#stop('max-failures');
+    }
   }
 
   #settle(entry: Entry, outcome: Outcome): void {
@@ -180,8 +229,19 @@ export class FleetRun<M extends FleetMigrator> {
     callSafely(this.setup.logger, 'onProgress', this.setup.onProgress, event as FleetProgressEvent);
   }
 
-  #stop(): void {
+  #stop(reason?: FleetStopReason): void {
+    if (!this.#stopped && reason) {
+      this.#stoppedBy = reason;
+      const why = {
+        canary: 'a canary target failed',
+        'max-failures': `more than the failure budget failed`,
+        'stop-on-error': 'a target failed (stopOnError)',
+        signal: 'the signal aborted',
+      }[reason];
+      this.setup.logger.debug?.(`Fleet of ${this.migrator.name}: ${why}: starting no further target`);
+    }
     this.#stopped = true;
+    this.#canary.wake();
     this.#wake();
   }
 

@@ -4,6 +4,8 @@ import type { LockKeyInput } from '../key.js';
 import type { KeyedLockOptions } from '../keyed.js';
 import type { MigrationLockOptions } from '../lock/options.js';
 import type { Logger } from '../logger.js';
+import type { AppliedRead } from '../sql/fleet-check.js';
+import type { CanaryOutcome, FleetStopReason, MaxFailures } from './rollout.js';
 import type { FleetTarget } from './target.js';
 
 /** The lock options a fleet hands its migrator for one target: the key (settled), plus every option of `withMigrationLock`. */
@@ -36,6 +38,25 @@ export interface FleetMigrator {
    * migrate on a connection of it opens none of its own (it must not end it). Undefined for a database target.
    */
   run(target: FleetTarget, lock: FleetLockOptions, pool?: pg.Pool): Promise<string[]>;
+  /**
+   * Optional: what the migrator's own pending check compares, so that a fleet checks the schema targets of one
+   * database in batches (a few statements for many schemas) and sends only those it cannot find up to date to
+   * `run`. Asked once per run, with the first schema target (the migration list is read then); undefined (or a
+   * rejection) turns batching off for the run.
+   */
+  appliedRule?(target: FleetTarget): Promise<FleetAppliedRule | undefined>;
+}
+
+/** What "up to date" means to a migrator, in the tables it keeps in each schema (see `FleetMigrator.appliedRule`). */
+export interface FleetAppliedRule {
+  /** The tables read in each schema; a missing one makes the schema undecided (it goes to `run`) unless `optional`. */
+  reads: readonly (AppliedRead & { optional?: boolean })[];
+  /**
+   * Whether a schema whose tables hold `values` (one per read, in the read's order; undefined for a missing
+   * optional table) is up to date as the migrator would find it. True only when certain: anything else
+   * (something pending, rows the migrator would reject) goes to `run`, which decides as always.
+   */
+  upToDate(values: readonly (readonly (string | null)[] | undefined)[]): boolean;
 }
 
 /** How a target ended. */
@@ -119,6 +140,21 @@ export interface MigrateEachOptions<M extends FleetMigrator = FleetMigrator> {
    */
   stopOnError?: boolean;
   /**
+   * A staged rollout: the first `canary` targets that have something to apply migrate alone (at most that many
+   * at once, no other target starting meanwhile); once they all applied, the rest follow at full concurrency.
+   * A failure among them stops the run: no further target starts, the rest end `not-run` (run again after the
+   * fix: what is done is `up-to-date`). Targets found up to date pass meanwhile and do not count.
+   * @default 0: no canary
+   */
+  canary?: number;
+  /**
+   * A failure budget: once more targets than this have failed, start no further target (the ones running
+   * finish, the rest end `not-run`). A number of targets, or a share of the fleet (`'5%'`: of the targets
+   * read so far, for an iterable). `stopOnError` is `maxFailures: 0`.
+   * @default unlimited
+   */
+  maxFailures?: MaxFailures;
+  /**
    * Stop starting targets and stop waiting when this signal aborts; migrations already running finish. The
    * targets left end as `not-run`, and the call resolves as usual.
    */
@@ -142,4 +178,8 @@ export interface FleetReport {
   ok: boolean;
   /** Wall time of the whole run, in milliseconds. */
   durationMs: number;
+  /** Why the run started no further target, when it stopped early: a canary failed, the failure budget, `stopOnError`, `signal`. */
+  stoppedBy?: FleetStopReason;
+  /** With `canary`: its size, how many of its targets applied, and whether it passed (the rest were let through). */
+  canary?: CanaryOutcome;
 }

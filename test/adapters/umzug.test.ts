@@ -326,6 +326,24 @@ test('a fleet of 3 schemas with migrateEach: SequelizeMeta and the tables in eac
     const again = await migrateEach(targets, migrator, { logger: null });
     expect(again.results.map((r) => r.status)).toEqual(['up-to-date', 'up-to-date', 'up-to-date']);
     expect(closed.filter((s) => s === 't_1').length).toBeGreaterThanOrEqual(3);
+    // Batched checks: up-to-date schemas never reach umzug's run; a row of no migration is let be (as umzug's own
+    // pending does), a renamed one sends the schema to umzug, which applies 002 again.
+    await withClient(fleetUrl, async (client) => {
+      await client.query(`INSERT INTO t_2."SequelizeMeta" (name) VALUES ('000_gone')`);
+      await client.query(`UPDATE t_3."SequelizeMeta" SET name = '002_renamed' WHERE name = '002_double'`);
+    });
+    const ran: string[] = [];
+    const watched: typeof migrator = {
+      ...migrator,
+      run: (target, lock, pool) => {
+        ran.push(target.schema!);
+        return migrator.run(target, lock, pool);
+      },
+    };
+    const third = await migrateEach(targets, watched, { logger: null });
+    expect(third.results.map((r) => r.status)).toEqual(['up-to-date', 'up-to-date', 'applied']);
+    expect(ran).toEqual(['t_3']);
+    expect(await balance(fleetUrl, 't_3')).toEqual([{ balance: 400 }]);
   } finally {
     await sequelize.close();
   }
