@@ -20,7 +20,6 @@ import type { KeyedLockOptions } from '../src/keyed.js';
 import { type SessionView, SKIPPED, type Unless } from '../src/lock/holding.js';
 import { withMigrationLockUnless } from '../src/lock/lock.js';
 import { LOCK_OPTION_NAMES, type LockContext, type MigrationLockOptions, resolveOptions } from '../src/lock/options.js';
-import { isLockTimeout } from '../src/lock/retry.js';
 import { type Logger, resolveLogger } from '../src/logger.js';
 import { checkOptionNames } from '../src/option-names.js';
 import { MIGRATOR, traceMigrate } from './kit/telemetry.js';
@@ -96,30 +95,7 @@ export function lockedRun<C, T>(
   return withMigrationLockUnless(source, lock.key, traceMigrate(lock.key, lock.tool, migrate), options, unless);
 }
 
-/**
- * For a migrator that returns its errors (kysely's `{ error }`): a lock timeout among them rejects instead, so that
- * the core tries the run again (`lockRetries`); any other result is returned as it is.
- */
-export function rejectingLockTimeout<R extends { error?: unknown }>(result: R): R | Promise<never> {
-  return isLockTimeout(result.error) ? Promise.reject(new LockTimeoutResult(result)) : result;
-}
-
-/** A migrator's result that failed on a lock timeout, as a rejection (its `cause` the timeout), keeping the result. */
-class LockTimeoutResult<R extends { error?: unknown }> extends Error {
-  constructor(readonly result: R) {
-    super('The migrator returned a lock timeout', { cause: result.error });
-  }
-}
-
-/**
- * What a call of {@link rejectingLockTimeout}'s migrator resolves to after all: its last result (with the error
- * that ended the tries, when retries ran out), else `{ error }`.
- */
-export function resultOfFailure<R extends { error?: unknown }>(error: unknown): R | { error: unknown } {
-  const failed = error instanceof LockTimeoutResult ? error : (error as { cause?: unknown } | null)?.cause;
-  if (!(failed instanceof LockTimeoutResult)) return { error };
-  return failed === error ? (failed.result as R) : { ...(failed.result as R), error };
-}
+export { rejectingLockTimeout, resultOfFailure } from './kit/results.js';
 
 /**
  * A session borrowed from a migrator's own pool connection: used as-is and left to the migrator, which is

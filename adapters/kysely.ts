@@ -15,10 +15,9 @@ import {
   resultOfFailure,
   SKIPPED,
   schemaEntry,
-  targetPool,
 } from './kit.js';
 import { kyselyAppliedRule } from './kysely/applied.js';
-import { importKysely, kyselyQuery, kyselySessionSource, withoutOwnLock } from './kysely/session.js';
+import { failedStatements, fleetKysely, importKysely, kyselyQuery, kyselySessionSource } from './kysely/session.js';
 import type {
   KyselyMigrateOptions,
   KyselyMigrator,
@@ -258,9 +257,6 @@ export type KyselyFleetProps = Omit<MigratorProps, 'db'> & { db?: never };
  * const provider = new FileMigrationProvider({ fs, path, migrationFolder: path.resolve('migrations') });
  * await migrateEach(['postgres://db1/acme', 'postgres://db1/globex'], fleet({ provider }));
  */
-/** The statement that failed last, per Kysely of a fleet's target. */
-const failedStatements = new WeakMap<Kysely<unknown>, { sql?: string }>();
-
 export function fleet(props: KyselyFleetProps): FleetMigrator {
   checkFleetConfig('kysely', props, '{ provider }');
   if (typeof props.provider?.getMigrations !== 'function') {
@@ -270,20 +266,7 @@ export function fleet(props: KyselyFleetProps): FleetMigrator {
     new Migrator({ ...props, db, lock, ...(target.schema !== undefined && { migrationTableSchema: target.schema }) });
   return fleetMigrator<Kysely<unknown>>({
     name: 'kysely',
-    open: async (target, shared, lock) => {
-      const { Kysely: KyselyClass, PostgresDialect: Postgres } = await importKysely();
-      const dialect = new Postgres({ pool: shared ?? (await targetPool(target, lock?.applicationName)) });
-      const failed: { sql?: string } = {};
-      const db = new KyselyClass<unknown>({
-        dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect),
-        // kysely's error does not name its statement: its log does, kept for the target's error.
-        log: (event) => {
-          if (event.level === 'error') failed.sql = event.query.sql;
-        },
-      });
-      failedStatements.set(db, failed);
-      return db;
-    },
+    open: (target, shared, lock) => fleetKysely(target, shared, lock?.applicationName),
     // Destroying a Kysely ends its pool: not the run's shared one.
     close: async (db, shared) => shared === undefined && (await db.destroy()),
     pending: (db, target) => on(db, target).pending(),

@@ -1,7 +1,8 @@
 // kysely's side of the lock: one connection of a Kysely as the core's session (every statement through kysely, so
 // any PostgreSQL dialect works), kysely itself imported only when used, and a dialect without kysely's own lock.
 import type { Dialect, Kysely } from 'kysely';
-import { importPeer, type Query, type Session, type SessionSource } from '../kit.js';
+import type pg from 'pg';
+import { type FleetTarget, importPeer, type Query, type Session, type SessionSource, targetPool } from '../kit.js';
 import type { KyselyModules } from './types.js';
 
 /**
@@ -60,4 +61,29 @@ export function withoutOwnLock(dialect: Dialect): Dialect {
     createAdapter: () =>
       Object.create(dialect.createAdapter(), { acquireMigrationLock: none, releaseMigrationLock: none }),
   };
+}
+
+/** The statement that failed last, per Kysely of a fleet's target. */
+export const failedStatements = new WeakMap<Kysely<unknown>, { sql?: string }>();
+
+/**
+ * A fleet target's Kysely: on the run's shared pool, else a pool of its own; in a tenant's schema without kysely's
+ * own lock (ours is taken per target). Its log keeps the statement that failed: kysely's error does not name it.
+ */
+export async function fleetKysely(
+  target: FleetTarget,
+  shared: pg.Pool | undefined,
+  applicationName?: string,
+): Promise<Kysely<unknown>> {
+  const { Kysely: KyselyClass, PostgresDialect: Postgres } = await importKysely();
+  const dialect = new Postgres({ pool: shared ?? (await targetPool(target, applicationName)) });
+  const failed: { sql?: string } = {};
+  const db = new KyselyClass<unknown>({
+    dialect: target.schema === undefined ? dialect : withoutOwnLock(dialect),
+    log: (event) => {
+      if (event.level === 'error') failed.sql = event.query.sql;
+    },
+  });
+  failedStatements.set(db, failed);
+  return db;
 }
