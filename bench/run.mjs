@@ -58,6 +58,7 @@ if (unknown.length) {
 
 const config = values.smoke
   ? {
+      smoke: true,
       migrations: 10,
       slowSeconds: 0.3,
       settleMs: 100,

@@ -24,7 +24,8 @@ const version = existsSync(BUN) ? spawnSync(BUN, ['--version'], { encoding: 'utf
 const skip = skipUnlessRequired(
   version ? undefined : 'bun.test.ts needs bun (node_modules/.bin/bun, from the bun devDependency: run npm ci)',
 );
-const bun = (args: string[], env: Record<string, string> = {}) => spawnProcess(BUN, args, env);
+// No colours (CI sets CI=true, which turns them on): the assertions read plain text.
+const bun = (args: string[], env: Record<string, string> = {}) => spawnProcess(BUN, args, { NO_COLOR: '1', ...env });
 
 test.skipIf(skip)(`bun ${version} runs`, () => expect(version).toMatch(/^\d+\.\d+\.\d+/));
 

@@ -24,7 +24,7 @@ import { sequelizeFor, umzugFor } from '../fixtures/umzug/umzug.mjs';
 import { createTestDatabase, fixture, withClient } from '../helpers.js';
 import { expectAllSucceeded, expectExclusiveHoldings, report } from './race-report.js';
 
-const REPLICAS = 4;
+const REPLICAS = 3;
 const NODE_PG_MIGRATE_KEY = 7241865325823964n;
 
 /** Each migrator: how to apply its first migration only (leaving the slow 0.5 s one and the last pending), and its key. */

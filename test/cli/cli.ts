@@ -69,7 +69,7 @@ function track(child: ChildProcess): Run {
     exited,
     stdout: () => stdout,
     stderr: () => stderr,
-    waitForOutput: async (pattern, timeoutMs = 10_000) => {
+    waitForOutput: async (pattern, timeoutMs = 30_000) => {
       await waitFor(() => pattern.test(stdout) || pattern.test(stderr), timeoutMs, `output matching ${pattern}`);
     },
   };
