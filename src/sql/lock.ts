@@ -52,8 +52,10 @@ export async function firstTry(run: RunPrepared, key: bigint, tag: string): Prom
  * transaction or is on a standby, try the lock, set the call's settings, and when it is taken, tag the session and
  * ask whether anything else wears a tag of the key (see {@link mayBeTaggedSql}). It runs at every acquisition, so
  * its text never changes (a driver prepares it once per connection) and it is kept cheap: no views, and one
- * nested level per thing that must happen before the next. $1 the key, $2 the tag, $3 and $4 the key's halves
- * as pg_locks shows them, $5 the LIKE pattern of the key's tags.
+ * nested level per thing that must happen before the next (whether this session holds the key already is read from
+ * pg_lock_status() itself, cheaper to plan than the pg_locks view, with no database filter: a backend's advisory
+ * locks are all in its own database). $1 the key, $2 the tag, $3 and $4 the key's halves as pg_locks shows them,
+ * $5 the LIKE pattern of the key's tags.
  */
 const FIRST_TRY =
   prepared(`/* pg-migration-lock: taking */ SELECT l.locked, l.held, l.in_tx, l.standby, l.pid, l.version, l.saved,
@@ -67,9 +69,6 @@ const FIRST_TRY =
             ${inBlock} AS in_tx, pg_is_in_recovery() AS standby, pg_backend_pid() AS pid, version() AS version,
             json_build_object(${SAVED.map((name) => `'${name}', current_setting('${name}', true)`).join(', ')})::text AS saved
           OFFSET 0) s OFFSET 0) l`);
-// Whether this session already holds the key: pg_lock_status() itself rather than the pg_locks view (cheaper to
-// plan), and no database filter: a backend's advisory locks are all in its own database.
-
 /** A statement of constant text, named after it: a changed text is a new statement, never a clash. */
 function prepared(text: string): Omit<Prepared, 'values'> {
   return { name: `pgml_${createHash('sha256').update(text).digest('hex').slice(0, 16)}`, text };
