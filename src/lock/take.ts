@@ -14,6 +14,7 @@ import {
 } from '../sql/lock.js';
 import {
   blockProbeSql,
+  putBackAfterTakingSql,
   putBackSql,
   restoreAllSql,
   restoreTimeoutsSql,
@@ -211,7 +212,7 @@ async function handOver(
       }
       await fenceStale(query, setup.key, held.tag, setup.options, label(setup));
     }
-    if (stale || timeoutsOff) await query(putBackSql(restoreTimeoutsSql(held.saved)));
+    if (stale || timeoutsOff) await query(putBackAfterTakingSql(restoreTimeoutsSql(held.saved)));
   } catch (err) {
     await held.unlisten?.().catch(() => {});
     const restore = held.session.kind === 'own' ? undefined : held.saved;

@@ -75,6 +75,12 @@ export const inBlockSql = `SELECT ${inBlock} AS in_block`;
 /** A statement that puts settings back (`restore`: a restoreAllSql or restoreTimeoutsSql expression). */
 export const putBackSql = (restore: string) => `SELECT ${restore} AS restored`;
 
+/**
+ * The same, as the last step of taking a lock: marked like the statement that took it, so that a holder that
+ * then idles (the CLI's, while its CMD works) still shows as taking the lock, not as running one of its settings.
+ */
+export const putBackAfterTakingSql = (restore: string) => `/* pg-migration-lock: taking */ ${putBackSql(restore)}`;
+
 /** Ends a transaction block fn left open. */
 export const rollbackSql = 'ROLLBACK';
 

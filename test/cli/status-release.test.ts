@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import pg from 'pg';
 import { describe, expect, test } from 'vitest';
 import { DEFAULT_LOCK_KEY, lockKey } from '../../src/index.js';
 import { createTestDatabase, lockRows, waitFor, withClient } from '../helpers.js';
@@ -149,6 +150,15 @@ describe('status', () => {
   });
 
   test('a holder that is this CLI: its last query is the lock itself, said so', async () => {
+    // A session of another database wearing a tag of the same key (as the other test files' holders do) makes the
+    // take look for stale work, and end with one more statement of its own: that must read as taking the lock too.
+    const other = new URL(url);
+    other.pathname = '/postgres';
+    const decoy = new pg.Client({
+      connectionString: other.href,
+      application_name: `pg-migration-lock:${DEFAULT_LOCK_KEY}:decoy0.1@elsewhere`,
+    });
+    await decoy.connect();
     const holder = start(['run', '--', process.execPath, '-e', 'setTimeout(() => {}, 30000); console.log("ready")'], {
       env,
     });
@@ -161,6 +171,7 @@ describe('status', () => {
     } finally {
       holder.child.kill('SIGTERM');
       await holder.exited;
+      await decoy.end();
     }
   });
 
