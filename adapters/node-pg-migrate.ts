@@ -20,7 +20,8 @@ import {
   withSession,
 } from './kit.js';
 import { nodePgMigrateAppliedRule } from './node-pg-migrate/applied.js';
-import { importNodePgMigrate, loggedStatement, toRun } from './node-pg-migrate/runner.js';
+import { importNodePgMigrate, toRun } from './node-pg-migrate/runner.js';
+import { loggedStatement } from './node-pg-migrate/statement.js';
 
 /** node-pg-migrate's own lock key (`PG_MIGRATE_LOCK_ID`, the same in 8.x and 9.x), from the key table. */
 const PG_MIGRATE_LOCK_ID = defaultKeyOf('node-pg-migrate').key;

@@ -1,4 +1,4 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -37,6 +37,25 @@ test('require() works and loads no migrator', () => {
   ]);
   expect(key).toBe('-4853655304891776800'); // ('x' || left(md5('pg-migration-lock'), 16))::bit(64)::bigint
   expect(loaded).toEqual([]);
+});
+
+test('the CLI loads no migrator, ORM or second driver until a command needs it (each costs every start)', () => {
+  // A module hook sees every package the CLI resolves while it prints its help.
+  const hook = `export async function resolve(s, c, next) {
+    const r = await next(s, c);
+    const m = /node_modules\\/((?:@[^/]+\\/)?[^/]+)\\//.exec(r.url);
+    if (m) process.stderr.write('resolved ' + m[1] + '\\n');
+    return r;
+  }`;
+  const register = `import { register } from 'node:module'; register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(hook)}`)});`;
+  const { stderr: packages } = spawnSync(
+    process.execPath,
+    ['--import', `data:text/javascript,${encodeURIComponent(register)}`, join(dist, 'cli/index.js'), '--help'],
+    { encoding: 'utf8' },
+  );
+  expect(new Set([...packages.matchAll(/^resolved (.+)$/gm)].map((m) => m[1]))).toEqual(
+    new Set(['commander', 'pg', 'pg-connection-string', 'picocolors']),
+  );
 });
 
 test('import works, and the ESM and CJS builds agree', () => {

@@ -128,15 +128,3 @@ export function importNodePgMigrate(): Promise<{
 }> {
   return importPeer('node-pg-migrate', 'node-pg-migrate', () => import('node-pg-migrate'));
 }
-
-/**
- * The statement in node-pg-migrate's "Error executing:\n<sql>\n<error>" (or, when the server gave a position,
- * "<sql up to that line>\n   ^^^^<rest of the sql>\n\n<message>").
- */
-export function loggedStatement(message: string): string | undefined {
-  const text = /^Error executing:\n([\s\S]*)$/.exec(message.trimEnd())?.[1];
-  if (text === undefined) return undefined;
-  const blank = text.lastIndexOf('\n\n');
-  const sql = blank >= 0 ? text.slice(0, blank) : text.slice(0, Math.max(0, text.lastIndexOf('\n')));
-  return sql.replace(/^ *\^\^\^\^/m, '');
-}

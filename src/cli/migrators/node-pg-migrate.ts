@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { RunnerOption } from 'node-pg-migrate';
 import pg from 'pg';
-import { loggedStatement } from '../../../adapters/node-pg-migrate/runner.js';
+import { loggedStatement } from '../../../adapters/node-pg-migrate/statement.js';
 import type { FleetMigrator } from '../../fleet/types.js';
 import type { KeyedLockOptions } from '../../keyed.js';
 import { announceTarget, clientConfig, databaseUrl } from '../context.js';
