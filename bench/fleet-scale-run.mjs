@@ -4,36 +4,9 @@
 //
 //   fleet-scale-run.mjs <migrator> <migrations dir> <targets.json> <concurrency> [canary]
 //   fleet-scale-run.mjs bare-knex <migrations dir> <targets.json> <concurrency>   (a hand-written loop, no lock)
-import { promises as fs, readFileSync } from 'node:fs';
-import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { migrateEach } from 'pg-migration-lock';
-
-const quietKnex = { warn() {}, error() {}, deprecate() {}, debug() {} };
-
-/** Each migrator's fleet migrator over `dir` (written by bench/migrators.mjs), from the package as an app uses it. */
-const FLEETS = {
-  knex: async (dir) =>
-    (await import('pg-migration-lock/knex')).fleet({ migrations: { directory: dir }, log: quietKnex }),
-  'node-pg-migrate': async (dir) =>
-    (await import('pg-migration-lock/node-pg-migrate')).fleet({
-      dir,
-      direction: 'up',
-      migrationsTable: 'pgmigrations',
-      log: () => {},
-    }),
-  drizzle: async (dir) => (await import('pg-migration-lock/drizzle')).fleet({ migrationsFolder: dir }),
-  kysely: async (dir) => {
-    const { FileMigrationProvider } = await import('kysely/migration').catch(() => import('kysely'));
-    const { fleet } = await import('pg-migration-lock/kysely');
-    return fleet({ provider: new FileMigrationProvider({ fs, path, migrationFolder: dir }) });
-  },
-  typeorm: async (dir) =>
-    (await import('pg-migration-lock/typeorm')).fleet({
-      type: 'postgres',
-      migrations: [path.join(dir, '*.mjs')],
-      logging: false,
-    }),
-};
+import { fleetMigrator, quietKnex } from './migrators.mjs';
 
 /** What a team writes without the library: knex per schema, `concurrency` at a time, no lock, no check first. */
 async function bareKnex(dir, targets, concurrency) {
@@ -76,7 +49,7 @@ const started = performance.now();
 let report;
 if (migrator === 'bare-knex') report = await bareKnex(dir, targets, Number(concurrency));
 else {
-  const fleet = await FLEETS[migrator](dir);
+  const fleet = await fleetMigrator(migrator, dir);
   report = await migrateEach(targets, fleet, {
     concurrency: Number(concurrency),
     canary: canary ? Number(canary) : 0,

@@ -4,8 +4,9 @@
 //
 // The sets are synthetic (the real projects' migrations cannot be fetched here): `count` tiny
 // `CREATE TABLE` migrations, plus, for the convergence section, one more that takes `slowSeconds`.
+import { promises as fs } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import path, { join } from 'node:path';
 
 /** Whether every specifier resolves from here (the migrator is installed, this build has its adapter). */
 export function available(entry) {
@@ -219,3 +220,34 @@ export const MIGRATORS = {
     },
   },
 };
+
+export const quietKnex = { warn() {}, error() {}, deprecate() {}, debug() {} };
+
+/** Each migrator's fleet migrator over `dir` (written by migrationSet's writers), from the package as an app uses it. */
+const FLEETS = {
+  knex: async (dir) =>
+    (await import('pg-migration-lock/knex')).fleet({ migrations: { directory: dir }, log: quietKnex }),
+  'node-pg-migrate': async (dir) =>
+    (await import('pg-migration-lock/node-pg-migrate')).fleet({
+      dir,
+      direction: 'up',
+      migrationsTable: 'pgmigrations',
+      log: () => {},
+    }),
+  drizzle: async (dir) => (await import('pg-migration-lock/drizzle')).fleet({ migrationsFolder: dir }),
+  kysely: async (dir) => {
+    // kysely 0.29 has its migrator in 'kysely/migration', 0.28 in 'kysely'.
+    const { FileMigrationProvider } = await import('kysely/migration').catch(() => import('kysely'));
+    const { fleet } = await import('pg-migration-lock/kysely');
+    return fleet({ provider: new FileMigrationProvider({ fs, path, migrationFolder: dir }) });
+  },
+  typeorm: async (dir) =>
+    (await import('pg-migration-lock/typeorm')).fleet({
+      type: 'postgres',
+      migrations: [path.join(dir, '*.mjs')],
+      logging: false,
+    }),
+};
+
+/** `migrator`'s fleet migrator over `dir`. */
+export const fleetMigrator = (migrator, dir) => FLEETS[migrator](dir);

@@ -1,22 +1,11 @@
-// Each adapter's fleet migrator, per schema and per database: where its table and the migrations land, pending
-// before and after, a failing tenant, a run again, and a single run holding the database's key beside the schemas.
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
-import { FileMigrationProvider } from 'kysely/migration';
 import { describe, expect, test } from 'vitest';
 import { fleet as drizzleFleet } from '../adapters/drizzle.js';
 import { fleet as knexFleet } from '../adapters/knex.js';
 import { fleet as kyselyFleet } from '../adapters/kysely.js';
 import { fleet as nodePgMigrateFleet } from '../adapters/node-pg-migrate.js';
 import { fleet as typeormFleet } from '../adapters/typeorm.js';
-import {
-  type FleetMigrator,
-  type FleetTargetInput,
-  fleetKey,
-  fleetTarget,
-  migrateEach,
-  withMigrationLock,
-} from '../src/index.js';
+import { type FleetTargetInput, fleetKey, fleetTarget, migrateEach, withMigrationLock } from '../src/index.js';
+import { FLEETS } from './fixtures/fleet/fleets.js';
 import {
   eventCounts,
   MIGRATORS,
@@ -26,27 +15,7 @@ import {
   schemaTargets,
   TABLES,
 } from './fixtures/fleet/tenants.js';
-import { createTestDatabase, fixture, withClient } from './helpers.js';
-
-const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
-const FLEETS: Record<MigratorName, () => FleetMigrator> = {
-  knex: () => knexFleet({ migrations: { directory: fixture('fleet/knex') }, log: silentKnexLog }),
-  'node-pg-migrate': () =>
-    nodePgMigrateFleet({
-      dir: fixture('fleet/node-pg-migrate'),
-      direction: 'up',
-      migrationsTable: 'pgmigrations',
-      log: () => {},
-    }),
-  drizzle: () => drizzleFleet({ migrationsFolder: fixture('fleet/drizzle') }),
-  // kysely looks for its table by name in every schema unless told which: the tenants' would hide the database's.
-  kysely: () =>
-    kyselyFleet({
-      provider: new FileMigrationProvider({ fs, path, migrationFolder: fixture('fleet/kysely') }),
-      migrationTableSchema: 'public',
-    }),
-  typeorm: () => typeormFleet({ type: 'postgres', migrations: [fixture('fleet/typeorm/*.mjs')], logging: false }),
-};
+import { createTestDatabase, withClient } from './helpers.js';
 
 /** Where the migrator keeps its table on a database target (drizzle: its own schema). */
 const DATABASE_SCHEMA: Record<MigratorName, string> = {

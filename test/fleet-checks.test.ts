@@ -1,16 +1,6 @@
-// Batched checks of a fleet's schema targets: per migrator, what the batch finds up to date (no migrator opened, no
-// lock) is what the migrator's own check finds up to date; a missing table, a row of a migration not in the list,
-// a renamed migration go to the migrator, or are let be exactly as the migrator lets them be.
-import { promises as fs } from 'node:fs';
-import path from 'node:path';
-import { FileMigrationProvider } from 'kysely/migration';
 import { describe, expect, test } from 'vitest';
-import { fleet as drizzleFleet } from '../adapters/drizzle.js';
-import { fleet as knexFleet } from '../adapters/knex.js';
-import { fleet as kyselyFleet } from '../adapters/kysely.js';
-import { fleet as nodePgMigrateFleet } from '../adapters/node-pg-migrate.js';
-import { fleet as typeormFleet } from '../adapters/typeorm.js';
 import { type FleetMigrator, fleetTarget, migrateEach } from '../src/index.js';
+import { FLEETS } from './fixtures/fleet/fleets.js';
 import {
   MIGRATORS,
   type MigratorName,
@@ -19,23 +9,7 @@ import {
   schemaTargets,
   TABLES,
 } from './fixtures/fleet/tenants.js';
-import { createTestDatabase, fixture, withClient } from './helpers.js';
-
-const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
-const FLEETS: Record<MigratorName, () => FleetMigrator> = {
-  knex: () => knexFleet({ migrations: { directory: fixture('fleet/knex') }, log: silentKnexLog }),
-  'node-pg-migrate': () =>
-    nodePgMigrateFleet({
-      dir: fixture('fleet/node-pg-migrate'),
-      direction: 'up',
-      migrationsTable: 'pgmigrations',
-      log: () => {},
-    }),
-  drizzle: () => drizzleFleet({ migrationsFolder: fixture('fleet/drizzle') }),
-  kysely: () =>
-    kyselyFleet({ provider: new FileMigrationProvider({ fs, path, migrationFolder: fixture('fleet/kysely') }) }),
-  typeorm: () => typeormFleet({ type: 'postgres', migrations: [fixture('fleet/typeorm/*.mjs')], logging: false }),
-};
+import { createTestDatabase, withClient } from './helpers.js';
 
 /** A row of a migration the list does not have, as each migrator records one. */
 const EXTRA_ROW: Record<MigratorName, string> = {

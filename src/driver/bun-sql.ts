@@ -7,6 +7,7 @@
 // no `release`, its errors carry the SQLSTATE in `errno`, and it tells of a closed connection only through the
 // pool's `onclose` option, for any connection of the pool, without saying which.
 import { codeOf, endsSession } from './errors.js';
+import { listenWithin, lossLatch } from './kit.js';
 import type { BunSql, BunSqlReserved, Session, SessionSource } from './types.js';
 
 /** An instance of the running Bun's `SQL` (root, reserved or transaction sql); always false under Node. */
@@ -94,24 +95,16 @@ function withSqlState(error: unknown): unknown {
   return error;
 }
 
-// How long a waiter waits for Bun's listen connection before it falls back to polling.
-const LISTEN_WITHIN_MS = 5_000;
-
 function bunSqlSession(reserved: BunSqlReserved, kind: Session['kind'], parent?: BunSql): Session {
-  let lostError: unknown;
-  let lostListener: ((error: unknown) => void) | undefined;
+  const loss = lossLatch();
+  const lose = loss.lose;
   let given = false;
-  const lose = (error: unknown) => {
-    if (lostError !== undefined) return;
-    lostError = error ?? new Error('Connection closed');
-    lostListener?.(lostError);
-  };
   // A connection of the pool closed: ask ours. A closed reserved connection fails a statement at once,
   // without a round trip, with the error that closed it (57P01 for pg_terminate_backend); a live one
   // answers after whatever fn has queued on it (a failed transaction's 25P02 is no loss).
   let probing = false;
   const probe = () => {
-    if (given || probing || lostError !== undefined) return;
+    if (given || probing || loss.error !== undefined) return;
     probing = true;
     Promise.resolve(reserved.unsafe('SELECT 1')).then(
       () => {
@@ -134,7 +127,7 @@ function bunSqlSession(reserved: BunSqlReserved, kind: Session['kind'], parent?:
     kind,
     endpoint: options ? { host: options.hostname, port: options.port } : undefined,
     async query<R>(text: string, params: unknown[] = []) {
-      if (lostError !== undefined) throw lostError;
+      if (loss.error !== undefined) throw loss.error;
       try {
         return Array.from((await reserved.unsafe(text, params)) as R[]);
       } catch (err) {
@@ -143,40 +136,9 @@ function bunSqlSession(reserved: BunSqlReserved, kind: Session['kind'], parent?:
         throw err;
       }
     },
-    // Bun delivers notifications on a connection of its own (one per pool), idle between them: it holds no
-    // snapshot, so a holder's CREATE INDEX CONCURRENTLY does not wait for it.
-    listen: parent
-      ? async (channel, onPayload) => {
-          const request = Promise.resolve(parent.listen(channel, onPayload));
-          let timer: NodeJS.Timeout | undefined;
-          const subscription = await Promise.race([
-            request,
-            new Promise<undefined>((resolve) => {
-              timer = setTimeout(() => resolve(undefined), LISTEN_WITHIN_MS);
-            }),
-          ])
-            .catch(() => undefined)
-            .finally(() => clearTimeout(timer));
-          if (!subscription) {
-            // No listen connection (too many connections, a slow network): poll, and drop it if it comes.
-            request.then(
-              (late) => Promise.resolve(late.unlisten()).catch(() => {}),
-              () => {},
-            );
-            return async () => {};
-          }
-          return async () => {
-            await subscription.unlisten();
-          };
-        }
-      : undefined,
-    onLost(onLost) {
-      lostListener = onLost;
-      if (lostError !== undefined) onLost(lostError);
-      return () => {
-        if (lostListener === onLost) lostListener = undefined;
-      };
-    },
+    // Bun delivers notifications on a connection of its own, one per pool.
+    listen: parent ? (channel, onPayload) => listenWithin(parent.listen(channel, onPayload)) : undefined,
+    onLost: loss.onLost,
     destroy() {
       cut();
       lose(new Error('Connection destroyed'));
@@ -188,7 +150,7 @@ function bunSqlSession(reserved: BunSqlReserved, kind: Session['kind'], parent?:
       if (kind !== 'pooled') return;
       // Closing the connection releases any lock it may still hold; the pool opens another later. Bun takes a
       // closed reserved connection back as closed.
-      if (discard && lostError === undefined) cut();
+      if (discard && loss.error === undefined) cut();
       reserved.release();
     },
   };

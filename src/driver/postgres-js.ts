@@ -12,6 +12,7 @@
 //   3.x would write them to the closed (or reconnected) connection.
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { endsSession } from './errors.js';
+import { listenWithin, lossLatch } from './kit.js';
 import {
   type ConnectionV3,
   columnNamesBack,
@@ -59,9 +60,6 @@ export function postgresJsSource(source: PostgresJsSql | PostgresJsReservedSql):
   };
 }
 
-// How long a waiter waits for postgres.js' listen connection before it falls back to polling.
-const LISTEN_WITHIN_MS = 5_000;
-
 function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'], parent?: PostgresJsSql): Session {
   const unsafe = reserved.unsafe.bind(reserved) as Unsafe;
   // How this postgres.js tells us of a close, learnt from our first statement: 3.x through its Connection
@@ -72,14 +70,9 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
   let ours: string | undefined;
   let sentOn: Statement['connection'];
   const pending = new Set<Statement>();
-  let lostError: unknown;
-  let lostListener: ((error: unknown) => void) | undefined;
+  const loss = lossLatch();
+  const lose = loss.lose;
   let given = false;
-  const lose = (error: unknown) => {
-    if (lostError !== undefined) return;
-    lostError = error ?? new Error('Connection closed');
-    lostListener?.(lostError);
-  };
 
   // 4.x: a close is announced on `postgres:pool`, in the same tick as the connection's statements are
   // rejected, so the loss is known before anyone sees them fail. Closes heard before our first statement
@@ -121,7 +114,7 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
     } | null;
     const { handler, reject } = statement ?? {};
     if (typeof handler !== 'function' || typeof reject !== 'function') return query;
-    statement!.handler = (self: unknown) => (lostError === undefined ? handler(self) : statement!.reject!(lostError));
+    statement!.handler = (self: unknown) => (loss.error === undefined ? handler(self) : statement!.reject!(loss.error));
     statement!.reject = (error: unknown) => {
       if (endsSession(error)) lose(error);
       reject(error);
@@ -165,7 +158,7 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
     async query<R>(text: string, params: unknown[] = []) {
       // After a close the pool may reconnect this very connection for someone else (or it has no
       // socket): a statement of ours must never run there.
-      if (lostError !== undefined) throw lostError;
+      if (loss.error !== undefined) throw loss.error;
       const statement = unsafe(text, params, { onexecute }) as Statement;
       // 4.x: our rows as the server names their columns, whatever the sql's transforms (3.x: see untransform).
       const transformed = typeof statement.transform !== 'function';
@@ -190,43 +183,9 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
         : rows;
     },
     // A borrowed reserved sql has no `listen` (only its parent has): its waiters only poll.
-    listen: parent
-      ? async (channel, onPayload) => {
-          // postgres.js delivers notifications on a connection of its own, idle between them: it holds
-          // no snapshot, so a holder's CREATE INDEX CONCURRENTLY does not wait for it. Shared by every
-          // call on this sql (postgres.js LISTENs once per channel), ended by `sql.end()`.
-          const request = Promise.resolve(parent.listen(channel, onPayload));
-          let timer: NodeJS.Timeout | undefined;
-          const meta = await Promise.race([
-            request,
-            new Promise<undefined>((resolve) => {
-              timer = setTimeout(() => resolve(undefined), LISTEN_WITHIN_MS);
-            }),
-          ])
-            .catch(() => undefined)
-            .finally(() => clearTimeout(timer));
-          if (!meta) {
-            // No listen connection (too many connections, a slow network): poll, and drop it if it comes.
-            request
-              .then(
-                (late) => late.unlisten(),
-                () => {},
-              )
-              .then(undefined, () => {});
-            return async () => {};
-          }
-          return async () => {
-            await meta.unlisten();
-          };
-        }
-      : undefined,
-    onLost(onLost) {
-      lostListener = onLost;
-      if (lostError !== undefined) onLost(lostError);
-      return () => {
-        if (lostListener === onLost) lostListener = undefined;
-      };
-    },
+    // Shared by every call on this sql (postgres.js LISTENs once per channel), ended by `sql.end()`.
+    listen: parent ? (channel, onPayload) => listenWithin(parent.listen(channel, onPayload)) : undefined,
+    onLost: loss.onLost,
     destroy() {
       // No round trip: what is queued is rejected at once and the socket closed; the pool takes the
       // connection back once it is closed.
@@ -241,7 +200,7 @@ function postgresJsSession(reserved: PostgresJsReservedSql, kind: Session['kind'
       if (v3?.onclose === lose) v3.onclose = null;
       // A closed connection went back to the pool by itself; handing it back again would put a dead
       // connection in its open queue (3.x). The caller's own reserved sql stays theirs.
-      if (kind !== 'pooled' || lostError !== undefined) return;
+      if (kind !== 'pooled' || loss.error !== undefined) return;
       if (discard && (v3 || typeof sentOn?.destroy === 'function')) {
         // Closing the connection releases any lock it may still hold; the pool reconnects it later.
         cut();
