@@ -1,5 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, expect, inject } from 'vitest';
@@ -33,6 +36,16 @@ export async function withClient<T>(url: string, fn: (client: pg.Client) => Prom
 }
 
 export const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+
+/**
+ * A fresh, empty directory of the test's own (never the shared temporary directory itself, where other test files
+ * write), removed when the test process exits.
+ */
+export function scratchDir(prefix = 'pgml-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
 
 export interface Exited {
   code: number | null;

@@ -1,7 +1,6 @@
 // `migrate <migrator> --each-schema | --each-database`: real CLI processes migrating a fleet of tenant schemas and
 // databases on a real server, each migrator once, two fleet commands at once, an interrupted one resumed, bad input.
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import {
@@ -12,7 +11,7 @@ import {
   NAMES,
   prepareTenants,
 } from '../fixtures/fleet/tenants.js';
-import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
+import { createTestDatabase, fixture, scratchDir, waitFor, withClient } from '../helpers.js';
 import { cli, hasScript, start, startOnTerminal } from './cli.js';
 
 const url = await createTestDatabase();
@@ -201,7 +200,7 @@ describe('fleets of databases, two commands at once, interruptions, bad input', 
   );
 
   test('bad input: a clear message, exit 2, nothing migrated', async () => {
-    const list = join(mkdtempSync(join(tmpdir(), 'pgml-fleet-cli-')), 'tenants.txt');
+    const list = join(scratchDir('pgml-fleet-cli-'), 'tenants.txt');
     writeFileSync(list, 'postgres://ok@127.0.0.1/a\nmysql://root:hunter2%zz@db/x\n');
     const cases: [string[], RegExp][] = [
       [['--each-database', '/nonexistent/tenants.txt'], /--each-database: cannot read \/nonexistent\/tenants.txt/],

@@ -1,6 +1,5 @@
-import { tmpdir } from 'node:os';
 import { describe, expect, test } from 'vitest';
-import { createTestDatabase, withClient } from '../helpers.js';
+import { createTestDatabase, scratchDir, withClient } from '../helpers.js';
 import { cli, fixture } from './cli.js';
 
 // `pg-migration-lock migrate mikro-orm` and `pending mikro-orm`: the config `mikro-orm migration:up` reads
@@ -65,7 +64,7 @@ describe('migrate mikro-orm', () => {
     expect(ok.stderr).toMatch(/from --database-url/);
     expect(await query(url, 'SELECT count(*)::int AS n FROM mikro_orm_migrations')).toEqual([{ n: 2 }]);
 
-    const none = await cli(['migrate', 'mikro-orm'], { cwd: tmpdir(), env: { DATABASE_URL: url } });
+    const none = await cli(['migrate', 'mikro-orm'], { cwd: scratchDir(), env: { DATABASE_URL: url } });
     expect(none.code).toBe(2);
     expect(none.stderr).toMatch(/MikroORM config file not found/);
     const missing = await cli(['migrate', 'mikro-orm', '--config', 'none.config.js'], { cwd });

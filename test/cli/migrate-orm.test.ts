@@ -1,6 +1,5 @@
-import { tmpdir } from 'node:os';
 import { describe, expect, test } from 'vitest';
-import { createTestDatabase, withClient } from '../helpers.js';
+import { createTestDatabase, scratchDir, withClient } from '../helpers.js';
 import { cli, fixture } from './cli.js';
 
 // `pg-migration-lock migrate typeorm|kysely`: replicas starting at once apply each migration once, and
@@ -130,7 +129,7 @@ describe('kysely', () => {
 
   test('no config file: exit 2, naming what was looked for', async () => {
     const { code, stderr } = await cli(['migrate', 'kysely'], {
-      cwd: tmpdir(),
+      cwd: scratchDir(),
       env: { DATABASE_URL: 'postgres://x@127.0.0.1:1/x' },
     });
     expect(code).toBe(2);

@@ -2,11 +2,10 @@
 // .config/kysely.config.ts with .ts migrations, a TypeORM data-source.ts with .ts migrations, loaded through the
 // loader the project has (here jiti, in the repository's node_modules); a migration that does not compile is
 // named; with no loader installed, one line says what to install.
-import { cpSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { createTestDatabase, withClient } from '../helpers.js';
+import { createTestDatabase, scratchDir, withClient } from '../helpers.js';
 import { cli, fixture } from './cli.js';
 
 const url = await createTestDatabase();
@@ -77,7 +76,7 @@ describe('through the project loader (jiti)', () => {
 
 describe('with no loader installed', () => {
   // Outside the repository, and without NODE_PATH: neither jiti, tsx nor ts-node resolves from there.
-  const outside = mkdtempSync(join(tmpdir(), 'pgml-no-loader-'));
+  const outside = scratchDir('pgml-no-loader-');
   cpSync(fixture('typescript'), outside, { recursive: true });
   const cases: [string, string[]][] = [
     ['knex', ['migrate', 'knex']],
