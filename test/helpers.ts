@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { afterAll, expect, inject } from 'vitest';
+import { afterAll, expect, inject, onTestFinished } from 'vitest';
 
 /** Makes a fresh database for the calling test file (dropped after it) and returns its URL. */
 export async function createTestDatabase(): Promise<string> {
@@ -39,11 +39,16 @@ export const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${nam
 
 /**
  * A fresh, empty directory of the test's own (never the shared temporary directory itself, where other test files
- * write), removed when the test process exits.
+ * write), removed after the test that made it, or after the file when made outside a test.
  */
 export function scratchDir(prefix = 'pgml-'): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
-  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const remove = () => rmSync(dir, { recursive: true, force: true });
+  try {
+    onTestFinished(remove);
+  } catch {
+    afterAll(remove); // not inside a test
+  }
   return dir;
 }
 
