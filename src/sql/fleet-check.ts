@@ -40,24 +40,39 @@ export async function tablesIn(
 
 /**
  * The values of `read.column` in each `(schema, read)` asked, in the migrator's order, as text (NULL as null): one
- * statement for the whole batch, a UNION ALL of plain selects, each row tagged with its ask and its place in the
+ * statement for the whole batch, a UNION ALL of plain selects, each row tagged with its select and its place in the
  * migrator's order (`row_number()`). Plain selects, not an `ARRAY(…)` subquery per table: PostgreSQL plans a UNION
- * of hundreds of subqueries many times slower (1.5 s against 0.1 s for 500 tables). Every table asked must exist
- * (see {@link tablesIn}). Resolves to `values[i]` for `asks[i]`.
+ * of hundreds of subqueries many times slower (1.5 s against 0.1 s for 500 tables). Reads of one table in one order
+ * (kysely's name and timestamp) share a select, so each table is read once. Every table asked must exist (see
+ * {@link tablesIn}). Resolves to `values[i]` for `asks[i]`.
  */
 export async function appliedIn(
   query: Query,
   asks: readonly { schema: string; read: AppliedRead }[],
 ): Promise<(string | null)[][]> {
   if (asks.length === 0) return [];
-  const parts = asks.map(({ schema, read }, i) => {
+  // One select per table and order; each ask reads its column at `at` among the select's values (v0, v1, …: plain
+  // text columns, NULL where a select has fewer, so every driver decodes them alike).
+  const selects = new Map<string, { i: number; schema: string; read: AppliedRead; columns: string[] }>();
+  const places = asks.map(({ schema, read }) => {
+    const id = JSON.stringify([schema, read.table, read.orderBy]);
+    const select = selects.get(id) ?? { i: selects.size, schema, read, columns: [] };
+    selects.set(id, select);
+    const known = select.columns.indexOf(read.column);
+    return { i: select.i, at: known >= 0 ? known : select.columns.push(read.column) - 1 };
+  });
+  const width = Math.max(...[...selects.values()].map(({ columns }) => columns.length));
+  const parts = [...selects.values()].map(({ i, schema, read, columns }) => {
     const order =
       read.orderBy.length > 0 ? `row_number() OVER (ORDER BY ${read.orderBy.map(quoteIdent).join(', ')})` : '0';
-    const from = `${quoteIdent(schema)}.${quoteIdent(read.table)}`;
-    return `SELECT ${i} AS i, ${order} AS o, ${quoteIdent(read.column)}::text AS v FROM ${from}`;
+    const values = Array.from({ length: width }, (_, c) =>
+      c < columns.length ? `${quoteIdent(columns[c]!)}::text AS v${c}` : `NULL::text AS v${c}`,
+    );
+    return `SELECT ${i} AS i, ${order} AS o, ${values.join(', ')} FROM ${quoteIdent(schema)}.${quoteIdent(read.table)}`;
   });
-  const rows = await query<{ i: number; o: string | number; v: string | null }>(parts.join('\nUNION ALL\n'));
-  const tagged: { o: number; v: string | null }[][] = asks.map(() => []);
-  for (const { i, o, v } of rows) tagged[i]!.push({ o: Number(o), v });
-  return tagged.map((list) => list.sort((a, b) => a.o - b.o).map(({ v }) => v));
+  const rows = await query<Record<string, string | number | null>>(parts.join('\nUNION ALL\n'));
+  const tagged: { o: number; row: Record<string, string | number | null> }[][] = parts.map(() => []);
+  for (const row of rows) tagged[Number(row.i)]!.push({ o: Number(row.o), row });
+  for (const list of tagged) list.sort((a, b) => a.o - b.o);
+  return places.map(({ i, at }) => tagged[i]!.map(({ row }) => (row[`v${at}`] ?? null) as string | null));
 }
