@@ -17,6 +17,7 @@ import {
   SKIPPED,
   usingTarget,
 } from './kit.js';
+import { mikroOrmAppliedRule } from './mikro-orm/applied.js';
 import {
   type AnyOrm,
   afterCreate,
@@ -233,6 +234,13 @@ export function fleet(options: MikroOrmFleetOptions = {}): FleetMigrator {
   const close = (orm: AnyOrm) => orm.close(true);
   return {
     name: 'mikro-orm',
+    // The migration list is the same for every target: read once, from the first target's ORM.
+    appliedRule: (target) =>
+      usingTarget(
+        () => open(target),
+        close,
+        (orm) => mikroOrmAppliedRule(orm),
+      ),
     pending: (target) =>
       usingTarget(
         () => open(target),

@@ -380,6 +380,25 @@ test("a fleet of 3 schemas with migrateEach: MikroORM's table and the migrations
   expect(await migrator.pending(fleetTarget(targets[0]!))).toEqual([]);
   const again = await migrateEach(targets, migrator, { logger: null });
   expect(again.results.map((r) => r.status)).toEqual(['up-to-date', 'up-to-date', 'up-to-date']);
+
+  // Checked in a batch: up-to-date schemas never reach the migrator; a name recorded with its extension counts, as
+  // MikroORM reads it; a renamed one is pending again to MikroORM, so that schema goes to it, which applies it.
+  await withClient(fleetUrl, async (client) => {
+    await client.query(`UPDATE t_2.mikro_orm_migrations SET name = name || '.js'`);
+    await client.query(`UPDATE t_3.mikro_orm_migrations SET name = 'Renamed' WHERE name LIKE '%_double'`);
+  });
+  const ran: string[] = [];
+  const watched: typeof migrator = {
+    ...migrator,
+    run: (target, lock, pool) => {
+      ran.push(target.schema!);
+      return migrator.run(target, lock, pool);
+    },
+  };
+  const third = await migrateEach(targets, watched, { logger: null });
+  expect(third.results.map((r) => r.status)).toEqual(['up-to-date', 'up-to-date', 'applied']);
+  expect(ran).toEqual(['t_3']);
+  expect(await balance(fleetUrl, 't_3')).toEqual([{ balance: 400 }]);
 });
 
 test('bad input is a TypeError (or RangeError) before anything is sent', async () => {
