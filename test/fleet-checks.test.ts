@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { type FleetMigrator, fleetTarget, migrateEach } from '../src/index.js';
+import { fleetTarget, migrateEach } from '../src/index.js';
 import { FLEETS } from './fixtures/fleet/fleets.js';
 import {
   MIGRATORS,
@@ -9,7 +9,7 @@ import {
   schemaTargets,
   TABLES,
 } from './fixtures/fleet/tenants.js';
-import { createTestDatabase, withClient } from './helpers.js';
+import { createTestDatabase, watchRuns, withClient } from './helpers.js';
 
 /** A row of a migration the list does not have, as each migrator records one. */
 const EXTRA_ROW: Record<MigratorName, string> = {
@@ -72,14 +72,7 @@ describe.each(MIGRATORS.map((name, i) => [name, urls[i]!] as const))('%s', (name
     );
     expect(own.fresh).toEqual(NAMES[name]);
 
-    const ran: string[] = [];
-    const watched: FleetMigrator = {
-      ...migrator,
-      run: (target, lock, pool) => {
-        ran.push(target.schema!);
-        return migrator.run(target, lock, pool);
-      },
-    };
+    const { watched, ran } = watchRuns(migrator);
     const report = await migrateEach(schemaTargets(url, [...done, ...doctored]), watched, {
       concurrency: 3,
       logger: null,

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, expect, inject, onTestFinished } from 'vitest';
+import type { FleetMigrator } from '../src/index.js';
 
 /** Makes a fresh database for the calling test file (dropped after it) and returns its URL. */
 export async function createTestDatabase(): Promise<string> {
@@ -146,4 +147,17 @@ export function skipUnlessRequired(reason: string | undefined): boolean {
   }
   console.warn(`Skipped: ${reason}`);
   return true;
+}
+
+/** `migrator` with its `run` calls recorded: `ran` lists the schemas (or databases) that reached the migrator. */
+export function watchRuns(migrator: FleetMigrator): { watched: FleetMigrator; ran: string[] } {
+  const ran: string[] = [];
+  const watched: FleetMigrator = {
+    ...migrator,
+    run: (target, lock, pool) => {
+      ran.push(target.schema ?? target.name);
+      return migrator.run(target, lock, pool);
+    },
+  };
+  return { watched, ran };
 }

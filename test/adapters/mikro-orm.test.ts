@@ -20,7 +20,7 @@ import {
 } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { ormFor, ormOptions } from '../fixtures/mikro-orm/orm.mjs';
-import { createTestDatabase, lockRows, waitFor, withClient } from '../helpers.js';
+import { createTestDatabase, lockRows, waitFor, watchRuns, withClient } from '../helpers.js';
 import { expectAllSucceeded, expectCicRace, expectExclusiveHoldings, report } from './race-report.js';
 
 const REPLICAS = 8;
@@ -387,14 +387,7 @@ test("a fleet of 3 schemas with migrateEach: MikroORM's table and the migrations
     await client.query(`UPDATE t_2.mikro_orm_migrations SET name = name || '.js'`);
     await client.query(`UPDATE t_3.mikro_orm_migrations SET name = 'Renamed' WHERE name LIKE '%_double'`);
   });
-  const ran: string[] = [];
-  const watched: typeof migrator = {
-    ...migrator,
-    run: (target, lock, pool) => {
-      ran.push(target.schema!);
-      return migrator.run(target, lock, pool);
-    },
-  };
+  const { watched, ran } = watchRuns(migrator);
   const third = await migrateEach(targets, watched, { logger: null });
   expect(third.results.map((r) => r.status)).toEqual(['up-to-date', 'up-to-date', 'applied']);
   expect(ran).toEqual(['t_3']);

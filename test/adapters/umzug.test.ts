@@ -20,7 +20,7 @@ import {
 } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
 import { sequelizeFor, umzugFor } from '../fixtures/umzug/umzug.mjs';
-import { createTestDatabase, lockRows, waitFor, withClient } from '../helpers.js';
+import { createTestDatabase, lockRows, waitFor, watchRuns, withClient } from '../helpers.js';
 import { expectAllSucceeded, expectCicRace, expectExclusiveHoldings, report } from './race-report.js';
 
 const REPLICAS = 8;
@@ -332,14 +332,7 @@ test('a fleet of 3 schemas with migrateEach: SequelizeMeta and the tables in eac
       await client.query(`INSERT INTO t_2."SequelizeMeta" (name) VALUES ('000_gone')`);
       await client.query(`UPDATE t_3."SequelizeMeta" SET name = '002_renamed' WHERE name = '002_double'`);
     });
-    const ran: string[] = [];
-    const watched: typeof migrator = {
-      ...migrator,
-      run: (target, lock, pool) => {
-        ran.push(target.schema!);
-        return migrator.run(target, lock, pool);
-      },
-    };
+    const { watched, ran } = watchRuns(migrator);
     const third = await migrateEach(targets, watched, { logger: null });
     expect(third.results.map((r) => r.status)).toEqual(['up-to-date', 'up-to-date', 'applied']);
     expect(ran).toEqual(['t_3']);
