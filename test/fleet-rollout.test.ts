@@ -6,10 +6,15 @@ import { migrateEach } from '../src/index.js';
 import { eventCounts, prepareTenants, schemaTargets } from './fixtures/fleet/tenants.js';
 import { createTestDatabase, fixture, withClient } from './helpers.js';
 
-process.env.FLEET_SLEEP = '0.05';
 const [canaryUrl, passUrl, budgetUrl, shareUrl] = (await Promise.all(
   Array.from({ length: 4 }, () => createTestDatabase()),
 )) as [string, string, string, string];
+// Short migrations (see test/fixtures/fleet/sql.cjs), set on these databases rather than in this process.
+for (const url of [canaryUrl, passUrl, budgetUrl, shareUrl]) {
+  await withClient(url, (client) =>
+    client.query(`ALTER DATABASE "${new URL(url).pathname.slice(1)}" SET pgml.fleet_sleep = '0.05'`),
+  );
+}
 const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
 const knexFleet = () => fleet({ migrations: { directory: fixture('fleet/knex') }, log: silentKnexLog });
 const names = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}_${i + 1}`);

@@ -48,14 +48,17 @@ test('the CLI loads no migrator, ORM or second driver until a command needs it (
     return r;
   }`;
   const register = `import { register } from 'node:module'; register(${JSON.stringify(`data:text/javascript,${encodeURIComponent(hook)}`)});`;
-  const { stderr: packages } = spawnSync(
+  const { status, stderr } = spawnSync(
     process.execPath,
     ['--import', `data:text/javascript,${encodeURIComponent(register)}`, join(dist, 'cli/index.js'), '--help'],
     { encoding: 'utf8' },
   );
-  expect(new Set([...packages.matchAll(/^resolved (.+)$/gm)].map((m) => m[1]))).toEqual(
-    new Set(['commander', 'pg', 'pg-connection-string', 'picocolors']),
-  );
+  expect(status, stderr).toBe(0);
+  const resolved = new Set([...stderr.matchAll(/^resolved (.+)$/gm)].map((m) => m[1]!));
+  expect(resolved).toContain('commander');
+  // Our runtime dependencies, and what pg itself requires (Node versions differ in whether the hook sees those).
+  const allowed = /^(commander|pg|pg-.+|picocolors|postgres-(array|bytea|date|interval)|split2|xtend|pgpass)$/;
+  expect([...resolved].filter((name) => !allowed.test(name))).toEqual([]);
 });
 
 test('import works, and the ESM and CJS builds agree', () => {

@@ -32,6 +32,10 @@ const meterProvider = new MeterProvider({ readers: [reader] });
 metrics.setGlobalMeterProvider(meterProvider);
 afterAll(async () => {
   await Promise.all([tracerProvider.shutdown(), meterProvider.shutdown()]);
+  // The suite's files share their worker's process: the next one must find no provider set.
+  trace.disable();
+  metrics.disable();
+  context.disable();
 });
 
 const [url, knexUrl, fleetUrl] = await Promise.all([createTestDatabase(), createTestDatabase(), createTestDatabase()]);

@@ -2,7 +2,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { afterAll } from 'vitest';
+import { afterAll, onTestFinished } from 'vitest';
 import { waitFor } from '../helpers.js';
 
 /** The built binary: the tests run what users run (`npx tsup` first). */
@@ -49,10 +49,19 @@ function testEnv(extra: Record<string, string | undefined> = {}): NodeJS.Process
   return env;
 }
 
-const running = new Set<ChildProcess>();
-afterAll(() => {
-  for (const child of running) child.kill('SIGKILL');
-});
+/** A child still running when the test (or, started outside one, the file) that started it ends is killed. */
+function killAfter(child: ChildProcess, exited: Promise<unknown>): void {
+  let done = false;
+  exited.then(() => (done = true));
+  const kill = () => {
+    if (!done) child.kill('SIGKILL');
+  };
+  try {
+    onTestFinished(kill);
+  } catch {
+    afterAll(kill); // not inside a test
+  }
+}
 
 function track(child: ChildProcess): Run {
   let stdout = '';
@@ -62,8 +71,7 @@ function track(child: ChildProcess): Run {
   const exited = new Promise<Awaited<Run['exited']>>((resolve) =>
     child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })),
   );
-  running.add(child);
-  exited.then(() => running.delete(child));
+  killAfter(child, exited);
   return {
     child,
     exited,

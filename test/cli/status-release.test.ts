@@ -158,6 +158,7 @@ describe('status', () => {
       connectionString: other.href,
       application_name: `pg-migration-lock:${DEFAULT_LOCK_KEY}:decoy0.1@elsewhere`,
     });
+    decoy.on('error', () => {}); // the server may end it after the test; the suite's process lives on
     await decoy.connect();
     const holder = start(['run', '--', process.execPath, '-e', 'setTimeout(() => {}, 30000); console.log("ready")'], {
       env,
