@@ -29,7 +29,8 @@ export async function mikroOrmAppliedRule(orm: AnyOrm): Promise<FleetAppliedRule
   if (typeof umzug?.migrations !== 'function' || typeof umzug.getContext !== 'function') return undefined;
   const names = (await umzug.migrations(await umzug.getContext())).map((migration) => migration.name);
   return {
-    reads: [{ table, column: 'name', orderBy: [] }],
+    // In MikroORM's order (`select * … order by id`): a table without that column fails the batch, not the rule.
+    reads: [{ table, column: 'name', orderBy: ['id'] }],
     upToDate: ([recorded]) => {
       // A NULL name makes MikroORM itself fail: not certain, so the migrator decides.
       if (recorded!.includes(null)) return false;

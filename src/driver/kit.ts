@@ -49,10 +49,7 @@ export async function listenWithin(request: PromiseLike<{ unlisten(): unknown }>
     .catch(() => undefined)
     .finally(() => clearTimeout(timer));
   if (!subscription) {
-    subscribing.then(
-      (late) => Promise.resolve(late.unlisten()).catch(() => {}),
-      () => {},
-    );
+    subscribing.then((late) => late.unlisten()).then(undefined, () => {});
     return async () => {};
   }
   return async () => {
