@@ -42,6 +42,9 @@ export interface RunOptions {
 function testEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
   for (const name of ['DATABASE_URL', 'FORCE_COLOR', 'CI', 'NODE_ENV']) delete env[name];
+  // MikroORM, initialised in the suite's shared processes, sets MIKRO_ORM_COLORS there: a CLI that inherited it
+  // would read a config from the environment.
+  for (const name of Object.keys(env)) if (name.startsWith('MIKRO_ORM_')) delete env[name];
   for (const [name, value] of Object.entries(extra)) {
     if (value === undefined) delete env[name];
     else env[name] = value;

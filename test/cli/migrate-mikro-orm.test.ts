@@ -65,7 +65,7 @@ describe('migrate mikro-orm', () => {
     expect(await query(url, 'SELECT count(*)::int AS n FROM mikro_orm_migrations')).toEqual([{ n: 2 }]);
 
     const none = await cli(['migrate', 'mikro-orm'], { cwd: scratchDir(), env: { DATABASE_URL: url } });
-    expect(none.code).toBe(2);
+    expect(none.code, none.stderr).toBe(2);
     expect(none.stderr).toMatch(/MikroORM config file not found/);
     const missing = await cli(['migrate', 'mikro-orm', '--config', 'none.config.js'], { cwd });
     expect(missing.code).toBe(2);
