@@ -9,8 +9,9 @@ export default defineConfig({
     pool: 'forks',
     maxWorkers: 3,
     // A worker runs its files one after another in one module graph: the ORMs, drivers and the library are loaded
-    // once per worker rather than once per file (half of the suite's import time). The files share no state that
-    // matters: each has a database of its own, and what is global (OpenTelemetry's providers) only one file sets.
+    // once per worker rather than once per file (half of the suite's import time). Each file has a database of its
+    // own; what is global is put back after the file that sets it (OpenTelemetry's providers, a fixture's setting),
+    // and the CLI's children do not inherit what a library puts in process.env (MikroORM: see test/cli/cli.ts).
     isolate: false,
     testTimeout: 60_000,
     hookTimeout: 60_000,
