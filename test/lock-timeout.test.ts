@@ -5,6 +5,7 @@ import postgres from 'postgres';
 import { describe, expect, test } from 'vitest';
 import { type Logger, MigrationBlockedError, withMigrationLock } from '../src/index.js';
 import { isLockTimeout } from '../src/lock/retry.js';
+import { expectAppliedOnceAfterReader } from './fixtures/lock-timeout/expect.js';
 import { applied, blockedMigration, prepare } from './fixtures/lock-timeout/scenario.mjs';
 import { createTestDatabase, lockRows, withClient } from './helpers.js';
 
@@ -109,10 +110,7 @@ describe('a migration blocked behind a reader', () => {
       expect(result.worstMs).toBeLessThan(2000);
       expect(result.endedBeforeReader).toBe(false);
       expect(tries).toBeGreaterThanOrEqual(2);
-      const { runs, column } = await applied(url);
-      expect(column).toBe(true);
-      expect(runs).toHaveLength(1);
-      expect(runs[0]!.getTime()).toBeGreaterThanOrEqual(new Date(result.readerEndedAt).getTime());
+      await expectAppliedOnceAfterReader(url, result.readerEndedAt);
       const retried = lines.filter((line) => line.startsWith('warn ') && line.includes('trying again'));
       expect(retried).toHaveLength(tries - 1);
       // Seen while it blocked (a URL lets a second session of our own look; never a pool's), by pid, name and statement.

@@ -19,7 +19,8 @@ import { runner } from '../../adapters/node-pg-migrate.js';
 import { runMigrations } from '../../adapters/typeorm.js';
 import { up as umzugUp } from '../../adapters/umzug.js';
 import type { Logger } from '../../src/index.js';
-import { applied, blockedMigration, prepare } from '../fixtures/lock-timeout/scenario.mjs';
+import { expectAppliedOnceAfterReader } from '../fixtures/lock-timeout/expect.js';
+import { blockedMigration, prepare } from '../fixtures/lock-timeout/scenario.mjs';
 import { ormFor } from '../fixtures/mikro-orm/orm.mjs';
 import { createTestDatabase, fixture } from '../helpers.js';
 
@@ -46,10 +47,7 @@ async function expectUnblocked(url: string, migrate: (lock: object) => Promise<u
   // Without the option the app's worst query waits about the whole hold (test/lock-timeout.test.ts).
   expect(result.worstMs).toBeLessThan(HOLD_MS / 2);
   expect(result.endedBeforeReader).toBe(false);
-  const { runs, column } = await applied(url);
-  expect(column).toBe(true);
-  expect(runs).toHaveLength(1);
-  expect(runs[0]!.getTime()).toBeGreaterThanOrEqual(new Date(result.readerEndedAt).getTime());
+  await expectAppliedOnceAfterReader(url, result.readerEndedAt);
   const retried = warnings.filter((line) => line.includes('trying again'));
   expect(retried.length).toBeGreaterThanOrEqual(1);
   expect(retried[0]).toContain('waited longer than lock_timeout 500ms for a table lock');

@@ -2,6 +2,7 @@
 // "lock timeout" or 55P03 runs CMD again) and on `migrate` (the adapter's lock options), blocked behind a reader.
 import { describe, expect, test } from 'vitest';
 import { DEFAULT_LOCK_KEY } from '../../src/index.js';
+import { expectAppliedOnceAfterReader } from '../fixtures/lock-timeout/expect.js';
 import { applied, blockedMigration, prepare } from '../fixtures/lock-timeout/scenario.mjs';
 import { createTestDatabase, lockRows, fixture as testFixture } from '../helpers.js';
 import { cli } from './cli.js';
@@ -52,10 +53,7 @@ describe('blocked behind a reader, with --lock-timeout 500ms', () => {
         `try 1 of 31: a statement waited longer than lock_timeout 500ms for a table lock, held by pid ${result.readerPid} \\(application_name long-reader\\)[^\\n]*SELECT count\\(\\*\\) FROM app_data`,
       ),
     );
-    const { runs, column } = await applied(runUrl);
-    expect(column).toBe(true);
-    expect(runs).toHaveLength(1);
-    expect(runs[0]!.getTime()).toBeGreaterThanOrEqual(new Date(result.readerEndedAt).getTime());
+    await expectAppliedOnceAfterReader(runUrl, result.readerEndedAt);
   });
 
   test('migrate knex: the adapter takes the options', async () => {
