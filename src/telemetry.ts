@@ -15,9 +15,12 @@ interface OtelApi {
   };
   context: { active(): unknown; with<R>(context: unknown, fn: () => R): R };
   metrics: { getMeterProvider(): { getMeter(name: string): OtelMeter } };
+  /** The meter a provider gives when none is registered. */
+  createNoopMeter?(): OtelMeter;
   SpanStatusCode: { OK: number; ERROR: number };
 }
 interface OtelSpan {
+  isRecording(): boolean;
   setAttributes(attributes: Attributes): unknown;
   setStatus(status: { code: number; message?: string }): unknown;
   recordException(exception: Error | string): unknown;
@@ -68,6 +71,8 @@ export function startSpan(name: string, attributes: Attributes): LockSpan {
   const o = otel();
   if (!o) return NO_SPAN;
   const span = o.trace.getTracer(NAME).startSpan(`pg_migration_lock.${name}`, { attributes: defined(attributes) });
+  // No SDK, or sampled out: nothing to set, but spans started within still take it as their parent.
+  if (!span.isRecording()) return { ...NO_SPAN, end: () => span.end(), within: withSpan(o, span) };
   return {
     set: (more) => span.setAttributes(defined(more)),
     end: (error) => {
@@ -80,9 +85,14 @@ export function startSpan(name: string, attributes: Attributes): LockSpan {
       }
       span.end();
     },
-    within: (fn) => o.context.with(o.trace.setSpan(o.context.active(), span), fn),
+    within: withSpan(o, span),
   };
 }
+
+const withSpan =
+  (o: OtelApi, span: OtelSpan) =>
+  <R>(fn: () => R): R =>
+    o.context.with(o.trace.setSpan(o.context.active(), span), fn);
 
 /**
  * Where an adapter names its migrator for the lock's spans and metrics: a symbol-keyed lock option, so no
@@ -101,7 +111,7 @@ interface Instruments {
   lost: Counter;
 }
 
-let instruments: { provider: object; made: Instruments } | undefined;
+let instruments: { provider: object; made: Instruments | undefined } | undefined;
 
 /** Our instruments on the global meter provider, made again when another provider is registered. */
 function meter(): Instruments | undefined {
@@ -110,30 +120,34 @@ function meter(): Instruments | undefined {
   const provider = o.metrics.getMeterProvider();
   if (instruments?.provider !== provider) {
     const m = provider.getMeter(NAME);
+    // No provider registered: recording into the no-op meter would only cost each call its attributes.
     instruments = {
       provider,
-      made: {
-        wait: m.createHistogram('pg_migration_lock.wait.duration', {
-          unit: 's',
-          description: 'Time spent waiting for the migration lock, until it was taken or given up',
-        }),
-        hold: m.createHistogram('pg_migration_lock.hold.duration', {
-          unit: 's',
-          description: 'Time the migration lock was held',
-        }),
-        applied: m.createCounter('pg_migration_lock.migrations.applied', {
-          unit: '{migration}',
-          description: 'Migrations applied under the lock',
-        }),
-        targets: m.createCounter('pg_migration_lock.fleet.targets', {
-          unit: '{target}',
-          description: 'Fleet targets finished, by status',
-        }),
-        lost: m.createCounter('pg_migration_lock.lock.lost', {
-          unit: '{lock}',
-          description: 'Migration locks lost while held',
-        }),
-      },
+      made:
+        m === o.createNoopMeter?.()
+          ? undefined
+          : {
+              wait: m.createHistogram('pg_migration_lock.wait.duration', {
+                unit: 's',
+                description: 'Time spent waiting for the migration lock, until it was taken or given up',
+              }),
+              hold: m.createHistogram('pg_migration_lock.hold.duration', {
+                unit: 's',
+                description: 'Time the migration lock was held',
+              }),
+              applied: m.createCounter('pg_migration_lock.migrations.applied', {
+                unit: '{migration}',
+                description: 'Migrations applied under the lock',
+              }),
+              targets: m.createCounter('pg_migration_lock.fleet.targets', {
+                unit: '{target}',
+                description: 'Fleet targets finished, by status',
+              }),
+              lost: m.createCounter('pg_migration_lock.lock.lost', {
+                unit: '{lock}',
+                description: 'Migration locks lost while held',
+              }),
+            },
     };
   }
   return instruments.made;

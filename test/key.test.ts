@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterAll, describe, expect, test } from 'vitest';
 import { DEFAULT_LOCK_KEY, lockKey, withMigrationLock } from '../src/index.js';
+import { keyOfTag, newTag } from '../src/sql/fencing.js';
 import { createTestDatabase, lockRows, withClient } from './helpers.js';
 
 const url = await createTestDatabase();
@@ -26,6 +27,17 @@ describe('lockKey', () => {
   test('rejects a non-string name', () => {
     expect(() => lockKey(42 as unknown as string)).toThrow(TypeError);
   });
+});
+
+test('a holding tag: its key, a token of six, its name; no two alike across the random pool refilling', () => {
+  const tags = Array.from({ length: 400 }, () => newTag(-42n, 'app@host'));
+  for (const tag of tags) {
+    expect(tag).toMatch(/^pg-migration-lock:-42:[0-9a-z]{6}\.app@host$/);
+    expect(keyOfTag(tag)).toBe(-42n);
+  }
+  // 400 tags draw 2,400 bytes: the 1 KiB pool is refilled twice (a clash by chance: 1 in 27,000).
+  expect(new Set(tags).size).toBe(tags.length);
+  expect(newTag(1n, 'é'.repeat(80))).toHaveLength(63);
 });
 
 describe('key validation happens before any query', () => {

@@ -11,13 +11,22 @@ let hostName: string | undefined;
 const host = () => (hostName ??= hostname());
 // PostgreSQL keeps the first 63 bytes of an application_name, and shows anything but printable ASCII as '?'.
 const NAME_BYTES = 63;
+// Random bytes drawn 1 KiB at a time: one call into the system's generator per ~170 tags, not one per tag
+// (it was the costliest part of an uncontended call's JavaScript).
+let pool = Buffer.alloc(0);
+let next = 0;
+function randomByte(): number {
+  if (next === pool.length) [pool, next] = [randomBytes(1024), 0];
+  return pool[next++]!;
+}
 
 /**
  * A new holding's tag: `pg-migration-lock:<key>:<token>`, the token six random characters, then `.` and the
  * holder's name (`applicationName`, else `<pid>@<host>`), cut to what PostgreSQL keeps of an application_name.
  */
 export function newTag(key: bigint, name = `${process.pid}@${host()}`): string {
-  const token = [...randomBytes(6)].map((byte) => (byte % 36).toString(36)).join('');
+  let token = '';
+  for (let i = 0; i < 6; i++) token += (randomByte() % 36).toString(36);
   const tag = `${TAG_PREFIX}${key}:${token}.${name.replace(/[^\x20-\x7e]/g, '?')}`;
   return tag.slice(0, NAME_BYTES);
 }
