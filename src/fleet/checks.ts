@@ -9,8 +9,8 @@ import type { FleetTarget } from './target.js';
 import type { FleetAppliedRule, FleetMigrator } from './types.js';
 
 /**
- * Schemas per batch: two statements each (a catalog query, then a UNION ALL of one array per table). Large
- * enough that 10,000 schemas take a few dozen batches; small enough that a batch's plan stays cheap.
+ * Schemas per batch: a catalog query, then the tables read in statements of 50 (see appliedIn). Large enough that
+ * 10,000 schemas take a few dozen batches; smaller ones (100) or more of them in flight (3) measured no faster.
  */
 export const BATCH_SCHEMAS = 250;
 
