@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest';
 import { fleetTarget, migrateEach } from '../src/index.js';
+import { appliedIn } from '../src/sql/fleet-check.js';
 import { FLEETS } from './fixtures/fleet/fleets.js';
 import {
   MIGRATORS,
@@ -122,4 +123,25 @@ test('a fleet check opens at most concurrency + 1 connections (pg_stat_activity)
   expect(ran.filter((schema) => schemas.slice(0, 40).includes(schema))).toEqual(['t_30']);
   expect(most).toBeGreaterThan(0);
   expect(most).toBeLessThanOrEqual(3 + 1);
+});
+
+test("the batch reads with JIT off (compiling them cost more than running them) and gives the session's setting back", async () => {
+  const url = await createTestDatabase();
+  await withClient(url, async (client) => {
+    await client.query('CREATE SCHEMA t_1; CREATE TABLE t_1.applied (name text)');
+    await client.query("INSERT INTO t_1.applied VALUES ('001_a'), ('002_b')");
+    await client.query("SET jit = 'on'");
+    const seen: string[] = [];
+    const query = async <R>(sql: string, params?: unknown[]) => {
+      const { rows } = await client.query(sql, params);
+      if (/UNION ALL|FROM "t_1"/.test(sql)) seen.push((await client.query('SHOW jit')).rows[0].jit);
+      return rows as R[];
+    };
+    const values = await appliedIn(query, [
+      { schema: 't_1', read: { table: 'applied', column: 'name', orderBy: ['name'] } },
+    ]);
+    expect(values).toEqual([['001_a', '002_b']]);
+    expect(seen).toEqual(['off']);
+    expect((await client.query('SHOW jit')).rows[0].jit).toBe('on');
+  });
 });

@@ -48,6 +48,14 @@ export async function tablesIn(
 const SELECTS_PER_STATEMENT = 50;
 
 /**
+ * JIT off for the reads (then put back; null where the server has no JIT): their plans count thousands of rows in
+ * tables never analyzed, enough to make PostgreSQL compile each statement, which costs more than running it
+ * (10,000 knex schemas on PostgreSQL 18: 4.9–5.0 s with JIT, 4.6 s without).
+ */
+const JIT_OFF = `SELECT current_setting('jit', true) AS jit,
+  CASE WHEN current_setting('jit', true) IS NOT NULL THEN set_config('jit', 'off', false) END AS off`;
+
+/**
  * The values of `read.column` in each `(schema, read)` asked, in the migrator's order, as text (NULL as null): a few
  * statements for the whole batch, each a UNION ALL of plain selects, each row tagged with its select and its place in
  * the migrator's order (`row_number()`). Plain selects, not an `ARRAY(…)` subquery per table: PostgreSQL plans a UNION
@@ -80,11 +88,16 @@ export async function appliedIn(
     return `SELECT ${i} AS i, ${order} AS o, ${values.join(', ')} FROM ${quoteIdent(schema)}.${quoteIdent(read.table)}`;
   });
   const tagged: { o: number; row: Record<string, string | number | null> }[][] = parts.map(() => []);
-  for (let from = 0; from < parts.length; from += SELECTS_PER_STATEMENT) {
-    const union = parts.slice(from, from + SELECTS_PER_STATEMENT).join('\nUNION ALL\n');
-    for (const row of await query<Record<string, string | number | null>>(union)) {
-      tagged[Number(row.i)]!.push({ o: Number(row.o), row });
+  const [{ jit } = { jit: null }] = await query<{ jit: string | null }>(JIT_OFF);
+  try {
+    for (let from = 0; from < parts.length; from += SELECTS_PER_STATEMENT) {
+      const union = parts.slice(from, from + SELECTS_PER_STATEMENT).join('\nUNION ALL\n');
+      for (const row of await query<Record<string, string | number | null>>(union)) {
+        tagged[Number(row.i)]!.push({ o: Number(row.o), row });
+      }
     }
+  } finally {
+    if (jit !== null) await query("SELECT set_config('jit', $1, false)", [jit]);
   }
   for (const list of tagged) list.sort((a, b) => a.o - b.o);
   return places.map(({ i, at }) => tagged[i]!.map(({ row }) => (row[`v${at}`] ?? null) as string | null));
