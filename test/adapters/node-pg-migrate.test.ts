@@ -49,7 +49,7 @@ test(`${REPLICAS} replicas through pg-migration-lock/node-pg-migrate all succeed
 });
 
 test('CREATE INDEX CONCURRENTLY in a noTransaction() migration, while the other replicas wait', async () => {
-  await expectCicRace('node-pg-migrate', cicUrl);
+  await expectCicRace('node-pg-migrate', cicUrl, { barrier: true });
 });
 
 test('node-pg-migrate 8.x: the same adapter, with `node-pg-migrate` resolving to 8.x', async () => {
