@@ -113,6 +113,33 @@ interface Instruments {
 
 let instruments: { provider: object; made: Instruments | undefined } | undefined;
 
+/** Each instrument: a histogram (a duration) or a counter, its name, unit and description. */
+const SPECS: Record<
+  keyof Instruments,
+  [kind: 'histogram' | 'counter', name: string, unit: string, description: string]
+> = {
+  wait: [
+    'histogram',
+    'pg_migration_lock.wait.duration',
+    's',
+    'Time spent waiting for the migration lock, until it was taken or given up',
+  ],
+  hold: ['histogram', 'pg_migration_lock.hold.duration', 's', 'Time the migration lock was held'],
+  applied: ['counter', 'pg_migration_lock.migrations.applied', '{migration}', 'Migrations applied under the lock'],
+  targets: ['counter', 'pg_migration_lock.fleet.targets', '{target}', 'Fleet targets finished, by status'],
+  lost: ['counter', 'pg_migration_lock.lock.lost', '{lock}', 'Migration locks lost while held'],
+};
+
+function makeInstruments(m: OtelMeter): Instruments {
+  const made = Object.entries(SPECS).map(([metric, [kind, name, unit, description]]) => [
+    metric,
+    kind === 'histogram'
+      ? m.createHistogram(name, { unit, description })
+      : m.createCounter(name, { unit, description }),
+  ]);
+  return Object.fromEntries(made) as Instruments;
+}
+
 /** Our instruments on the global meter provider, made again when another provider is registered. */
 function meter(): Instruments | undefined {
   const o = otel();
@@ -121,34 +148,7 @@ function meter(): Instruments | undefined {
   if (instruments?.provider !== provider) {
     const m = provider.getMeter(NAME);
     // No provider registered: recording into the no-op meter would only cost each call its attributes.
-    instruments = {
-      provider,
-      made:
-        m === o.createNoopMeter?.()
-          ? undefined
-          : {
-              wait: m.createHistogram('pg_migration_lock.wait.duration', {
-                unit: 's',
-                description: 'Time spent waiting for the migration lock, until it was taken or given up',
-              }),
-              hold: m.createHistogram('pg_migration_lock.hold.duration', {
-                unit: 's',
-                description: 'Time the migration lock was held',
-              }),
-              applied: m.createCounter('pg_migration_lock.migrations.applied', {
-                unit: '{migration}',
-                description: 'Migrations applied under the lock',
-              }),
-              targets: m.createCounter('pg_migration_lock.fleet.targets', {
-                unit: '{target}',
-                description: 'Fleet targets finished, by status',
-              }),
-              lost: m.createCounter('pg_migration_lock.lock.lost', {
-                unit: '{lock}',
-                description: 'Migration locks lost while held',
-              }),
-            },
-    };
+    instruments = { provider, made: m === o.createNoopMeter?.() ? undefined : makeInstruments(m) };
   }
   return instruments.made;
 }
