@@ -13,11 +13,11 @@ const host = () => (hostName ??= hostname());
 const NAME_BYTES = 63;
 // Random bytes drawn 1 KiB at a time: one call into the system's generator per ~170 tags, not one per tag
 // (it was the costliest part of an uncontended call's JavaScript).
-let pool = Buffer.alloc(0);
+let drawn = Buffer.alloc(0);
 let next = 0;
 function randomByte(): number {
-  if (next === pool.length) [pool, next] = [randomBytes(1024), 0];
-  return pool[next++]!;
+  if (next === drawn.length) [drawn, next] = [randomBytes(1024), 0];
+  return drawn[next++]!;
 }
 
 /**
