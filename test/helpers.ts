@@ -44,13 +44,17 @@ export const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${nam
  */
 export function scratchDir(prefix = 'pgml-'): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
-  const remove = () => rmSync(dir, { recursive: true, force: true });
-  try {
-    onTestFinished(remove);
-  } catch {
-    afterAll(remove); // not inside a test
-  }
+  afterThisTest(() => rmSync(dir, { recursive: true, force: true }));
   return dir;
+}
+
+/** Runs `fn` when the calling test ends, or after the file when called outside a test. */
+export function afterThisTest(fn: () => void): void {
+  try {
+    onTestFinished(fn);
+  } catch {
+    afterAll(fn); // not inside a test
+  }
 }
 
 export interface Exited {

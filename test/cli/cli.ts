@@ -2,8 +2,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { afterAll, onTestFinished } from 'vitest';
-import { waitFor } from '../helpers.js';
+import { afterThisTest, waitFor } from '../helpers.js';
 
 /** The built binary: the tests run what users run (`npx tsup` first). */
 export const CLI = fileURLToPath(new URL('../../dist/cli/index.js', import.meta.url));
@@ -56,14 +55,9 @@ function testEnv(extra: Record<string, string | undefined> = {}): NodeJS.Process
 function killAfter(child: ChildProcess, exited: Promise<unknown>): void {
   let done = false;
   exited.then(() => (done = true));
-  const kill = () => {
+  afterThisTest(() => {
     if (!done) child.kill('SIGKILL');
-  };
-  try {
-    onTestFinished(kill);
-  } catch {
-    afterAll(kill); // not inside a test
-  }
+  });
 }
 
 function track(child: ChildProcess): Run {
