@@ -4,7 +4,7 @@ import { expect, test } from 'vitest';
 import { fleet } from '../adapters/knex.js';
 import { migrateEach } from '../src/index.js';
 import { eventCounts, prepareTenants, schemaTargets } from './fixtures/fleet/tenants.js';
-import { createTestDatabase, fixture, withClient } from './helpers.js';
+import { createTestDatabase, fixture, silentKnexLog, withClient } from './helpers.js';
 
 const [canaryUrl, passUrl, budgetUrl, shareUrl] = (await Promise.all(
   Array.from({ length: 4 }, () => createTestDatabase()),
@@ -15,7 +15,6 @@ for (const url of [canaryUrl, passUrl, budgetUrl, shareUrl]) {
     client.query(`ALTER DATABASE "${new URL(url).pathname.slice(1)}" SET pgml.fleet_sleep = '0.05'`),
   );
 }
-const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
 const knexFleet = () => fleet({ migrations: { directory: fixture('fleet/knex') }, log: silentKnexLog });
 const names = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}_${i + 1}`);
 /** The schemas whose migrations ran (fleet_events). */

@@ -22,12 +22,11 @@ import {
   schemaTargets,
   startFleet,
 } from './fixtures/fleet/tenants.js';
-import { createTestDatabase, fixture, lockRows, sleep, waitFor, withClient } from './helpers.js';
+import { createTestDatabase, fixture, lockRows, silentKnexLog, sleep, waitFor, withClient } from './helpers.js';
 
 const [pairUrl, failUrl, stopUrl, killUrl, iterUrl, keyUrl, abortUrl, db1, db2, db3, meetUrl] = (await Promise.all(
   Array.from({ length: 11 }, () => createTestDatabase()),
 )) as [string, string, string, string, string, string, string, string, string, string, string];
-const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
 const knexFleet = () => fleet({ migrations: { directory: fixture('fleet/knex') }, log: silentKnexLog });
 const names = (prefix: string, n: number) => Array.from({ length: n }, (_, i) => `${prefix}_${i + 1}`);
 const KNEX = NAMES.knex;

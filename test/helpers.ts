@@ -36,6 +36,9 @@ export async function withClient<T>(url: string, fn: (client: pg.Client) => Prom
   }
 }
 
+/** A knex `log` that prints nothing (knex warns on every migration run otherwise). */
+export const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
+
 export const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 
 /**

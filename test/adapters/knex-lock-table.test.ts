@@ -2,7 +2,7 @@ import knexFactory, { type Knex } from 'knex';
 import { expect, test } from 'vitest';
 import { latest } from '../../adapters/knex.js';
 import { cli, fixture as cliFixture } from '../cli/cli.js';
-import { createTestDatabase, fixture } from '../helpers.js';
+import { createTestDatabase, fixture, silentKnexLog } from '../helpers.js';
 
 // A knex_migrations_lock with two rows at is_locked = 0, as bare knex runs racing to create it leave it (each
 // inserted "the" row): knex's lock update then changes 2 rows, not 1, and every later bare run fails with
@@ -11,7 +11,6 @@ import { createTestDatabase, fixture } from '../helpers.js';
 
 const MIGRATIONS = ['001_create_widgets.cjs', '002_slow_add_size.cjs', '003_index_name.cjs'];
 const config = { directory: fixture('knex/migrations') };
-const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
 const REPAIRED =
   /^Repaired knex_migrations_lock: it had 2 rows \(knex runs racing without a lock each added one\), where knex needs exactly one; no other run holds the migration lock$/;
 

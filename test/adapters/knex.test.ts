@@ -4,7 +4,7 @@ import { expect, test } from 'vitest';
 import { latest } from '../../adapters/knex.js';
 import { DEFAULT_LOCK_KEY, MigrationLockLostError } from '../../src/index.js';
 import { appliedMigrations, race } from '../fixtures/adapters/race.mjs';
-import { createTestDatabase, fixture, waitFor, withClient } from '../helpers.js';
+import { createTestDatabase, fixture, silentKnexLog, waitFor, withClient } from '../helpers.js';
 import {
   expectAllSucceeded,
   expectCicRace,
@@ -23,7 +23,6 @@ const [lockedUrl, cicUrl, staleUrl, settingsUrl, lostUrl, externalPoolUrl] = awa
   createTestDatabase(),
 ]);
 const MIGRATIONS = ['001_create_widgets.cjs', '002_slow_add_size.cjs', '003_index_name.cjs'];
-const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
 const silent = { info() {}, warn() {}, error() {} };
 
 test(`${REPLICAS} replicas through pg-migration-lock/knex all succeed and apply each migration once`, async () => {

@@ -10,7 +10,7 @@ import { pending as drizzlePending } from '../../adapters/drizzle.js';
 import { pending as knexPending } from '../../adapters/knex.js';
 import { pending as nodePgMigratePending } from '../../adapters/node-pg-migrate.js';
 import { race } from '../fixtures/adapters/race.mjs';
-import { createTestDatabase, fixture, withClient } from '../helpers.js';
+import { createTestDatabase, fixture, silentKnexLog, withClient } from '../helpers.js';
 
 const [knexUrl, knexSchemaUrl, npmUrl, npmOrderUrl, npmV8Url, drizzleUrl, drizzleRuleUrl, npmV7Url, npmV7OrderUrl] =
   await Promise.all([
@@ -24,7 +24,6 @@ const [knexUrl, knexSchemaUrl, npmUrl, npmOrderUrl, npmV8Url, drizzleUrl, drizzl
     createTestDatabase(),
     createTestDatabase(),
   ]);
-const silentKnexLog = { warn() {}, error() {}, deprecate() {}, debug() {} };
 const silentLog = () => {};
 
 /** Every relation and schema in the database, to prove a check created none. */
