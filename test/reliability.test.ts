@@ -173,7 +173,8 @@ describe('withMigrationLockUnless (adapters: re-check at each release instead of
       // Checked before queueing (work left), then again at the release: there it fails.
       { isDone: async () => (checks++ === 0 ? false : Promise.reject(corrupt)) },
     ).catch((err: unknown) => err);
-    await waitFor(async () => (await waiters(93n)) === 1);
+    // Napping after a try, so the release is heard, not found by a try already on its way (under load, once).
+    await waitFor(async () => (await waiters(93n)) === 1 && (await napping(93n)) === 1);
     release2!();
     await holding2;
     expect(await failing).toBe(corrupt);
